@@ -1,0 +1,53 @@
+"""fencelock: a distributed lock with leases and monotonic fencing tokens.
+
+    import fencelock
+
+    lock = fencelock.Lock("file:2024-01.tsv", "redis://localhost:6379", ttl=30)
+    with lock as lease:              # waits at most 10 s by default, then LockTimeout
+        lease.ensure_held()          # raises LeaseLost if the lease is gone
+        store.write(rows, fence=lease.fence)   # storage refuses a lower fence (fencelock.fencing)
+
+asyncio: ``fencelock.aio.Lock`` has the same API with ``await`` / ``async with``.
+"""
+
+from ._core.params import DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_TTL
+from ._errors import (
+    AuthenticationFailed,
+    BackendError,
+    BackendRejected,
+    BackendUnavailable,
+    ConfigurationError,
+    FenceLockError,
+    LeaseError,
+    LeaseLost,
+    LockTimeout,
+    NotHeld,
+    StaleFence,
+)
+from ._sync.lock import Lease, Lock
+from ._sync.redis import RedisBackend
+from .backends.base import Attempt, LockInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_ACQUIRE_TIMEOUT",
+    "DEFAULT_TTL",
+    "Attempt",
+    "AuthenticationFailed",
+    "BackendError",
+    "BackendRejected",
+    "BackendUnavailable",
+    "ConfigurationError",
+    "FenceLockError",
+    "Lease",
+    "LeaseError",
+    "LeaseLost",
+    "Lock",
+    "LockInfo",
+    "LockTimeout",
+    "NotHeld",
+    "RedisBackend",
+    "StaleFence",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""asyncio handles: the single source of truth; ``fencelock._sync`` is generated from it."""

@@ -1,0 +1,452 @@
+"""The lock handle and its lease: all the policy, written once.
+
+This file is the source of truth for both APIs: ``scripts/unasync.py`` turns it into
+``fencelock/_sync/lock.py`` (``AsyncLock`` -> ``Lock``, ``await x`` -> ``x``) and CI fails if the two
+drift. Backends (``fencelock.backends``) only answer single questions; here we decide how long to
+wait, when a lease ends, when to renew and how the holder is told that it lost the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from .._core.params import (
+    DEFAULT_ACQUIRE_TIMEOUT,
+    DEFAULT_TTL,
+    Clock,
+    LockParams,
+    check_timeout,
+    lease_deadline,
+    new_token,
+)
+from .._errors import BackendError, LeaseLost, LockTimeout, NotHeld
+from .._metrics import instruments
+from ..backends import open_async_backend
+from ..backends.base import AsyncBackend, LockInfo
+from . import _compat
+
+__all__ = ["AsyncLease", "AsyncLock"]
+
+log = logging.getLogger("fencelock")
+
+LostCallback = Callable[["AsyncLease"], None]
+
+
+class AsyncLock:
+    """A named distributed lock. Acquiring it yields an ``AsyncLease`` carrying a fencing token.
+
+    ``backend`` is a URL (``redis://``, ``rediss://``, ``unix://``, ``zk://``, ``sqlite:///``), a
+    client object of your own (used as is, never closed by us), or a backend instance.
+
+    - ``ttl``: lease length in seconds. A crashed holder blocks others for at most this long.
+    - ``renew``: ``True`` (default) renews every ``ttl/3`` while held; a number sets the interval;
+      ``False`` lets the lease run out after ``ttl`` unless you call ``extend()``.
+    - ``timeout``: default acquire timeout in seconds (finite: no wait is unbounded).
+    - ``on_lost``: called with the lease when it is lost (from the renewer's thread or task).
+    - ``cancel_on_loss``: cancel the task that acquired the lease when the lease is lost, so the
+      critical section stops at its next ``await`` (``async with`` then raises ``LeaseLost``).
+    - ``label``: who holds it, shown to operators; defaults to ``hostname:pid``.
+    - ``clock``: a monotonic clock in seconds, replaceable in tests.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        backend: Any,
+        *,
+        ttl: float = DEFAULT_TTL,
+        renew: bool | float = True,
+        timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
+        on_lost: LostCallback | None = None,
+        cancel_on_loss: bool = False,
+        label: str | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._params = LockParams.make(name, ttl, renew, timeout, label)
+        self._backend: AsyncBackend
+        self._backend, self._owns_backend = open_async_backend(backend)
+        self._on_lost = on_lost
+        self._cancel_on_loss = cancel_on_loss
+        self._clock = clock
+        self._held: list[AsyncLease] = []
+
+    @property
+    def name(self) -> str:
+        return self._params.name
+
+    @property
+    def ttl(self) -> float:
+        return self._params.ttl
+
+    @property
+    def backend(self) -> AsyncBackend:
+        return self._backend
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {self._backend.name} ttl={self.ttl:g}s>"
+
+    async def acquire(self, timeout: float | None = None) -> AsyncLease:
+        """Wait at most ``timeout`` seconds (default: the lock's) for the lock; return the lease.
+
+        ``timeout=0`` makes a single attempt. Raises ``LockTimeout`` when the lock stayed busy and
+        ``BackendUnavailable`` when the server cannot be reached: never a silent ``False``.
+        """
+        wait = self._params.acquire_timeout if timeout is None else check_timeout(timeout)
+        lease = await self._acquire(wait)
+        if lease is None:
+            instruments.acquired(self.name, "timeout", wait)
+            raise LockTimeout(self.name, wait)
+        return lease
+
+    async def try_acquire(self) -> AsyncLease | None:
+        """One attempt: the lease, or None when someone else holds the lock right now."""
+        return await self._acquire(0.0)
+
+    async def _acquire(self, wait: float) -> AsyncLease | None:
+        p = self._params
+        backend = self._backend
+        clock = self._clock
+        token = new_token()
+        started = clock()
+        give_up = started + wait
+        queue = wait > 0
+        try:
+            while True:
+                sent = clock()
+                attempt = await backend.try_acquire(p.name, token, p.ttl_ms, p.label, queue)
+                if attempt.fence is not None:
+                    return self._granted(token, attempt.fence, sent, started)
+                left = give_up - clock()
+                if left <= 0:
+                    if queue:
+                        await _compat.run_cleanup(lambda: backend.abandon(p.name, token))
+                    return None
+                pause = left if attempt.retry_after is None else min(left, max(attempt.retry_after, 0.001))
+                if await backend.wait(p.name, token, pause):
+                    sent = clock()
+                    fence = await backend.claim(p.name, token, p.ttl_ms, p.label)
+                    if fence is not None:
+                        return self._granted(token, fence, sent, started)
+        except BaseException:
+            # The request in flight may have succeeded on the server (we just never heard back), or
+            # we may sit in the queue: leave nothing behind that would block the others.
+            await _compat.run_cleanup(lambda: backend.abandon(p.name, token))
+            raise
+
+    def _granted(self, token: str, fence: int, sent: float, started: float) -> AsyncLease:
+        lease = AsyncLease(self, token, fence, lease_deadline(sent, self._params.ttl))
+        instruments.acquired(self.name, "ok", self._clock() - started)
+        log.debug("acquired %r fence=%d holder=%s", self.name, fence, self._params.label)
+        lease._start()
+        return lease
+
+    async def inspect(self) -> LockInfo | None:
+        """Who holds the lock now (fence, holder label, time left), or None when free."""
+        return await self._backend.inspect(self.name)
+
+    async def __aenter__(self) -> AsyncLease:
+        lease = await self.acquire()
+        self._held.append(lease)
+        return lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lease = self._held.pop()
+        await lease.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Close connections that fencelock opened for this lock (never a client you passed in)."""
+        if self._owns_backend:
+            await self._backend.aclose()
+
+
+class AsyncLease:
+    """Proof of holding a lock until ``deadline`` (client monotonic clock).
+
+    - ``token``: 128 random bits; only it can release or extend the lock.
+    - ``fence``: strictly greater than every fence issued before for this lock name by the backend;
+      pass it to the storage (``fencelock.fencing``) so writes of a paused holder are refused.
+    - ``remaining()``: seconds left, measured from *before* the acquire request was sent.
+    - Loss is signalled four ways: ``lost`` / ``lost_event`` to poll or wait on, ``ensure_held()``
+      that raises ``LeaseLost``, the lock's ``on_lost`` callback, and, for asyncio (opt-in with
+      ``cancel_on_loss``), cancellation of the task that acquired it.
+    """
+
+    def __init__(self, lock: AsyncLock, token: str, fence: int, deadline: float) -> None:
+        self._lock = lock
+        self.name = lock.name
+        self.token = token
+        self.fence = fence
+        self._deadline = deadline
+        self._clock = lock._clock
+        self._pid = os.getpid()
+        self._released = False
+        self._lost_reason: str | None = None
+        self._doubt: str | None = None
+        self.lost_event = threading.Event()
+        self._mutex = threading.Lock()
+        self._owner = _compat.current_owner() if lock._cancel_on_loss else None
+        self._cancelled_by_us = False
+        self._stopper: _compat.AsyncStopper | None = None
+        self._renewing = False
+        self._unwatch: Callable[[], None] | None = None
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else ("lost" if self.lost else "held")
+        return f"<{type(self).__name__} {self.name!r} fence={self.fence} {state} remaining={self.remaining():.3f}s>"
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def deadline(self) -> float:
+        """When the lease ends on the client's monotonic clock (``time.monotonic()`` by default)."""
+        return self._deadline
+
+    def remaining(self) -> float:
+        """Seconds left before the lease ends; 0.0 once it ended, was lost or released."""
+        if self._released or self._lost_reason is not None:
+            return 0.0
+        return max(0.0, self._deadline - self._clock())
+
+    @property
+    def lost(self) -> bool:
+        """True once the lease was lost (expired without renewal, taken, or its session died)."""
+        if self._lost_reason is None and not self._released and self._clock() >= self._deadline:
+            self._mark_lost("the TTL ran out before the lease was renewed")
+        return self._lost_reason is not None
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._lost_reason
+
+    @property
+    def in_doubt(self) -> str | None:
+        """Why the lease is in doubt right now (backend connection suspended), else None."""
+        return self._doubt
+
+    @property
+    def held(self) -> bool:
+        """True while neither released nor lost nor in doubt (a local check, no round trip)."""
+        return not self._released and not self.lost and self._doubt is None
+
+    def ensure_held(self) -> None:
+        """Raise unless the lease is still held (a local check: call it before each side effect).
+
+        Checking is not enough on its own (the holder can pause right after it): writes must also
+        carry ``fence`` to storage that checks it. Raises ``LeaseLost`` or ``NotHeld``.
+        """
+        self._check_process()
+        if self._released:
+            raise NotHeld(f"lease on {self.name!r} (fence {self.fence}) was already released")
+        if self.lost:
+            raise LeaseLost(self.name, self.fence, self._lost_reason or "lost")
+        if self._doubt is not None:
+            raise LeaseLost(self.name, self.fence, f"in doubt: {self._doubt}")
+
+    async def wait_lost(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the lease to be lost; True if it was."""
+        stopper = _compat.AsyncStopper()
+        end = self._clock() + check_timeout(timeout)
+        while not self.lost:
+            left = end - self._clock()
+            if left <= 0:
+                return False
+            await stopper.sleep(min(left, 0.01))
+        return True
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def extend(self, ttl: float | None = None) -> None:
+        """Make the lease last ``ttl`` (default: the lock's) from now. Raises ``LeaseLost`` if the
+        lock is no longer ours; the lease is then marked lost."""
+        self._check_process()
+        if self._released:
+            raise NotHeld(f"cannot extend lease on {self.name!r}: it was already released")
+        if self.lost:
+            raise LeaseLost(self.name, self.fence, self._lost_reason or "lost")
+        length = self._lock._params.ttl if ttl is None else _positive_ttl(ttl)
+        sent = self._clock()
+        if await self._lock._backend.extend(self.name, self.token, max(1, int(length * 1000))):
+            self._deadline = lease_deadline(sent, length)
+            self._doubt = None
+            return
+        reason = "the lock is no longer ours on the server (expired or taken over)"
+        self._mark_lost(reason)
+        raise LeaseLost(self.name, self.fence, reason)
+
+    async def release(self) -> None:
+        """Release the lock. Never deletes a successor's lock: if the lease had already expired and
+        the lock is not ours any more, nothing is changed and ``LeaseLost`` says so."""
+        self._check_process()
+        if self._released:
+            raise NotHeld(f"lease on {self.name!r} (fence {self.fence}) was already released")
+        self._released = True
+        self._stop_background()
+        was_lost = self._lost_reason
+        backend = self._lock._backend
+        # Shielded: a cancellation while the release is in flight must not leave the key behind.
+        ok = await _compat.shielded(lambda: backend.release(self.name, self.token))
+        log.debug("released %r fence=%d ok=%s", self.name, self.fence, ok)
+        if not ok:
+            reason = was_lost or "expired before release; the lock was not ours any more, so nothing was deleted"
+            if was_lost is None:
+                self._lost_reason = reason
+                self.lost_event.set()
+                instruments.lost(self.name, reason)
+            raise LeaseLost(self.name, self.fence, reason)
+
+    async def __aenter__(self) -> AsyncLease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._released:
+            return
+        ours = self._cancelled_by_us and isinstance(exc, _compat.Cancelled)
+        try:
+            await self.release()
+        except LeaseLost:
+            if exc is None or ours:
+                if ours:
+                    _compat.was_interrupted_by_us(self._owner)
+                raise
+        except BackendError:
+            if exc is None:
+                raise
+        if exc is None and self._lost_reason is not None:
+            raise LeaseLost(self.name, self.fence, self._lost_reason)
+
+    # -- background: renewal, deadline, backend loss events -----------------------------------
+
+    def _start(self) -> None:
+        params = self._lock._params
+        self._unwatch = self._lock._backend.watch_loss(self.name, self.token, self._on_backend_event)
+        delay = self._deadline - self._clock()
+        if params.renew_interval is not None:
+            # The renewer starts lazily, at the first renewal: most critical sections end before
+            # it, and then no thread or task is ever created for them.
+            self._stopper = _compat.AsyncStopper()
+            delay = min(delay, params.renew_interval)
+        _compat.watch_deadline(self, delay)
+
+    def _stop_background(self) -> None:
+        if self._stopper is not None:
+            self._stopper.stop()
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+
+    def _check_deadline(self) -> float | None:
+        """Timer callback: starts the renewer when its first round is due, marks the lease lost at
+        its deadline; returns the delay until it wants to be called again (None: never)."""
+        if self._released or self._lost_reason is not None:
+            return None
+        stopper = self._stopper
+        if stopper is not None and not self._renewing:
+            self._renewing = True
+            interval = self._lock._params.renew_interval
+            _compat.spawn(_renew_loop, weakref.ref(self), stopper, interval)
+        left = self._deadline - self._clock()
+        if left <= 0:
+            self._mark_lost("the TTL ran out before the lease was renewed")
+            return None
+        return left
+
+    def _on_backend_event(self, state: str, reason: str = "") -> None:
+        """Backend push events: ``doubt`` (connection suspended), ``held`` (recovered), ``lost``."""
+        if state == "lost":
+            self._mark_lost(reason or "the backend session ended")
+        elif state == "doubt":
+            self._doubt = reason or "the connection to the lock server is suspended"
+            log.warning("lease on %r fence=%d in doubt: %s", self.name, self.fence, self._doubt)
+        elif state == "held":
+            self._doubt = None
+
+    def _mark_lost(self, reason: str) -> None:
+        with self._mutex:
+            if self._lost_reason is not None or self._released:
+                return
+            self._lost_reason = reason
+        self.lost_event.set()
+        self._stop_background()
+        instruments.lost(self.name, reason)
+        log.warning("lease on %r fence=%d holder=%s lost: %s", self.name, self.fence, self._lock._params.label, reason)
+        if self._owner is not None:
+            self._cancelled_by_us = True
+            _compat.interrupt_owner(self._owner, f"fencelock: lease on {self.name!r} was lost: {reason}")
+        callback = self._lock._on_lost
+        if callback is not None:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("on_lost callback for %r raised", self.name)
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise NotHeld(
+                f"lease on {self.name!r} was acquired by process {self._pid}; a forked child does not "
+                "hold its parent's lock (acquire a new one in the child)"
+            )
+
+
+async def _renew_loop(ref: Callable[[], AsyncLease | None], stopper: _compat.AsyncStopper, interval: float) -> None:
+    """Extend the lease now, then every ``interval`` s until it is released, lost, or collected.
+
+    Holds only a weak reference between rounds, so dropping the lease (or the lock) stops it. A
+    transport error is retried quickly until the lease's own deadline; a refusal (the key is gone or
+    not ours) is a loss, signalled at once.
+    """
+    next_due = 0.0
+    pid = os.getpid()
+    while True:
+        if await stopper.sleep(next_due) or os.getpid() != pid:
+            return
+        lease = ref()
+        if lease is None or lease._released or lease._lost_reason is not None:
+            return
+        clock = lease._clock
+        if clock() >= lease._deadline:
+            lease._mark_lost("the TTL ran out before the lease was renewed")
+            return
+        params = lease._lock._params
+        sent = clock()
+        try:
+            ok = await lease._lock._backend.extend(lease.name, lease.token, params.ttl_ms)
+        except BackendError as err:
+            log.warning("renewing %r fence=%d failed, will retry: %s", lease.name, lease.fence, err)
+            instruments.renewed(lease.name, "error")
+            next_due = max(0.001, min(interval / 4, lease._deadline - clock()))
+            del lease
+            continue
+        if stopper.stopped or lease._released:
+            return
+        if not ok:
+            instruments.renewed(lease.name, "lost")
+            lease._mark_lost("renewal found the lock gone or held by another owner")
+            return
+        instruments.renewed(lease.name, "ok")
+        lease._deadline = lease_deadline(sent, params.ttl)
+        lease._doubt = None
+        next_due = interval
+        del lease
+
+
+def _positive_ttl(ttl: float) -> float:
+    from .._core.params import LockParams
+
+    return LockParams.make("x", ttl, False, 0, "x").ttl

@@ -1,0 +1,163 @@
+"""Redis backend I/O. Source: ``_async/redis.py``; ``_sync/redis.py`` is generated from it.
+
+The protocol lives in ``fencelock.backends.redis`` (the Lua scripts); this class only runs them.
+redis-py's ``Script`` objects send EVALSHA and reload the script on ``NOSCRIPT`` by themselves, so
+a restarted (or flushed) server needs nothing from us.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as redis_api
+
+from .._errors import ConfigurationError
+from ..backends.base import Attempt, LockInfo, LossCallback, Unsubscribe, no_loss_watch
+from ..backends.redis import (
+    ABANDON,
+    ACQUIRE,
+    BLOCK_CAP,
+    CLAIM,
+    CLAIM_WINDOW_MS,
+    DEFAULT_PREFIX,
+    EXTEND,
+    INSPECT,
+    REGISTRATION_MS,
+    RELEASE,
+    RedisKeys,
+    check_prefix,
+    map_errors,
+    parse_redis_url,
+    text,
+)
+
+__all__ = ["AsyncRedisBackend"]
+
+CONNECT_TIMEOUT = 2.0
+SOCKET_TIMEOUT = 5.0
+
+
+class AsyncRedisBackend:
+    """fencelock on one Redis (standalone, a Sentinel-managed master, or a Cluster).
+
+    Pass your own client (``Redis``, ``RedisCluster``, ``sentinel.master_for(...)``): it is used as
+    is and never closed by us. Or use ``from_url``: then fencelock owns and closes the client, and
+    sets bounded connect/socket timeouts so that a down server is an error within seconds.
+    """
+
+    name = "redis"
+
+    def __init__(self, client: Any, *, prefix: str = DEFAULT_PREFIX, owns_client: bool = False) -> None:
+        if not hasattr(client, "register_script"):
+            raise ConfigurationError(f"expected a redis-py client, got {type(client).__name__}")
+        self.client = client
+        self.prefix = check_prefix(prefix)
+        self._owns_client = owns_client
+        self._acquire = client.register_script(ACQUIRE)
+        self._claim = client.register_script(CLAIM)
+        self._extend = client.register_script(EXTEND)
+        self._release = client.register_script(RELEASE)
+        self._abandon = client.register_script(ABANDON)
+        self._inspect = client.register_script(INSPECT)
+        self._keys: dict[str, RedisKeys] = {}
+        self._block_cap = _block_cap(client)
+
+    @classmethod
+    def from_url(cls, url: str, **client_kwargs: Any) -> AsyncRedisBackend:
+        """``redis://[user:pass@]host:port/db``, ``rediss://...`` (TLS), ``unix:///path.sock``;
+        ``?prefix=app:`` sets the key prefix. Other query options go to redis-py."""
+        plain, ours = parse_redis_url(url)
+        client_kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+        client_kwargs.setdefault("socket_timeout", SOCKET_TIMEOUT)
+        client = redis_api.Redis.from_url(plain, **client_kwargs)
+        return cls(client, prefix=ours.get("prefix", DEFAULT_PREFIX), owns_client=True)
+
+    def keys(self, name: str) -> RedisKeys:
+        keys = self._keys.get(name)
+        if keys is None:
+            if len(self._keys) > 4096:
+                self._keys.clear()
+            keys = self._keys[name] = RedisKeys(self.prefix, name)
+        return keys
+
+    async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
+        k = self.keys(key)
+        with map_errors("acquire"):
+            granted, value = await self._acquire(
+                keys=k.all4(), args=[token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS]
+            )
+        if int(granted) == 1:
+            return Attempt(fence=int(value))
+        pttl = int(value)
+        return Attempt(fence=None, retry_after=pttl / 1000 if pttl > 0 else None)
+
+    async def wait(self, key: str, token: str, timeout: float) -> bool:
+        block = max(0.01, min(timeout, self._block_cap))
+        with map_errors("wait"):
+            got = await self.client.blpop([self.keys(key).wake(token)], timeout=block)
+        return got is not None
+
+    async def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
+        with map_errors("claim"):
+            fence = await self._claim(keys=[self.keys(key).lock], args=[token, ttl_ms, label])
+        return None if fence is None else int(fence)
+
+    async def abandon(self, key: str, token: str) -> None:
+        claim_ms = CLAIM_WINDOW_MS
+        with map_errors("abandon"):
+            await self._abandon(keys=self.keys(key).all4(), args=[token, claim_ms])
+
+    async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        with map_errors("extend"):
+            return int(await self._extend(keys=[self.keys(key).lock], args=[token, ttl_ms])) == 1
+
+    async def release(self, key: str, token: str) -> bool:
+        with map_errors("release"):
+            return int(await self._release(keys=self.keys(key).all4(), args=[token, CLAIM_WINDOW_MS])) != 0
+
+    async def inspect(self, key: str) -> LockInfo | None:
+        k = self.keys(key)
+        with map_errors("inspect"):
+            value, pttl, waiters, _last = await self._inspect(keys=[k.lock, k.fence, k.queue])
+        if not value:
+            return None
+        token_fence_label = text(value).split(":", 2)
+        fence = int(token_fence_label[1]) if len(token_fence_label) > 1 else 0
+        label = token_fence_label[2] if len(token_fence_label) > 2 else ""
+        pttl = int(pttl)
+        return LockInfo(key, fence, label, pttl / 1000 if pttl >= 0 else None, int(waiters))
+
+    async def force_release(self, key: str) -> str | None:
+        """Operator's override: delete the lock key whatever its token. Returns what was removed."""
+        k = self.keys(key)
+        with map_errors("force release"):
+            value = await self.client.get(k.lock)
+            if value is None:
+                return None
+            await self.client.delete(k.lock)
+        return text(value)
+
+    async def last_fence(self, key: str) -> int:
+        """The last fence issued for ``key`` (0 when none): for tests and monitoring."""
+        with map_errors("read fence"):
+            value = await self.client.get(self.keys(key).fence)
+        return 0 if value is None else int(value)
+
+    def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe:
+        return no_loss_watch(key, token, callback)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+
+def _block_cap(client: Any) -> float:
+    """Keep each BLPOP well under the client's socket timeout, or redis-py would resend it."""
+    kwargs: dict[str, Any] = {}
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        kwargs = getattr(pool, "connection_kwargs", {}) or {}
+    timeout = kwargs.get("socket_timeout")
+    if timeout:
+        return max(0.05, min(BLOCK_CAP, float(timeout) / 2))
+    return BLOCK_CAP

@@ -1,0 +1,112 @@
+"""Every error fencelock raises, under one root.
+
+    FenceLockError
+     ├── ConfigurationError (also ValueError)   bad argument or URL; raised at once, before any I/O
+     ├── LockTimeout                            the lock stayed busy for the whole acquire timeout
+     ├── LeaseError
+     │    ├── LeaseLost                         the lease expired, was taken over, or its session died
+     │    └── NotHeld                           release/extend of a lease that was already released
+     ├── StaleFence                             storage refused a write: a higher fence was already accepted
+     └── BackendError
+          ├── BackendUnavailable                the server could not be reached within the bounded time
+          ├── AuthenticationFailed              the server refused our credentials
+          └── BackendRejected                   the server answered, but refused the command (ACL, read-only...)
+
+Why one root: callers catch ``FenceLockError`` and know they caught only ours. Why no ``False`` for a
+down server: ``False`` looks like contention, and a caller that retries on contention would spin
+against a dead server forever. Every exception here keeps its arguments in ``args`` so it pickles
+and crosses process boundaries (multiprocessing, concurrent.futures) intact.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "BackendError",
+    "BackendRejected",
+    "BackendUnavailable",
+    "ConfigurationError",
+    "FenceLockError",
+    "LeaseError",
+    "LeaseLost",
+    "LockTimeout",
+    "NotHeld",
+    "StaleFence",
+]
+
+
+class FenceLockError(Exception):
+    """Root of every error raised by fencelock."""
+
+
+class ConfigurationError(FenceLockError, ValueError):
+    """A bad argument or URL. Raised before any network traffic, with what to do instead."""
+
+
+class LockTimeout(FenceLockError, TimeoutError):
+    """The lock stayed held by someone else for the whole acquire timeout."""
+
+    def __init__(self, name: str, timeout: float) -> None:
+        super().__init__(name, timeout)
+        self.name = name
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return f"lock {self.name!r} was still held by another owner after waiting {self.timeout:g} s"
+
+
+class LeaseError(FenceLockError):
+    """A problem with a lease this process holds (or held)."""
+
+
+class LeaseLost(LeaseError):
+    """The lease is gone: it expired, another owner took the lock, or the backend session died.
+
+    After this, writes guarded by the lease's fence may be rejected by the storage (that is the
+    point of the fence); the holder must stop acting as the owner.
+    """
+
+    def __init__(self, name: str, fence: int, reason: str) -> None:
+        super().__init__(name, fence, reason)
+        self.name = name
+        self.fence = fence
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"lease on {self.name!r} (fence {self.fence}) was lost: {self.reason}"
+
+
+class NotHeld(LeaseError):
+    """The lease was already released (or belongs to another process): nothing to release or extend."""
+
+
+class StaleFence(FenceLockError):
+    """The storage refused a write because it already accepted a higher fence for the resource."""
+
+    def __init__(self, resource: str, fence: int, current: int | None) -> None:
+        super().__init__(resource, fence, current)
+        self.resource = resource
+        self.fence = fence
+        self.current = current
+
+    def __str__(self) -> str:
+        return (
+            f"write to {self.resource!r} with fence {self.fence} rejected: "
+            f"the storage already accepted fence {self.current}"
+        )
+
+
+class BackendError(FenceLockError):
+    """The lock backend failed. The ``backend`` attribute names it (e.g. ``redis``)."""
+
+
+class BackendUnavailable(BackendError, ConnectionError):
+    """The backend could not be reached (refused, timed out, connection dropped)."""
+
+
+class AuthenticationFailed(BackendError):
+    """The backend refused the credentials (wrong password, unknown user)."""
+
+
+class BackendRejected(BackendError):
+    """The backend answered but refused the command (missing ACL permission, read-only replica...)."""

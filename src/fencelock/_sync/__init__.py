@@ -1,0 +1,1 @@
+"""Blocking handles, generated from ``fencelock._async`` by ``scripts/unasync.py``; do not edit."""

@@ -1,0 +1,154 @@
+"""The few primitives that differ between threads and asyncio (hand-written twin of _async/_compat.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+
+class Cancelled(BaseException):
+    """Threads cannot be cancelled; this is never raised, it only keeps the shared code alike."""
+
+
+class _Deadlined(Protocol):
+    def _check_deadline(self) -> float | None: ...
+
+
+class Stopper:
+    """A sleep that ``stop()`` interrupts at once, from any thread."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def stop(self) -> None:
+        self._event.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._event.is_set()
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True if stopped meanwhile."""
+        return self._event.wait(max(0.0, seconds))
+
+
+def spawn(fn: Callable[..., None], *args: Any) -> None:
+    """Run the renewer on a daemon thread (it holds only a weak reference to its lease)."""
+    threading.Thread(target=fn, args=args, name="fencelock-renewer", daemon=True).start()
+
+
+class _DeadlineWatcher:
+    """One daemon thread per process that fires timers on weakly held objects (lease deadlines,
+    the start of a lease's renewer). A thread per lease would cost ~100 us per acquire; this costs
+    a heap push."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._heap: list[tuple[float, int, weakref.ref[Any], Callable[[Any], float | None]]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, obj: Any, delay: float, fn: Callable[[Any], float | None]) -> None:
+        """After ``delay`` s call ``fn(obj)`` if ``obj`` is still alive; again after what it returns."""
+        with self._cv:
+            entry = (time.monotonic() + max(delay, 0.0), next(self._seq), weakref.ref(obj), fn)
+            heapq.heappush(self._heap, entry)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="fencelock-deadlines", daemon=True)
+                self._thread.start()
+            elif self._heap[0] is entry:
+                # Wake the thread only when its next timer moved earlier: waking it on every
+                # acquire would cost a context switch (and the GIL) each time.
+                self._cv.notify()
+            if len(self._heap) > 4096 and len(self._heap) > 4 * self._live_hint:
+                self._compact()
+
+    _live_hint = 1024
+
+    def _compact(self) -> None:
+        # Entries of released or collected leases wait for their time; drop them in bulk instead.
+        alive = [e for e in self._heap if (t := e[2]()) is not None and not _finished(t)]
+        heapq.heapify(alive)
+        self._heap = alive
+        self._live_hint = max(1024, len(alive))
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap:
+                    self._cv.wait()
+                when, _, ref, fn = self._heap[0]
+                now = time.monotonic()
+                if when > now:
+                    self._cv.wait(when - now)
+                    continue
+                heapq.heappop(self._heap)
+            target = ref()
+            if target is None:
+                continue
+            with contextlib.suppress(Exception):
+                again = fn(target)
+                if again is not None:
+                    self.watch(target, max(again, 0.001), fn)
+
+
+def _finished(obj: Any) -> bool:
+    return bool(getattr(obj, "_released", False) or getattr(obj, "_lost_reason", None))
+
+
+_watcher = _DeadlineWatcher()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's watcher thread does not exist in the child; leases inherited by the child are
+    # not the child's to watch or renew (they refuse to act there: see Lease._check_process).
+    global _watcher
+    _watcher = _DeadlineWatcher()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def watch_deadline(obj: _Deadlined, delay: float) -> None:
+    """Call ``obj._check_deadline()`` after ``delay`` s, again after any delay it returns."""
+    _watcher.watch(obj, delay, _check)
+
+
+def _check(obj: Any) -> float | None:
+    result: float | None = obj._check_deadline()
+    return result
+
+
+def current_owner() -> None:
+    return None
+
+
+def interrupt_owner(owner: object, message: str) -> None:
+    """Threads cannot be interrupted; the sync API tells the holder by event, callback and check."""
+    return None
+
+
+def was_interrupted_by_us(owner: object) -> None:
+    return None
+
+
+T = TypeVar("T")
+
+
+def shielded(fn: Callable[[], T]) -> T:
+    """Threads are not cancelled: just call."""
+    return fn()
+
+
+def run_cleanup(fn: Callable[[], None]) -> None:
+    """Best-effort cleanup: errors are swallowed, the lease's TTL is the backstop."""
+    with contextlib.suppress(Exception):
+        fn()

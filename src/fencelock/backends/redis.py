@@ -1,0 +1,303 @@
+"""Redis backend: the protocol as Lua scripts, key naming, URL parsing, error translation.
+
+The I/O classes are ``fencelock._async.redis.AsyncRedisBackend`` and its generated blocking twin
+``fencelock._sync.redis.RedisBackend``; they only call the scripts below.
+
+Keys of one lock (all share one hash tag, so Redis Cluster puts them in one slot):
+
+    {prefix}{<name>}:lock          STRING "<token>:<fence>:<label>", with PX = the lease
+    {prefix}{<name>}:fence         STRING the last fence issued (no expiry; never decreases)
+    {prefix}{<name>}:queue         ZSET   waiting tokens, scored by arrival (server microseconds)
+    {prefix}{<name>}:alive         HASH   waiting token -> server ms until which the waiter counts as alive
+    {prefix}{<name>}:lock:wake:<t> LIST   handoff notice for waiter <t> (it BLPOPs on it)
+
+``<name>`` is the lock name with ``%``, ``{`` and ``}`` percent-encoded, so any name (spaces,
+newlines, braces, non-ASCII) maps to its own hash tag and cannot reach another lock's keys. The
+name travels only as key data, never into a script's source.
+
+Fences. Each fence is ``max(last + 1, TIME in microseconds)`` where ``last`` is the counter key. The
+counter alone would restart at 1 after Redis loses its data (restart without persistence, failover
+to a replica that missed the write, restore of an older snapshot); the clock term restarts it above
+every fence issued before. **Assumption**: when the counter is lost or rolled back, the server's
+clock (``TIME``) reads later than it did when the last fence was issued; i.e. the clock did not step
+backwards by more than the time elapsed since then. NTP slewing never does that; a manual clock
+reset across a data loss could. While the counter survives, the clock may do anything: fences still
+grow by at least one. Fences are integers below 2**53 (exact in Lua's doubles) until the year 2255.
+
+Waiting (first come, first served). A contender that must wait enqueues its token in ``queue``. A
+free lock is granted only to the first *live* waiter (or anyone when the queue is empty), so newcomers
+cannot barge past waiters. ``release`` hands the lock straight to the first live waiter: it mints
+that waiter's fence, sets the lock to its token with a short claim window, and pushes the fence to
+its ``wake`` list; the waiter's BLPOP returns and its ``claim`` stretches the lease to its full TTL.
+A waiter refreshes its ``alive`` stamp each time it polls (at least every ``BLOCK_CAP`` seconds);
+one that stopped refreshing (crashed) is skipped. How strict: FIFO among live waiters by arrival
+at the server; a waiter that was handed the lock but does not claim it within the claim window
+(paused, crashed) loses its turn and the lock is free again at the end of that window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from .._errors import (
+    AuthenticationFailed,
+    BackendError,
+    BackendRejected,
+    BackendUnavailable,
+    ConfigurationError,
+)
+
+__all__ = [
+    "ABANDON",
+    "ACQUIRE",
+    "BLOCK_CAP",
+    "CLAIM",
+    "DEFAULT_PREFIX",
+    "EXTEND",
+    "INSPECT",
+    "RELEASE",
+    "RedisKeys",
+    "map_errors",
+    "parse_redis_url",
+]
+
+DEFAULT_PREFIX = "fencelock:"
+
+BLOCK_CAP = 1.0
+"""Longest single BLPOP, in seconds. Short, because redis-py resends a blocking command that
+outlives the socket timeout (default 5 s in redis-py 8), and because each poll refreshes the
+waiter's ``alive`` stamp."""
+
+REGISTRATION_MS = 4000
+"""How long a waiter counts as alive after its last poll (four polls missed = gone)."""
+
+CLAIM_WINDOW_MS = 2000
+"""How long a handed-over lock waits for its new owner to claim it (capped by the TTL)."""
+
+_PREAMBLE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+-- next fence: max(last + 1, server clock in us); stored before it is returned
+local function mint(fence_key, now)
+  local f = (tonumber(redis.call('GET', fence_key) or '0') or 0) + 1
+  if now > f then f = now end
+  local s = string.format('%.0f', f)
+  redis.call('SET', fence_key, s)
+  return s
+end
+local function owns(value, token)
+  return value and string.sub(value, 1, #token + 1) == token .. ':'
+end
+-- first waiter still alive; drops dead ones (bounded work per call)
+local function head(queue, alive, now_ms)
+  for _ = 1, 32 do
+    local h = redis.call('ZRANGE', queue, 0, 0)[1]
+    if not h then return nil end
+    local exp = tonumber(redis.call('HGET', alive, h) or '0') or 0
+    if exp > now_ms then return h end
+    redis.call('ZREM', queue, h)
+    redis.call('HDEL', alive, h)
+  end
+  return redis.call('ZRANGE', queue, 0, 0)[1]
+end
+-- release the lock held by `token`: hand it to the first live waiter, else delete it.
+-- returns 0 (not ours: nothing changed), 1 (deleted), 2 (handed over)
+local function release(lock, fence_key, queue, alive, token, claim_ms)
+  if not owns(redis.call('GET', lock), token) then return 0 end
+  local now = now_us()
+  local h = head(queue, alive, math.floor(now / 1000))
+  if not h then
+    redis.call('DEL', lock)
+    return 1
+  end
+  local f = mint(fence_key, now)
+  redis.call('SET', lock, h .. ':' .. f .. ':', 'PX', claim_ms)
+  redis.call('ZREM', queue, h)
+  redis.call('HDEL', alive, h)
+  local wake = lock .. ':wake:' .. h
+  redis.call('DEL', wake)
+  redis.call('RPUSH', wake, f)
+  redis.call('PEXPIRE', wake, claim_ms)
+  return 2
+end
+"""
+
+ACQUIRE = _PREAMBLE + """
+-- ACQUIRE: one round trip: SET NX PX and mint the fence.
+-- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive
+-- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] holder label, ARGV[4] '1' to queue when busy,
+-- ARGV[5] waiter registration ms
+-- returns {1, fence} when granted (also when the lock was handed to us meanwhile),
+--         {0, pttl}  when busy (pttl of the holder's key in ms; -2 when free but others wait first)
+local token = ARGV[1]
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if owns(cur, token) then
+    local f = string.match(string.sub(cur, #token + 2), '^(%d+)')
+    redis.call('SET', KEYS[1], token .. ':' .. f .. ':' .. ARGV[3], 'PX', ARGV[2])
+    redis.call('DEL', KEYS[1] .. ':wake:' .. token)
+    return {1, f}
+  end
+else
+  local now = now_us()
+  local h = head(KEYS[3], KEYS[4], math.floor(now / 1000))
+  if (not h) or h == token then
+    local f = mint(KEYS[2], now)
+    redis.call('SET', KEYS[1], token .. ':' .. f .. ':' .. ARGV[3], 'PX', ARGV[2])
+    if h then
+      redis.call('ZREM', KEYS[3], token)
+      redis.call('HDEL', KEYS[4], token)
+    end
+    return {1, f}
+  end
+end
+if ARGV[4] == '1' then
+  local now = now_us()
+  redis.call('ZADD', KEYS[3], 'NX', now, token)
+  redis.call('HSET', KEYS[4], token, math.floor(now / 1000) + tonumber(ARGV[5]))
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+end
+return {0, redis.call('PTTL', KEYS[1])}
+"""
+
+CLAIM = """
+-- CLAIM: take a lock that RELEASE handed to us, stretching it to our full TTL.
+-- KEYS[1] lock; ARGV[1] token, ARGV[2] ttl ms, ARGV[3] holder label
+-- returns the fence (string), or nil when the lock is not (or no longer) ours
+local token = ARGV[1]
+local cur = redis.call('GET', KEYS[1])
+if not (cur and string.sub(cur, 1, #token + 1) == token .. ':') then return nil end
+local f = string.match(string.sub(cur, #token + 2), '^(%d+)')
+redis.call('SET', KEYS[1], token .. ':' .. f .. ':' .. ARGV[3], 'PX', ARGV[2])
+redis.call('DEL', KEYS[1] .. ':wake:' .. token)
+return f
+"""
+
+EXTEND = """
+-- EXTEND: reset the lease to ARGV[2] ms from now, only if we still hold it.
+-- KEYS[1] lock; ARGV[1] token, ARGV[2] ttl ms
+-- returns 1 when extended, 0 when the lock is gone or held by another token
+local cur = redis.call('GET', KEYS[1])
+if cur and string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE = _PREAMBLE + """
+-- RELEASE: delete-if-token-matches, or hand the lock to the first live waiter.
+-- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive
+-- ARGV[1] token, ARGV[2] claim window ms for the next owner
+-- returns 0 when the lock was not ours (expired; maybe taken): nothing is changed;
+--         1 when deleted; 2 when handed over to the next waiter
+return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
+"""
+
+ABANDON = _PREAMBLE + """
+-- ABANDON: a waiter gives up (timeout, cancellation, error): leave the queue, and if the lock was
+-- handed to us (or granted by a request whose answer we never read), pass it on.
+-- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive
+-- ARGV[1] token, ARGV[2] claim window ms for the next owner
+-- returns what RELEASE returns (0 when we held nothing)
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[1] .. ':wake:' .. ARGV[1])
+return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
+"""
+
+INSPECT = """
+-- INSPECT: who holds the lock.
+-- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue
+-- returns {value or false, pttl ms, number of queued waiters, last fence or false}
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), redis.call('ZCARD', KEYS[3]),
+        redis.call('GET', KEYS[2])}
+"""
+
+
+def _tag(name: str) -> str:
+    # Percent-encode only what could break the hash tag or the encoding itself: injective, readable.
+    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+class RedisKeys:
+    """Key names of one lock (see the module docstring)."""
+
+    __slots__ = ("alive", "fence", "lock", "queue")
+
+    def __init__(self, prefix: str, name: str) -> None:
+        base = f"{prefix}{{{_tag(name)}}}:"
+        self.lock = base + "lock"
+        self.fence = base + "fence"
+        self.queue = base + "queue"
+        self.alive = base + "alive"
+
+    def all4(self) -> list[str]:
+        return [self.lock, self.fence, self.queue, self.alive]
+
+    def wake(self, token: str) -> str:
+        return f"{self.lock}:wake:{token}"
+
+
+def check_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+        raise ConfigurationError(
+            f"key prefix must be a string without braces (they would change the hash tag), got {prefix!r}"
+        )
+    return prefix
+
+
+_OUR_PARAMS = {"prefix"}
+
+
+def parse_redis_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split ``redis://...?prefix=app:`` into the URL redis-py understands and fencelock's own options."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(f"not a Redis URL: {url!r} (use redis://, rediss:// or unix://)")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    ours = {k: v[-1] for k, v in query.items() if k in _OUR_PARAMS}
+    theirs = [(k, x) for k, v in query.items() if k not in _OUR_PARAMS for x in v]
+    base = url.split("?", 1)[0]  # urlunsplit would turn unix:///p into unix:/p
+    return (base + "?" + urlencode(theirs) if theirs else base), ours
+
+
+def text(value: Any) -> str:
+    """Redis replies as str whether the user's client decodes responses or not."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+@contextlib.contextmanager
+def map_errors(what: str) -> Iterator[None]:
+    """Translate redis-py's exceptions into fencelock's tree, in one place."""
+    from redis import exceptions as rex
+
+    try:
+        yield
+    except BackendError:
+        raise
+    except rex.AuthenticationError as err:
+        raise AuthenticationFailed(f"redis refused our credentials during {what}: {err}") from err
+    except (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, OSError) as err:
+        raise BackendUnavailable(f"redis unreachable during {what}: {err}") from err
+    except rex.ResponseError as err:
+        msg = str(err)
+        if "WRONGPASS" in msg or "NOAUTH" in msg or "invalid password" in msg.lower():
+            raise AuthenticationFailed(f"redis refused our credentials during {what}: {msg}") from err
+        if "NOPERM" in msg or "READONLY" in msg or isinstance(err, rex.NoPermissionError):
+            raise BackendRejected(
+                f"redis refused {what}: {msg}; the user needs EVALSHA, EVAL and SCRIPT LOAD plus BLPOP "
+                "on the lock's keys (see README: Redis ACL)"
+            ) from err
+        raise BackendRejected(f"redis refused {what}: {msg}") from err
+    except rex.RedisError as err:
+        raise BackendRejected(f"redis error during {what}: {err}") from err

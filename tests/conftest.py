@@ -1,0 +1,51 @@
+"""Test-run wiring: real servers (see servers.py), parametrization of the contract suite."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from servers import BACKENDS, redis_debian_server, redis_embedded_server  # noqa: F401
+
+try:  # each backend's servers register themselves in BACKENDS when imported
+    from srv_zookeeper import zookeeper_server  # noqa: F401
+except ImportError:  # pragma: no cover - until the ZooKeeper backend lands
+    pass
+try:
+    from srv_sqlite import sqlite_server  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs(*caps): run only against backends with these capabilities")
+    config.addinivalue_line("markers", "backends(*names): restrict a contract test to these backends")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "lock_server" not in metafunc.fixturenames:
+        return
+    needs: set[str] = set()
+    for mark in metafunc.definition.iter_markers("needs"):
+        needs.update(mark.args)
+    only: set[str] | None = None
+    for mark in metafunc.definition.iter_markers("backends"):
+        only = set(mark.args)
+    names = [n for n in BACKENDS if only is None or n in only]
+    if needs:
+        from servers import capabilities_of
+
+        names = [n for n in names if needs <= capabilities_of(n)]
+    metafunc.parametrize("backend_name", names, scope="session")
+
+
+@pytest.fixture
+def lock_server(request: pytest.FixtureRequest, backend_name: str):  # type: ignore[no-untyped-def]
+    return request.getfixturevalue(BACKENDS[backend_name])
+
+
+@pytest.fixture
+def name() -> str:
+    """A fresh lock name per test: tests share servers, never locks."""
+    return f"test:{uuid.uuid4().hex[:12]}"

