@@ -72,6 +72,12 @@ class AsyncLock:
         self._params = LockParams.make(name, ttl, renew, timeout, label)
         self._backend: AsyncBackend
         self._backend, self._owns_backend = open_async_backend(backend)
+        cap = getattr(self._backend, "max_lease", None)
+        if cap is not None and ttl > cap:
+            # The backend cannot vouch for a lease longer than this (ZooKeeper: the session
+            # timeout): shorten it, and renew in proportion.
+            interval = renew if isinstance(renew, bool) or renew < cap else cap / 3
+            self._params = LockParams.make(name, cap, interval, timeout, label)
         self._on_lost = on_lost
         self._cancel_on_loss = cancel_on_loss
         self._clock = clock

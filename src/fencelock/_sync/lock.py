@@ -73,6 +73,12 @@ class Lock:
         self._params = LockParams.make(name, ttl, renew, timeout, label)
         self._backend: Backend
         self._backend, self._owns_backend = open_backend(backend)
+        cap = getattr(self._backend, "max_lease", None)
+        if cap is not None and ttl > cap:
+            # The backend cannot vouch for a lease longer than this (ZooKeeper: the session
+            # timeout): shorten it, and renew in proportion.
+            interval = renew if isinstance(renew, bool) or renew < cap else cap / 3
+            self._params = LockParams.make(name, cap, interval, timeout, label)
         self._on_lost = on_lost
         self._cancel_on_loss = cancel_on_loss
         self._clock = clock

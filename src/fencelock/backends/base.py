@@ -26,6 +26,9 @@ Primitives:
   session events); call ``callback(state, reason)`` from any thread. Returns an un-subscribe function.
 - ``close()`` / ``aclose()``: release connections the backend opened itself (never the user's own client).
 
+Optional attribute ``max_lease`` (seconds): the longest lease the backend can vouch for (ZooKeeper:
+its session timeout). A lock with a longer ``ttl`` is shortened to it, renewal in proportion.
+
 Every primitive raises ``BackendUnavailable`` (or another ``BackendError``) within a bounded time
 when the server cannot answer; none returns a value that could be mistaken for contention.
 """
