@@ -11,6 +11,7 @@ Capabilities:
   delete_key        delete a lock under its holder (as an operator or a bug would)
   expire_key        make a lock expire on the server now (stand-in for a server clock jump)
   password          the server has a password, and ``url_with_password(pw)`` gives a URL with another one
+  fifo              waiters are served first come, first served
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class RedisLockServer(LockServer):
 
     kind = "redis"
     capabilities = frozenset(
-        {"restart_empty", "restart_snapshot", "pause", "delete_key", "expire_key", "password"}
+        {"restart_empty", "restart_snapshot", "pause", "delete_key", "expire_key", "password", "fifo"}
     )
     PASSWORD = "s3cret-test"
 

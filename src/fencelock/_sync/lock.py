@@ -389,7 +389,6 @@ class Lease:
             if self._lost_reason is not None or self._released:
                 return
             self._lost_reason = reason
-        self.lost_event.set()
         self._stop_background()
         instruments.lost(self.name, reason)
         log.warning("lease on %r fence=%d holder=%s lost: %s", self.name, self.fence, self._lock._params.label, reason)
@@ -402,6 +401,8 @@ class Lease:
                 callback(self)
             except Exception:
                 log.exception("on_lost callback for %r raised", self.name)
+        # Last, so that whoever wakes on the event finds the callback already done.
+        self.lost_event.set()
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
