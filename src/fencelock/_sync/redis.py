@@ -21,12 +21,15 @@ from ..backends.redis import (
     CLAIM,
     CLAIM_WINDOW_MS,
     DEFAULT_PREFIX,
+    DEFAULT_WAIT_TIMEOUT,
     EXTEND,
     INSPECT,
     REGISTRATION_MS,
     RELEASE,
     RedisKeys,
+    ReplicationUnconfirmed,
     check_prefix,
+    check_wait_replicas,
     map_errors,
     parse_redis_url,
     text,
@@ -44,15 +47,29 @@ class RedisBackend:
     Pass your own client (``Redis``, ``RedisCluster``, ``sentinel.master_for(...)``): it is used as
     is and never closed by us. Or use ``from_url``: then fencelock owns and closes the client, and
     sets bounded connect/socket timeouts so that a down server is an error within seconds.
+
+    ``wait_replicas=N`` (with ``wait_timeout`` seconds) makes every grant wait until ``N`` replicas
+    acknowledged it (``WAIT``, on the connection that wrote it), so a failover to one of them keeps
+    the lock. When fewer acknowledge in time, the acquire fails with ``ReplicationUnconfirmed`` (a
+    ``BackendRejected``) and the lock handle gives the lock up again. Not for Redis Cluster clients.
     """
 
     name = "redis"
 
-    def __init__(self, client: Any, *, prefix: str = DEFAULT_PREFIX, owns_client: bool = False) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        owns_client: bool = False,
+        wait_replicas: int = 0,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> None:
         if not hasattr(client, "register_script"):
             raise ConfigurationError(f"expected a redis-py client, got {type(client).__name__}")
         self.client = client
         self.prefix = check_prefix(prefix)
+        self.wait_replicas, self._wait_ms = check_wait_replicas(client, wait_replicas, wait_timeout)
         self._owns_client = owns_client
         self._acquire = client.register_script(ACQUIRE)
         self._claim = client.register_script(CLAIM)
@@ -71,7 +88,15 @@ class RedisBackend:
         client_kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
         client_kwargs.setdefault("socket_timeout", SOCKET_TIMEOUT)
         client = redis_api.Redis.from_url(plain, **client_kwargs)
-        return cls(client, prefix=ours.get("prefix", DEFAULT_PREFIX), owns_client=True)
+        replicas = int(ours.get("wait_replicas", "0") or 0)
+        timeout = float(ours.get("wait_timeout", DEFAULT_WAIT_TIMEOUT) or DEFAULT_WAIT_TIMEOUT)
+        return cls(
+            client,
+            prefix=ours.get("prefix", DEFAULT_PREFIX),
+            owns_client=True,
+            wait_replicas=replicas,
+            wait_timeout=timeout,
+        )
 
     def keys(self, name: str) -> RedisKeys:
         keys = self._keys.get(name)
@@ -83,10 +108,12 @@ class RedisBackend:
 
     def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
         k = self.keys(key)
-        with map_errors("acquire"):
-            granted, value = self._acquire(
-                keys=k.all4(), args=[token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS]
-            )
+        args = [token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS]
+        if self.wait_replicas:
+            granted, value = self._replicated(key, "acquire", self._acquire, k.all4(), args)
+        else:
+            with map_errors("acquire"):
+                granted, value = self._acquire(keys=k.all4(), args=args)
         if int(granted) == 1:
             return Attempt(fence=int(value))
         pttl = int(value)
@@ -99,9 +126,27 @@ class RedisBackend:
         return got is not None
 
     def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
+        if self.wait_replicas:
+            lock_key = [self.keys(key).lock]
+            fence = self._replicated(key, "claim", self._claim, lock_key, [token, ttl_ms, label])
+            return None if fence is None else int(fence)
         with map_errors("claim"):
             fence = self._claim(keys=[self.keys(key).lock], args=[token, ttl_ms, label])
         return None if fence is None else int(fence)
+
+    def _replicated(self, key: str, what: str, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` then ``WAIT`` in one pipeline: WAIT counts only the writes sent on its own
+        connection, so both must travel on the same one. Raises ``ReplicationUnconfirmed`` when a
+        grant (a reply carrying a fence) was acknowledged by too few replicas."""
+        with map_errors(what):
+            pipe = self.client.pipeline(transaction=False)
+            script(keys=keys, args=args, client=pipe)
+            pipe.wait(self.wait_replicas, self._wait_ms)
+            reply, acked = pipe.execute()
+        granted = reply is not None and (not isinstance(reply, list) or int(reply[0]) == 1)
+        if granted and int(acked) < self.wait_replicas:
+            raise ReplicationUnconfirmed(key, int(acked), self.wait_replicas, self._wait_ms / 1000)
+        return reply
 
     def abandon(self, key: str, token: str) -> None:
         claim_ms = CLAIM_WINDOW_MS

@@ -60,6 +60,8 @@ __all__ = [
     "INSPECT",
     "RELEASE",
     "RedisKeys",
+    "ReplicationUnconfirmed",
+    "check_wait_replicas",
     "map_errors",
     "parse_redis_url",
 ]
@@ -254,7 +256,46 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
-_OUR_PARAMS = {"prefix"}
+_OUR_PARAMS = {"prefix", "wait_replicas", "wait_timeout"}
+
+DEFAULT_WAIT_TIMEOUT = 1.0
+"""Seconds a grant waits for ``wait_replicas`` acknowledgements (``WAIT``) when none is given."""
+
+
+class ReplicationUnconfirmed(BackendRejected):
+    """The master granted the lock, but fewer replicas than asked acknowledged it in time: a failover
+    now could lose the lock (and hand it to a second owner), so the grant is given up."""
+
+    def __init__(self, name: str, acked: int, wanted: int, timeout: float) -> None:
+        super().__init__(name, acked, wanted, timeout)
+        self.name = name
+        self.acked = acked
+        self.wanted = wanted
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return (
+            f"lock {self.name!r}: only {self.acked} of {self.wanted} replica(s) acknowledged the grant "
+            f"within {self.timeout:g} s (WAIT); the lock was given up, since a failover could lose it"
+        )
+
+
+def check_wait_replicas(client: Any, replicas: Any, timeout: Any) -> tuple[int, int]:
+    """Validate ``wait_replicas`` / ``wait_timeout``; returns (replicas, timeout in ms, at least 1:
+    ``WAIT n 0`` would block forever)."""
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise ConfigurationError(f"wait_replicas must be an integer >= 0, got {replicas!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 1e6:
+        raise ConfigurationError(
+            f"wait_timeout must be a positive, finite number of seconds, got {timeout!r} "
+            "(every wait is bounded)"
+        )
+    if replicas and "Cluster" in type(client).__name__:
+        raise ConfigurationError(
+            "wait_replicas is not supported with a Redis Cluster client (WAIT must run on the connection "
+            "of the node that took the write)"
+        )
+    return replicas, max(1, int(timeout * 1000))
 
 
 def parse_redis_url(url: str) -> tuple[str, dict[str, str]]:
