@@ -68,9 +68,9 @@ def test_wrong_client_kind_is_explained() -> None:
     import redis
     import redis.asyncio
 
-    with pytest.raises(fencelock.ConfigurationError, match="fencelock.aio.Lock"):
+    with pytest.raises(fencelock.ConfigurationError, match=r"fencelock\.aio\.Lock"):
         fencelock.Lock("x", redis.asyncio.Redis())
-    with pytest.raises(fencelock.ConfigurationError, match="fencelock.Lock"):
+    with pytest.raises(fencelock.ConfigurationError, match=r"fencelock\.Lock"):
         aio.Lock("x", redis.Redis())
     with pytest.raises(fencelock.ConfigurationError, match="cannot use"):
         fencelock.Lock("x", object())
@@ -129,5 +129,7 @@ def test_backoff_is_bounded_and_jittered() -> None:
 
 def test_generated_sync_code_is_up_to_date() -> None:
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, str(root / "scripts" / "unasync.py"), "--check"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / "unasync.py"), "--check"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import multiprocessing as mp
 import os
 import threading
@@ -105,7 +106,9 @@ def test_mutual_exclusion_across_processes(lock_server: Any, name: str) -> None:
     workers, rounds = 4, 15
     start = CTX.Event()
     out = CTX.Queue()
-    procs = [CTX.Process(target=_exclusion_worker, args=(lock_server.url, name, rounds, start, out)) for _ in range(workers)]
+    procs = [
+        CTX.Process(target=_exclusion_worker, args=(lock_server.url, name, rounds, start, out)) for _ in range(workers)
+    ]
     for p in procs:
         p.start()
     try:
@@ -120,7 +123,7 @@ def test_mutual_exclusion_across_processes(lock_server: Any, name: str) -> None:
                 p.kill()
     assert len(records) == workers * rounds
     records.sort()
-    for (b1, e1, f1, _), (b2, e2, f2, _) in zip(records, records[1:]):
+    for (b1, e1, f1, _), (b2, e2, f2, _) in itertools.pairwise(records):
         assert e1 <= b2, f"critical sections overlap: {(b1, e1)} and {(b2, e2)}"
         assert f2 > f1, "fences must grow in the order the lock was held"
     assert len({r[3] for r in records}) == workers

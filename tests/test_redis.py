@@ -130,7 +130,10 @@ def test_fence_counter_survives_deleting_the_lock(server: Any, name: str) -> Non
 
 
 def test_custom_prefix_keeps_keys_apart(server: Any, name: str) -> None:
-    with fencelock.Lock(name, server.url + "?prefix=app1:", ttl=5) as a, fencelock.Lock(name, server.url + "?prefix=app2:", ttl=5) as b:
+    with (
+        fencelock.Lock(name, server.url + "?prefix=app1:", ttl=5) as a,
+        fencelock.Lock(name, server.url + "?prefix=app2:", ttl=5) as b,
+    ):
         assert a.fence > 0 and b.fence > 0  # same name, different prefixes: both held at once
         assert server.admin.exists(RedisKeys("app1:", name).lock) == 1
         assert server.admin.exists(RedisKeys("app2:", name).lock) == 1

@@ -88,13 +88,20 @@ class EmbeddedRedis:
     def args(self) -> list[str]:
         args = [
             self.binary,
-            "--port", "0",
-            "--unixsocket", str(self.socket),
-            "--unixsocketperm", "700",
-            "--dir", str(self.dir),
-            "--daemonize", "no",
-            "--loglevel", "warning",
-            "--logfile", str(self.dir / "server.log"),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.dir / "server.log"),
         ]
         if self.persistence:
             args += ["--save", "3600 1", "--appendonly", "no", "--dbfilename", "dump.rdb"]
@@ -125,7 +132,9 @@ class EmbeddedRedis:
             assert self.process is not None
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                log = (self.dir / "server.log").read_text(errors="replace") if (self.dir / "server.log").exists() else ""
+                log = (
+                    (self.dir / "server.log").read_text(errors="replace") if (self.dir / "server.log").exists() else ""
+                )
                 raise BackendUnavailable(f"embedded server exited with {self.process.returncode}: {err}{log[-2000:]}")
             if self.socket.exists():
                 try:

@@ -107,9 +107,7 @@ class LockParams:
             interval = None
         else:
             if not isinstance(renew, (int, float)) or not math.isfinite(renew) or renew <= 0:
-                raise ConfigurationError(
-                    f"renew must be True, False or a positive interval in seconds, got {renew!r}"
-                )
+                raise ConfigurationError(f"renew must be True, False or a positive interval in seconds, got {renew!r}")
             if renew >= ttl:
                 raise ConfigurationError(
                     f"renew interval {renew!r} s must be shorter than ttl {ttl!r} s, or the lease expires "

@@ -127,7 +127,7 @@ def _check(obj: Any) -> float | None:
     return result
 
 
-def current_owner() -> None:
+def current_owner() -> Any:
     return None
 
 

@@ -130,7 +130,9 @@ local function release(lock, fence_key, queue, alive, token, claim_ms)
 end
 """
 
-ACQUIRE = _PREAMBLE + """
+ACQUIRE = (
+    _PREAMBLE
+    + """
 -- ACQUIRE: one round trip: SET NX PX and mint the fence.
 -- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive
 -- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] holder label, ARGV[4] '1' to queue when busy,
@@ -168,6 +170,7 @@ if ARGV[4] == '1' then
 end
 return {0, redis.call('PTTL', KEYS[1])}
 """
+)
 
 CLAIM = """
 -- CLAIM: take a lock that RELEASE handed to us, stretching it to our full TTL.
@@ -194,7 +197,9 @@ end
 return 0
 """
 
-RELEASE = _PREAMBLE + """
+RELEASE = (
+    _PREAMBLE
+    + """
 -- RELEASE: delete-if-token-matches, or hand the lock to the first live waiter.
 -- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive
 -- ARGV[1] token, ARGV[2] claim window ms for the next owner
@@ -202,8 +207,11 @@ RELEASE = _PREAMBLE + """
 --         1 when deleted; 2 when handed over to the next waiter
 return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
 """
+)
 
-ABANDON = _PREAMBLE + """
+ABANDON = (
+    _PREAMBLE
+    + """
 -- ABANDON: a waiter gives up (timeout, cancellation, error): leave the queue, and if the lock was
 -- handed to us (or granted by a request whose answer we never read), pass it on.
 -- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive
@@ -214,6 +222,7 @@ redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[1] .. ':wake:' .. ARGV[1])
 return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
 """
+)
 
 INSPECT = """
 -- INSPECT: who holds the lock.
@@ -287,8 +296,7 @@ def check_wait_replicas(client: Any, replicas: Any, timeout: Any) -> tuple[int, 
         raise ConfigurationError(f"wait_replicas must be an integer >= 0, got {replicas!r}")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 1e6:
         raise ConfigurationError(
-            f"wait_timeout must be a positive, finite number of seconds, got {timeout!r} "
-            "(every wait is bounded)"
+            f"wait_timeout must be a positive, finite number of seconds, got {timeout!r} (every wait is bounded)"
         )
     if replicas and "Cluster" in type(client).__name__:
         raise ConfigurationError(
