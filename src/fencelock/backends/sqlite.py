@@ -1,0 +1,605 @@
+"""Embedded SQLite backend: one lock file, many processes, **one host**, no server (stdlib ``sqlite3``).
+
+URL: ``sqlite:///relative/locks.db`` (relative to the working directory when the backend is made) or
+``sqlite:////absolute/locks.db``; ``?busy_timeout=SECONDS`` (default 5) bounds how long one call
+waits for another process's write transaction. The file and its directory are created if missing.
+
+Tables (all in the one file; names start with ``fencelock_`` but keep other data out of this file:
+a long write transaction of your own would stall every lock call for up to the busy timeout)::
+
+    fencelock_fence(name PK, last)                  last fence issued; never decreases, never deleted
+    fencelock_lock(name PK, token, fence, label,    the current lease; ``deadline`` is on the host's
+                   boot, deadline, ttl)             CLOCK_MONOTONIC of boot ``boot``
+    fencelock_waiter(name, token PK, seq, boot,     FIFO queue of live waiters
+                     alive)
+
+Transactions. ``try_acquire`` is one ``BEGIN IMMEDIATE`` transaction (it takes SQLite's single write
+lock at once, so reading the row and writing the new lease cannot interleave with another process);
+``extend`` and ``release`` are one write statement each (an autocommit write statement takes the
+write lock when it starts and commits when it ends: one transaction, no read-then-upgrade race).
+``busy_timeout`` bounds every wait for the write lock; when it runs out the call raises
+``BackendUnavailable``, never returns False.
+
+Fences. ``max(last + 1, wall-clock microseconds)``, minted and stored in the acquire transaction. The
+counter alone is durable against any process crash (see *Durability*); the clock term keeps fences
+increasing when the counter is lost anyway: the file deleted, kept on a tmpfs across a reboot, or
+its last commits lost in a power failure. **Assumption** (as for Redis): when the counter is lost,
+the wall clock reads later than when the last fence was issued.
+
+Deadlines. A lease ends at ``time.monotonic() + ttl`` measured inside the transaction. Every process
+of one host reads the same ``CLOCK_MONOTONIC``, which never jumps with NTP or a manual clock change,
+so expiry needs no wall clock. Hence **one host only**: never share the file between machines (NFS,
+a volume shared by VMs: their monotonic clocks are unrelated, and SQLite's locking is unreliable on
+network filesystems anyway). Processes in different Linux *time namespaces* (``unshare --time``)
+have offset monotonic clocks and must not share a file either; ordinary containers on one kernel may.
+A reboot resets the monotonic clock: every row carries the boot id (``/proc/sys/kernel/random/
+boot_id``) and rows of another boot count as expired (their holders died with that boot). Where no
+boot id exists, a row whose deadline lies further ahead than its own ``ttl`` cannot come from this
+clock and counts as expired too; that bound also holds on Linux.
+
+Waiting: bounded polling, first come first served. A contender that must wait enqueues its token in
+``fencelock_waiter`` (refreshing an ``alive`` stamp at least every ``REFRESH`` seconds); a free lock is
+granted only to the first live waiter, or to anyone when nobody waits, so newcomers cannot barge in.
+``wait()`` polls with cheap reads (WAL readers never block on the writer): the first waiter every
+``HEAD_POLL`` seconds (so a release is noticed within about a millisecond), the others with
+full-jitter exponential backoff; never longer than the holder's remaining lease or the timeout. A
+waiter that stops polling (killed, paused) loses its turn ``REGISTRATION`` seconds after its last
+poll; until then a free lock may sit idle. There is no push wake-up: no server to send it.
+
+Durability. WAL with ``synchronous=NORMAL``: a commit is appended to the WAL file with ``write()``
+and no ``fsync``; the data is in the kernel's page cache the moment the call returns, so a crash of
+any or every *process* (SIGKILL included) loses nothing. Only an OS crash or power cut can lose the
+last commits; then every holder died too, and the clock seed keeps the fences increasing.
+``synchronous=FULL`` would fsync every acquire (milliseconds on a disk) for no gain in that case.
+An uncommitted transaction of a killed process is discarded by SQLite and its write lock freed by
+the kernel.
+
+Threads and processes: one connection per backend per thread (the statement cache makes every
+statement here a prepared one); a forked child opens its own (SQLite connections must not cross
+``fork()``). ``AsyncSqliteBackend`` runs the same calls with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote
+
+from .._errors import BackendError, BackendRejected, BackendUnavailable, ConfigurationError
+from .base import Attempt, LockInfo, LossCallback, Unsubscribe, no_loss_watch
+
+__all__ = ["AsyncSqliteBackend", "SqliteBackend", "parse_sqlite_url"]
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+DEFAULT_BUSY_TIMEOUT = 5.0
+"""Seconds one call may wait for another connection's write transaction before it raises."""
+
+REGISTRATION = 2.0
+"""A waiter counts as alive this long after its last ``try_acquire`` (it refreshes every REFRESH)."""
+
+REFRESH = 0.5
+"""Longest ``retry_after`` we hand out, so a waiting lock calls ``try_acquire`` (which refreshes its
+``alive`` stamp) at least this often."""
+
+HEAD_POLL = 0.001
+"""Poll interval of the first waiter: the one that takes the lock next must notice a release fast."""
+
+BACKOFF_BASE = 0.002
+BACKOFF_CAP = 0.05
+"""Full-jitter backoff of the other waiters: uniform in [0, min(CAP, BASE * 2**n)]."""
+
+_EPSILON = 0.001
+"""Float slack in the "deadline at most ttl ahead" check (both sides come from one clock)."""
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS fencelock_fence (
+        name TEXT PRIMARY KEY,
+        last INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS fencelock_lock (
+        name TEXT PRIMARY KEY,
+        token TEXT NOT NULL,
+        fence INTEGER NOT NULL,
+        label TEXT NOT NULL,
+        boot TEXT NOT NULL,
+        deadline REAL NOT NULL,
+        ttl REAL NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS fencelock_waiter (
+        name TEXT NOT NULL,
+        token TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        boot TEXT NOT NULL,
+        alive REAL NOT NULL,
+        PRIMARY KEY (name, token)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS fencelock_waiter_order ON fencelock_waiter (name, seq)",
+)
+
+# A lease row is live when it comes from this boot, has not reached its deadline, and its deadline
+# is not further ahead than its own ttl (which only a row written on another clock can be).
+_LIVE = "boot = :boot AND deadline > :now AND deadline <= :now + ttl + 0.001"
+
+_SELECT_LOCK = "SELECT token, fence, boot, deadline, ttl, label FROM fencelock_lock WHERE name = ?"
+_SELECT_HEAD = "SELECT token, boot, alive FROM fencelock_waiter WHERE name = ? ORDER BY seq LIMIT 1"
+_SELECT_FENCE = "SELECT last FROM fencelock_fence WHERE name = ?"
+_STORE_FENCE = "INSERT OR REPLACE INTO fencelock_fence (name, last) VALUES (?, ?)"
+_STORE_LOCK = (
+    "INSERT OR REPLACE INTO fencelock_lock (name, token, fence, label, boot, deadline, ttl) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_ENQUEUE = (
+    "INSERT INTO fencelock_waiter (name, token, seq, boot, alive) "
+    "VALUES (:name, :token, (SELECT COALESCE(MAX(seq), 0) + 1 FROM fencelock_waiter WHERE name = :name), "
+    ":boot, :alive) ON CONFLICT (name, token) DO UPDATE SET alive = excluded.alive, boot = excluded.boot"
+)
+_DEQUEUE = "DELETE FROM fencelock_waiter WHERE name = ? AND token = ?"
+_EXTEND = (
+    "UPDATE fencelock_lock SET deadline = :now + :ttl, ttl = :ttl "
+    f"WHERE name = :name AND token = :token AND {_LIVE}"
+)
+_RELEASE = f"DELETE FROM fencelock_lock WHERE name = :name AND token = :token AND {_LIVE}"
+_DROP_OWN = "DELETE FROM fencelock_lock WHERE name = ? AND token = ?"
+_COUNT_WAITERS = "SELECT COUNT(*) FROM fencelock_waiter WHERE name = ? AND boot = ? AND alive > ?"
+
+
+def read_boot_id() -> str:
+    """This boot's id: changes at every reboot, which resets ``CLOCK_MONOTONIC``.
+
+    Linux only; elsewhere a constant, and the "deadline at most ttl ahead" check alone makes rows
+    of an earlier boot expire (at the latest ``ttl`` after the reboot).
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def parse_sqlite_url(url: str) -> tuple[str, float]:
+    """``sqlite:///rel/path.db`` or ``sqlite:////abs/path.db`` [``?busy_timeout=SECONDS``] ->
+    (absolute path, busy timeout). Raises ``ConfigurationError`` before any I/O."""
+    if not url.startswith("sqlite://"):
+        raise ConfigurationError(f"not a SQLite URL: {url!r} (use sqlite:///path/to/locks.db)")
+    rest, _, query = url[len("sqlite://") :].partition("?")
+    if not rest.startswith("/") or rest in ("/", "//"):
+        raise ConfigurationError(
+            f"SQLite lock URL {url!r} needs a file path: sqlite:///relative/locks.db or "
+            "sqlite:////absolute/locks.db (three slashes, then the path; no host)"
+        )
+    path = unquote(rest[1:])
+    if path in (":memory:", "") or path.startswith("file:"):
+        raise ConfigurationError(
+            f"SQLite lock URL {url!r}: an in-memory or URI database is private to one connection and "
+            "cannot lock anything between processes; give a file path"
+        )
+    busy = DEFAULT_BUSY_TIMEOUT
+    params = parse_qs(query, keep_blank_values=True)
+    unknown = set(params) - {"busy_timeout"}
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) {sorted(unknown)} in SQLite lock URL; the only option is busy_timeout=SECONDS"
+        )
+    if "busy_timeout" in params:
+        busy = _busy_timeout(params["busy_timeout"][-1])
+    return os.path.abspath(path), busy
+
+
+def _busy_timeout(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 < seconds < 3600:
+        raise ConfigurationError(
+            f"busy_timeout must be a number of seconds between 0 and 3600, got {value!r}; it bounds how "
+            "long a call waits for another process's write transaction"
+        )
+    return seconds
+
+
+class SqliteBackend:
+    """Blocking fencelock backend on one SQLite file (see the module docstring for how it works).
+
+    ``clock`` and ``boot_id`` exist for tests (simulated reboots): every process sharing a file must
+    use the host's ``time.monotonic`` and its real boot id, which are the defaults.
+    """
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        clock: Clock = time.monotonic,
+        boot_id: str | None = None,
+    ) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.busy_timeout = _busy_timeout(busy_timeout)
+        self._clock = clock
+        self.boot = read_boot_id() if boot_id is None else boot_id
+        self._local = threading.local()
+        self._conns: list[tuple[int, sqlite3.Connection]] = []
+        self._conns_lock = threading.Lock()
+        self._schema_ready = False
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteBackend:
+        path, busy = parse_sqlite_url(url)
+        return cls(path, busy_timeout=busy)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r}>"
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened (and the schema created) on first use."""
+        if self._closed:
+            raise BackendUnavailable(f"the SQLite lock backend for {self.path} was closed; make a new one")
+        pid = os.getpid()
+        cached: tuple[int, sqlite3.Connection] | None = getattr(self._local, "conn", None)
+        if cached is not None and cached[0] == pid:
+            conn = cached[1]
+            if conn.in_transaction:  # only after an interrupted rollback: never keep the write lock
+                conn.execute("ROLLBACK")
+            return conn
+        # A connection inherited through fork() is the parent's: leave it alone and open our own.
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        except OSError as err:
+            raise BackendRejected(
+                f"cannot create the directory of the SQLite lock database {self.path}: {err}; create it, "
+                "or point sqlite:/// at a writable place"
+            ) from err
+        try:
+            # isolation_level=None: we write BEGIN/COMMIT ourselves. timeout = SQLite's busy timeout.
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,  # close() may run on another thread; SQLite is serialized
+                cached_statements=64,
+            )
+        except sqlite3.Error as err:
+            raise self._translate(err, "open") from err
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; a no-op after the first
+            conn.execute("PRAGMA synchronous=NORMAL")  # per connection; see "Durability" above
+            if not self._schema_ready:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                self._schema_ready = True
+        except sqlite3.Error as err:
+            conn.close()
+            raise self._translate(err, "open") from err
+        self._local.conn = (pid, conn)
+        with self._conns_lock:
+            self._conns.append((pid, conn))
+        return conn
+
+    def close(self) -> None:
+        """Close the connections this process opened (of every thread). Not while calls are running."""
+        self._closed = True
+        pid = os.getpid()
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for owner, conn in conns:
+            if owner == pid:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
+    # -- one place for transactions and error translation -----------------------------------------
+
+    def _write(self, what: str, body: Callable[[sqlite3.Connection, float], T]) -> T:
+        """Run ``body(conn, now)`` in one ``BEGIN IMMEDIATE`` transaction. ``now`` is read after the
+        write lock is ours, so a long busy wait cannot make a lease look younger than it is."""
+        try:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(conn, self._clock())
+                conn.execute("COMMIT")
+            except BaseException:
+                # Also on KeyboardInterrupt: an open transaction would keep the file's write lock.
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as err:
+            raise self._translate(err, what) from err
+        return result
+
+    def _statement(self, what: str, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> sqlite3.Cursor:
+        """One statement in autocommit mode (a write statement is its own transaction)."""
+        try:
+            return self._conn().execute(sql, params)
+        except sqlite3.Error as err:
+            raise self._translate(err, what) from err
+
+    def _translate(self, err: sqlite3.Error, what: str) -> BackendError:
+        """sqlite3's exceptions -> fencelock's tree, each with what to do about it."""
+        code = str(getattr(err, "sqlite_errorname", ""))  # Python >= 3.11
+        msg = str(err)
+        path = self.path
+        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in msg:
+            return BackendUnavailable(
+                f"SQLite lock database {path} stayed locked longer than the busy timeout "
+                f"({self.busy_timeout:g} s) during {what}: another connection holds a long write "
+                f"transaction on it. Find it (fuser {path}), keep other data out of the lock file, or "
+                "raise the limit with ?busy_timeout=SECONDS in the URL"
+            )
+        if code.startswith("SQLITE_READONLY") or "readonly" in msg:
+            return BackendRejected(
+                f"SQLite lock database {path} is read-only for this process (during {what}): give it write "
+                f"permission on the file and on its directory (SQLite creates {path}-wal and {path}-shm "
+                "beside it), or point sqlite:/// at a writable path"
+            )
+        if code.startswith("SQLITE_CANTOPEN") or "unable to open" in msg:
+            return BackendRejected(
+                f"cannot open or create the SQLite lock database {path} (during {what}): its directory "
+                "must exist (or be creatable) and be writable by this process, and the path must not "
+                "be a directory"
+            )
+        if code.startswith("SQLITE_NOTADB") or "not a database" in msg:
+            return BackendRejected(
+                f"{path} is not a SQLite database (during {what}): point sqlite:/// at a new path "
+                "(fencelock creates the file), never at a file of another kind"
+            )
+        if code.startswith("SQLITE_CORRUPT") or "malformed" in msg:
+            return BackendRejected(
+                f"SQLite lock database {path} is corrupt (during {what}): stop every process using it, "
+                "move it away and let fencelock create a new one (fences stay increasing: they are "
+                "seeded from the clock)"
+            )
+        if code.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+            return BackendUnavailable(f"I/O error on SQLite lock database {path} during {what}: {msg}")
+        return BackendRejected(f"SQLite error during {what} on {path}: {msg}")
+
+    # -- the primitives ---------------------------------------------------------------------------
+
+    def _live(self, row: tuple[Any, ...], now: float) -> bool:
+        """Same rule as ``_LIVE`` (token, fence, boot, deadline, ttl, ...)."""
+        return bool(row[2] == self.boot and now < row[3] <= now + row[4] + _EPSILON)
+
+    def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
+        ttl = ttl_ms / 1000
+
+        def body(conn: sqlite3.Connection, now: float) -> Attempt:
+            row = conn.execute(_SELECT_LOCK, (key,)).fetchone()
+            if row is not None and self._live(row, now):
+                if row[0] == token:  # ours already (a repeated request): refresh and answer again
+                    conn.execute(_STORE_LOCK, (key, token, row[1], label, self.boot, now + ttl, ttl))
+                    return Attempt(fence=int(row[1]))
+                if queue:
+                    self._enqueue(conn, key, token, now)
+                return Attempt(fence=None, retry_after=min(row[3] - now, REFRESH))
+            head = self._head(conn, key, now)
+            if head is not None and head != token:  # free, but others were waiting first
+                if queue:
+                    self._enqueue(conn, key, token, now)
+                return Attempt(fence=None, retry_after=REFRESH)
+            last = conn.execute(_SELECT_FENCE, (key,)).fetchone()
+            fence = max((last[0] if last else 0) + 1, time.time_ns() // 1000)
+            conn.execute(_STORE_FENCE, (key, fence))
+            conn.execute(_STORE_LOCK, (key, token, fence, label, self.boot, now + ttl, ttl))
+            if head is not None:
+                conn.execute(_DEQUEUE, (key, token))
+            return Attempt(fence=fence)
+
+        return self._write("acquire", body)
+
+    def _enqueue(self, conn: sqlite3.Connection, key: str, token: str, now: float) -> None:
+        conn.execute(_ENQUEUE, {"name": key, "token": token, "boot": self.boot, "alive": now + REGISTRATION})
+
+    def _head(self, conn: sqlite3.Connection, key: str, now: float) -> str | None:
+        """The first live waiter's token; drops dead ones on the way (bounded work per call: after
+        32 dead ones, the next in line counts as first). Inside a write transaction only."""
+        for _ in range(32):
+            row = conn.execute(_SELECT_HEAD, (key,)).fetchone()
+            if row is None:
+                return None
+            if row[1] == self.boot and now < row[2] <= now + REGISTRATION + _EPSILON:
+                return str(row[0])
+            conn.execute(_DEQUEUE, (key, row[0]))
+        row = conn.execute(_SELECT_HEAD, (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def probe(self, key: str, token: str) -> tuple[bool, bool, float | None]:
+        """A read-only look (no write lock, never blocks on the writer in WAL mode): is it worth
+        calling ``try_acquire`` now, are we first in line, and how long the holder has left."""
+        now = self._clock()
+        try:
+            conn = self._conn()
+            row = conn.execute(_SELECT_LOCK, (key,)).fetchone()
+            if row is not None and self._live(row, now):
+                head = conn.execute(_SELECT_HEAD, (key,)).fetchone()
+                return False, head is not None and head[0] == token, float(row[3] - now)
+            head = conn.execute(_SELECT_HEAD, (key,)).fetchone()
+        except sqlite3.Error as err:
+            raise self._translate(err, "wait") from err
+        if head is None or head[0] == token:
+            return True, True, None
+        live = head[1] == self.boot and now < head[2] <= now + REGISTRATION + _EPSILON
+        return not live, not live, None  # a dead head is dropped by the next try_acquire
+
+    def wait(self, key: str, token: str, timeout: float) -> bool:
+        """Poll (see "Waiting" above) until the lock looks takeable for us or ``timeout`` passes.
+        Always False: this backend never hands a lock over, the caller takes it with try_acquire."""
+        end = self._clock() + max(0.0, timeout)
+        for attempt in range(1_000_000):  # bounded by the clock below; the count is a backstop
+            ready, first, holder_left = self.probe(key, token)
+            left = end - self._clock()
+            if ready or left <= 0:
+                return False
+            time.sleep(poll_delay(attempt, first, holder_left, left))
+        return False
+
+    def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
+        """Never reached (``wait`` never reports a handover); answers like a repeated acquire."""
+        ttl = ttl_ms / 1000
+
+        def body(conn: sqlite3.Connection, now: float) -> int | None:
+            row = conn.execute(_SELECT_LOCK, (key,)).fetchone()
+            if row is None or row[0] != token or not self._live(row, now):
+                return None
+            conn.execute(_STORE_LOCK, (key, token, row[1], label, self.boot, now + ttl, ttl))
+            return int(row[1])
+
+        return self._write("claim", body)
+
+    def abandon(self, key: str, token: str) -> None:
+        """Leave the queue; drop the lock too if an acquire of ``token`` succeeded unseen."""
+
+        def body(conn: sqlite3.Connection, now: float) -> None:
+            conn.execute(_DEQUEUE, (key, token))
+            conn.execute(_DROP_OWN, (key, token))
+
+        self._write("abandon", body)
+
+    def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        params = {"name": key, "token": token, "ttl": ttl_ms / 1000, "boot": self.boot, "now": self._clock()}
+        return self._statement("extend", _EXTEND, params).rowcount == 1
+
+    def release(self, key: str, token: str) -> bool:
+        params = {"name": key, "token": token, "boot": self.boot, "now": self._clock()}
+        return self._statement("release", _RELEASE, params).rowcount == 1
+
+    def inspect(self, key: str) -> LockInfo | None:
+        now = self._clock()
+        row = self._statement("inspect", _SELECT_LOCK, (key,)).fetchone()
+        if row is None or not self._live(row, now):
+            return None
+        waiters = self._statement("inspect", _COUNT_WAITERS, (key, self.boot, now)).fetchone()[0]
+        return LockInfo(key, int(row[1]), str(row[5]), max(0.0, row[3] - now), int(waiters))
+
+    def last_fence(self, key: str) -> int:
+        """The last fence issued for ``key`` (0 when none): for tests and monitoring."""
+        row = self._statement("read fence", _SELECT_FENCE, (key,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def force_release(self, key: str) -> str | None:
+        """Operator's override: delete the lock row whatever its token. Returns the holder label."""
+
+        def body(conn: sqlite3.Connection, now: float) -> str | None:
+            row = conn.execute(_SELECT_LOCK, (key,)).fetchone()
+            conn.execute("DELETE FROM fencelock_lock WHERE name = ?", (key,))
+            return None if row is None else str(row[5])
+
+        return self._write("force release", body)
+
+    def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe:
+        return no_loss_watch(key, token, callback)
+
+
+def poll_delay(attempt: int, first: bool, holder_left: float | None, left: float) -> float:
+    """How long ``wait`` sleeps before its next look: the first waiter polls every ``HEAD_POLL``,
+    the others back off (full jitter); never past the holder's deadline or the caller's timeout."""
+    if first:
+        delay = HEAD_POLL * random.uniform(0.5, 1.0)
+    else:
+        delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)))
+    if holder_left is not None:
+        delay = min(delay, holder_left)
+    return max(0.0002, min(delay, left))
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call in a worker thread. If the caller is cancelled meanwhile, still wait for
+    the thread (it cannot be stopped, and each call is bounded by the busy timeout) before passing
+    the cancellation on: the lock's cleanup that follows (``abandon``) then sees what the call did,
+    so a lock granted to a cancelled acquire is dropped, not left behind until its TTL."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    interrupted: BaseException | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as err:
+            interrupted = err
+    if interrupted is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation wins
+        raise interrupted
+    return task.result()
+
+
+class AsyncSqliteBackend:
+    """asyncio twin of ``SqliteBackend``: the same calls in worker threads; sleeps on the loop."""
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        clock: Clock = time.monotonic,
+        boot_id: str | None = None,
+    ) -> None:
+        self.sync = SqliteBackend(path, busy_timeout=busy_timeout, clock=clock, boot_id=boot_id)
+        self._clock = clock
+
+    @classmethod
+    def from_url(cls, url: str) -> AsyncSqliteBackend:
+        path, busy = parse_sqlite_url(url)
+        return cls(path, busy_timeout=busy)
+
+    @property
+    def path(self) -> str:
+        return self.sync.path
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.sync.path!r}>"
+
+    async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
+        return await _off_loop(self.sync.try_acquire, key, token, ttl_ms, label, queue)
+
+    async def wait(self, key: str, token: str, timeout: float) -> bool:
+        """Same polling as the blocking ``wait``; the reads run in a thread, the sleeps on the loop
+        (so cancelling a waiter is immediate and leaves nothing behind: a read changes nothing)."""
+        end = self._clock() + max(0.0, timeout)
+        for attempt in range(1_000_000):
+            ready, first, holder_left = await _off_loop(self.sync.probe, key, token)
+            left = end - self._clock()
+            if ready or left <= 0:
+                return False
+            await asyncio.sleep(poll_delay(attempt, first, holder_left, left))
+        return False
+
+    async def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
+        return await _off_loop(self.sync.claim, key, token, ttl_ms, label)
+
+    async def abandon(self, key: str, token: str) -> None:
+        await _off_loop(self.sync.abandon, key, token)
+
+    async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        return await _off_loop(self.sync.extend, key, token, ttl_ms)
+
+    async def release(self, key: str, token: str) -> bool:
+        return await _off_loop(self.sync.release, key, token)
+
+    async def inspect(self, key: str) -> LockInfo | None:
+        return await _off_loop(self.sync.inspect, key)
+
+    async def last_fence(self, key: str) -> int:
+        return await _off_loop(self.sync.last_fence, key)
+
+    async def force_release(self, key: str) -> str | None:
+        return await _off_loop(self.sync.force_release, key)
+
+    def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe:
+        return no_loss_watch(key, token, callback)
+
+    async def aclose(self) -> None:
+        self.sync.close()
