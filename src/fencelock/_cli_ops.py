@@ -1,0 +1,446 @@
+"""Operator commands: ``fencelock run``, ``fencelock status`` and ``fencelock release``.
+
+``run`` is fencelock's ``flock(1)`` / ``etcdctl lock``: it waits (bounded) for the lock, runs a
+command while renewing the lease, hands the command its fence and token in the environment,
+forwards signals, releases the lock when the command ends and returns the command's exit status.
+
+Exit codes of ``run`` (also shown by ``fencelock run --help``); any other code is the command's own:
+
+    64  bad usage (unknown option, missing argument, bad URL, bad --confirm)
+    69  the lock server could not be reached (refused, timed out, TLS handshake failed)
+    75  the lock was not obtained within --timeout (someone else held it throughout)
+    77  the lock server refused our credentials or the command (wrong password, missing ACL)
+    79  the lease was lost while the command ran (with --kill-on-loss it was terminated)
+    126 the command could not be executed; 127 the command was not found
+    128+N the command was killed by signal N (as a shell reports it)
+
+The command runs in its own process group (as under ``timeout(1)``): a signal that fencelock gets
+(SIGINT, SIGTERM, SIGHUP) is forwarded once to that whole group, and on a lost lease the whole
+group is terminated, shell pipelines included. The command therefore does not own the terminal: it
+should not read from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from ._core.params import DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_TTL
+from ._errors import (
+    AuthenticationFailed,
+    BackendError,
+    BackendRejected,
+    BackendUnavailable,
+    ConfigurationError,
+    LeaseLost,
+    LockTimeout,
+)
+from ._sync.lock import Lease, Lock
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_AUTH",
+    "EXIT_CANNOT_EXECUTE",
+    "EXIT_LEASE_LOST",
+    "EXIT_NOT_FOUND",
+    "EXIT_TIMEOUT",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "release",
+    "run",
+    "status",
+]
+
+log = logging.getLogger("fencelock")
+
+EXIT_USAGE = 64
+EXIT_UNAVAILABLE = 69
+EXIT_TIMEOUT = 75
+EXIT_AUTH = 77
+EXIT_LEASE_LOST = 79
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+EXIT_CODES_HELP = """\b
+Exit status: the command's own, or
+  64  bad usage (options, arguments, lock URL)
+  69  lock server unreachable (refused, timed out, TLS failed)
+  75  lock not obtained within --timeout
+  77  credentials or ACL refused by the lock server
+  79  lease lost while the command ran
+  126 command not executable, 127 command not found
+  128+N  command killed by signal N"""
+
+
+class _Exit(Exception):
+    """Leave with this exit status after printing ``message`` on stderr."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+
+class _OpsCommand(click.Command):
+    """A click command whose usage errors exit with ``EXIT_USAGE`` (click's own default is 2)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            err.exit_code = EXIT_USAGE  # type: ignore[misc]  # click reads it per instance
+            raise
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    raise _Exit(code, message)
+
+
+def _exit_for(err: BaseException) -> int:
+    """fencelock's error tree, mapped onto the documented exit codes."""
+    if isinstance(err, LockTimeout):
+        return EXIT_TIMEOUT
+    if isinstance(err, (AuthenticationFailed, BackendRejected)):
+        return EXIT_AUTH
+    if isinstance(err, BackendUnavailable):
+        return EXIT_UNAVAILABLE
+    if isinstance(err, LeaseLost):
+        return EXIT_LEASE_LOST
+    if isinstance(err, ConfigurationError):
+        return EXIT_USAGE
+    return EXIT_UNAVAILABLE
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Turn fencelock errors into a one-line message on stderr and the documented exit status."""
+    try:
+        yield
+    except _Exit as done:
+        if done.message:
+            click.echo(f"fencelock: {done.message}", err=True)
+        sys.exit(done.code)
+    except (BackendError, ConfigurationError, LockTimeout, LeaseLost) as err:
+        click.echo(f"fencelock: {err}", err=True)
+        sys.exit(_exit_for(err))
+
+
+def _backend_spec(url: str, tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> Any:
+    """The URL as is, or, with TLS file options, a Redis backend built with them."""
+    if not (tls_ca or tls_cert or tls_key):
+        return url
+    if not url.startswith("rediss://"):
+        _fail(EXIT_USAGE, "--tls-ca/--tls-cert/--tls-key need a rediss:// lock URL")
+    from ._sync.redis import RedisBackend
+
+    kwargs: dict[str, Any] = {}
+    if tls_ca:
+        kwargs["ssl_ca_certs"] = tls_ca
+    if tls_cert:
+        kwargs["ssl_certfile"] = tls_cert
+    if tls_key:
+        kwargs["ssl_keyfile"] = tls_key
+    return RedisBackend.from_url(url, **kwargs)
+
+
+def _lock_options(fn: Any) -> Any:
+    """Options every command shares: where the lock lives and how to reach it."""
+    for option in reversed(
+        [
+            click.option(
+                "--lock",
+                "url",
+                required=True,
+                envvar="FENCELOCK_LOCK",
+                metavar="URL",
+                help="Lock backend URL: redis://, rediss://, unix://, zk://, sqlite:/// "
+                "(env FENCELOCK_LOCK keeps a password out of the process list).",
+            ),
+            click.option("--tls-ca", type=click.Path(dir_okay=False), help="CA bundle for rediss://."),
+            click.option("--tls-cert", type=click.Path(dir_okay=False), help="Client certificate for rediss://."),
+            click.option("--tls-key", type=click.Path(dir_okay=False), help="Client key for rediss://."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+
+@click.command(cls=_OpsCommand, epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@_lock_options
+@click.option("--ttl", type=float, default=DEFAULT_TTL, show_default=True, help="Lease length in seconds.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_ACQUIRE_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the lock (0: one attempt).",
+)
+@click.option(
+    "--kill-on-loss/--no-kill-on-loss",
+    default=True,
+    show_default=True,
+    help="Terminate the command if the lease is lost while it runs.",
+)
+@click.option(
+    "--kill-grace",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds between SIGTERM and SIGKILL when terminating on loss.",
+)
+@click.option("--label", default=None, help="Holder label shown by `status` (default hostname:pid).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    name: str,
+    url: str,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    ttl: float,
+    timeout: float,
+    kill_on_loss: bool,
+    kill_grace: float,
+    label: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND while holding lock NAME: `fencelock run NAME --lock URL -- COMMAND [ARGS...]`.
+
+    Waits at most --timeout for the lock, renews the lease every ttl/3 while the command runs,
+    and releases it when the command ends. The command finds FENCELOCK_NAME, FENCELOCK_FENCE
+    (pass it to storage that checks fences) and FENCELOCK_TOKEN in its environment. SIGINT,
+    SIGTERM and SIGHUP are forwarded to its process group. If the lease is lost, fencelock says so
+    on stderr and (with --kill-on-loss) terminates the command: SIGTERM, then SIGKILL after
+    --kill-grace seconds.
+    """
+    with _reported():
+        if kill_grace < 0:
+            _fail(EXIT_USAGE, "--kill-grace must be >= 0")
+        lock = Lock(name, _backend_spec(url, tls_ca, tls_cert, tls_key), ttl=ttl, timeout=timeout, label=label)
+        try:
+            code = _run_locked(lock, timeout, list(command), kill_on_loss, kill_grace)
+        finally:
+            try:
+                lock.close()
+            except BackendError:  # pragma: no cover - closing our own connection pool
+                pass
+    sys.exit(code)
+
+
+def _run_locked(lock: Lock, timeout: float, command: list[str], kill_on_loss: bool, grace: float) -> int:
+    """Acquire, run, release; returns the exit status ``run`` documents."""
+    received: list[int] = []
+    # Signals that arrive while we wait for the lock end the wait (KeyboardInterrupt-like), and
+    # the lock handle leaves nothing behind: see _acquire's cleanup.
+    lease = lock.acquire(timeout)
+    log.info("running %r under lock %r fence=%d", command[0], lock.name, lease.fence)
+    env = dict(os.environ)
+    env.update(
+        FENCELOCK_NAME=lock.name,
+        FENCELOCK_FENCE=str(lease.fence),
+        FENCELOCK_TOKEN=lease.token,
+    )
+    previous = {sig: signal.getsignal(sig) for sig in FORWARDED}
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if child is not None:
+            _signal_group(child, signum)
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    try:
+        try:
+            child = _spawn(command, env)
+        except FileNotFoundError as err:
+            _release_quietly(lease)
+            _fail(EXIT_NOT_FOUND, f"command not found: {command[0]} ({err.strerror})")
+        except PermissionError as err:
+            _release_quietly(lease)
+            _fail(EXIT_CANNOT_EXECUTE, f"cannot execute {command[0]}: {err.strerror}")
+        for signum in received:  # arrived between acquire and Popen
+            _signal_group(child, signum)
+        lost_during = _supervise(child, lease, kill_on_loss, grace)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    status = child.returncode
+    code = 128 - status if status < 0 else status
+    if lost_during is not None:
+        _release_quietly(lease)
+        click.echo(
+            f"fencelock: exiting with {EXIT_LEASE_LOST} (lease lost); the command's own status was {code}",
+            err=True,
+        )
+        return EXIT_LEASE_LOST
+    try:
+        lease.release()
+    except LeaseLost as err:
+        click.echo(f"fencelock: {err}; the command had already ended with status {code}", err=True)
+        return EXIT_LEASE_LOST
+    except BackendError as err:
+        # The command finished while the lease was held (renewal was fine until then); the lock
+        # now ends by its TTL instead.
+        click.echo(f"fencelock: could not release {lock.name!r}, it expires by its ttl: {err}", err=True)
+    return code
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start the command as the leader of its own process group (so signals reach all of it)."""
+    if sys.version_info >= (3, 11):
+        return subprocess.Popen(command, env=env, process_group=0)
+    return subprocess.Popen(command, env=env, preexec_fn=os.setpgrp)  # pragma: no cover - 3.10
+
+
+def _supervise(child: subprocess.Popen[bytes], lease: Lease, kill_on_loss: bool, grace: float) -> str | None:
+    """Wait for the command to end; on a lost lease, report it (and kill). Returns the loss reason."""
+    lost: str | None = None
+    kill_at: float | None = None
+    while child.poll() is None:
+        if lost is None and lease.lost_event.wait(0.05):
+            lost = lease.lost_reason or "lost"
+            action = "terminating the command (SIGTERM)" if kill_on_loss else "the command keeps running"
+            click.echo(
+                f"fencelock: LEASE LOST on {lease.name!r} (fence {lease.fence}) while the command ran: "
+                f"{lost}; {action}",
+                err=True,
+            )
+            if kill_on_loss:
+                _signal_group(child, signal.SIGTERM)
+                kill_at = time.monotonic() + grace
+        elif lost is not None:
+            try:
+                child.wait(0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        if kill_at is not None and child.poll() is None and time.monotonic() >= kill_at:
+            click.echo(f"fencelock: command still running {grace:g} s after SIGTERM: SIGKILL", err=True)
+            _signal_group(child, signal.SIGKILL)
+            kill_at = None
+    if lost is None and lease.lost:
+        lost = lease.lost_reason or "lost"
+        click.echo(f"fencelock: LEASE LOST on {lease.name!r} (fence {lease.fence}): {lost}", err=True)
+    return lost
+
+
+def _signal_group(child: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        os.killpg(child.pid, signum)
+    except ProcessLookupError:  # already gone
+        pass
+    except PermissionError:  # pragma: no cover - the group leader changed identity
+        child.send_signal(signum)
+
+
+def _release_quietly(lease: Lease) -> None:
+    try:
+        lease.release()
+    except (LeaseLost, BackendError) as err:
+        log.info("release after loss of %r fence=%d: %s", lease.name, lease.fence, err)
+
+
+# -- status --------------------------------------------------------------------------------------
+
+
+@click.command(cls=_OpsCommand, epilog="\b\nExit status: 0 (held or free), 64, 69, 77 as for `run`.")
+@click.argument("name")
+@_lock_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def status(name: str, url: str, tls_ca: str | None, tls_cert: str | None, tls_key: str | None, as_json: bool) -> None:
+    """Show who holds lock NAME: fence, time left, holder label (hostname:pid) and waiters."""
+    with _reported():
+        lock = Lock(name, _backend_spec(url, tls_ca, tls_cert, tls_key))
+        try:
+            info = lock.inspect()
+            last = getattr(lock.backend, "last_fence", None)
+            last_fence = last(name) if callable(last) else None
+        finally:
+            lock.close()
+    data: dict[str, Any] = {"name": name, "backend": lock.backend.name, "held": info is not None}
+    if info is not None:
+        data.update(fence=info.fence, holder=info.holder, ttl_remaining=info.ttl_remaining, waiters=info.waiters)
+    data["last_fence"] = last_fence
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+        return
+    if info is None:
+        click.echo(f"{name}: free (backend {data['backend']})")
+    else:
+        left = "no expiry" if info.ttl_remaining is None else f"{info.ttl_remaining:.3f} s left"
+        waiters = "unknown" if info.waiters is None else str(info.waiters)
+        click.echo(f"{name}: held by {info.holder or '?'}, fence {info.fence}, {left}, waiters {waiters}")
+    if last_fence is not None:
+        click.echo(f"  last fence issued: {last_fence}")
+
+
+# -- release -------------------------------------------------------------------------------------
+
+
+@click.command(cls=_OpsCommand, epilog="\b\nExit status: 0 (removed or already free), 64, 69, 77.")
+@click.argument("name")
+@_lock_options
+@click.option("--force", is_flag=True, help="Required: this breaks someone else's lock.")
+@click.option("--confirm", metavar="NAME", default=None, help="The lock name typed again, exactly.")
+def release(
+    name: str,
+    url: str,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    force: bool,
+    confirm: str | None,
+) -> None:
+    """Operator override: remove lock NAME whoever holds it (--force --confirm NAME).
+
+    The holder is not told: it finds out at its next renewal (its lease is then lost), and its
+    writes carry an older fence than the next owner's, so fenced storage refuses them.
+    """
+    with _reported():
+        if not force:
+            _fail(EXIT_USAGE, "refusing without --force: this removes another process's lock")
+        if confirm != name:
+            _fail(EXIT_USAGE, f"--confirm must repeat the lock name exactly ({name!r}); got {confirm!r}")
+        lock = Lock(name, _backend_spec(url, tls_ca, tls_cert, tls_key))
+        try:
+            force_release = getattr(lock.backend, "force_release", None)
+            if not callable(force_release):
+                _fail(EXIT_USAGE, f"the {lock.backend.name} backend cannot force-release a lock")
+            removed = force_release(name)
+        finally:
+            lock.close()
+    if removed is None:
+        click.echo(f"{name}: was not held; nothing removed")
+        log.warning("force release of %r: it was not held, nothing removed", name)
+        return
+    fence, holder = _describe_removed(removed)
+    click.echo(f"{name}: removed the lock held by {holder or '?'} with fence {fence}")
+    log.warning("force release of %r: removed the lock fence=%s holder=%s", name, fence, holder)
+
+
+def _describe_removed(value: str) -> tuple[str, str]:
+    """Fence and holder from a removed Redis value ``token:fence:label``; the token is dropped,
+    never printed or logged."""
+    parts = value.split(":", 2)
+    fence = parts[1] if len(parts) > 1 else "?"
+    holder = parts[2] if len(parts) > 2 else ""
+    return fence, holder
+
+
+COMMANDS = [run, status, release]
