@@ -2,7 +2,8 @@
 
 Registers itself in ``servers.BACKENDS`` at import (conftest imports it). Capabilities: only what a
 file honestly has: an operator can delete a lock row (``delete_key``) or make it expire now
-(``expire_key``). There is no server to pause, restart, snapshot or protect with a password.
+(``expire_key``); waiters are served in arrival order (``fifo``). There is no server to pause,
+restart, snapshot or protect with a password.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class SqliteLockServer(LockServer):
     """A fresh SQLite lock file; fault hooks go through a connection of their own."""
 
     kind = "sqlite"
-    capabilities = frozenset({"delete_key", "expire_key"})
+    capabilities = frozenset({"delete_key", "expire_key", "fifo"})
 
     def __init__(self, path: Path) -> None:
         self.path = path
