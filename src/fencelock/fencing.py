@@ -1,0 +1,221 @@
+"""Storage-side fencing: the check that makes a fencing token worth carrying.
+
+A lease can end while its holder still believes in it: a GC pause, a SIGSTOP, a slow disk or a
+network delay longer than the TTL, and meanwhile the lock server has handed the lock to someone
+else. The holder cannot see this coming. ``lease.ensure_held()`` right before a write does not
+help: the pause can fall *between* the check and the write (check-then-write is a race, just a
+narrower one). This is the argument of Martin Kleppmann's "How to do distributed locking" (2016).
+
+The fix is to let the *storage* decide. Every lease carries ``fence``, an integer strictly greater
+than every fence handed out before for that lock name. The storage remembers the highest fence it
+has accepted per resource and refuses a write that carries a lower one. A paused holder wakes up
+with an old fence, and its write bounces, however long it slept.
+
+For that, the comparison and the write must be one atomic step at the storage, in the same
+transaction as the data it guards. Reading the current fence, comparing it in Python and then
+writing would reopen the race between read and write that fencing exists to close. So:
+
+- SQL (SQLite through ``sqlite3``, PostgreSQL through psycopg 3): ``admit(conn, resource, fence)``
+  runs ONE statement in the caller's open transaction, an upsert that only updates when
+  ``fence <= excluded.fence``, and looks at the row count. On PostgreSQL the statement locks the
+  fence row until the caller's commit or rollback, so a concurrent writer for the same resource
+  waits, then re-evaluates the condition against the committed value (READ COMMITTED). On SQLite
+  the statement takes the database's write lock, which serializes writers outright.
+
+      with conn:                                  # the caller's transaction
+          fencing.admit(conn, "file:a.tsv", lease.fence)   # StaleFence if a higher fence was accepted
+          conn.executemany("INSERT ...", rows)     # committed together with the new fence, or not at all
+
+- Redis: ``fenced_set(client, key, value, fence)``, a Lua script that compares and sets in one step
+  on the server.
+
+A refused write raises ``fencelock.StaleFence(resource, fence, current)`` and changes nothing: the
+statement that would have stored the fence updated no row. The caller's transaction stays open:
+roll it back (a ``with conn:`` block or ``conn.transaction()`` does that when the exception leaves
+it), because whatever the caller wrote in it before ``admit`` must not be committed either. Call
+``admit`` first in the transaction: then a stale writer is refused before it does any work.
+
+Equal fences are admitted: a holder may write several times under one lease.
+
+Isolation: use READ COMMITTED (PostgreSQL's default). Under REPEATABLE READ or SERIALIZABLE, a
+writer that waited for a concurrent one gets a serialization failure instead of a clean
+``StaleFence``; the data stays correct, but the caller must treat that error as a refusal too.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from typing import Any
+
+from ._errors import ConfigurationError, StaleFence
+from ._metrics import instruments
+
+__all__ = [
+    "DEFAULT_TABLE",
+    "FENCED_SET",
+    "admit",
+    "create_table",
+    "current_fence",
+    "fence_key_for",
+    "fenced_set",
+]
+
+DEFAULT_TABLE = "fencelock_fences"
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+
+
+def _table(name: str) -> str:
+    # A table name cannot be a bound parameter: accept only plain identifiers, never quote user text.
+    if not _IDENT.match(name):
+        raise ConfigurationError(f"fence table name {name!r} must be a plain SQL identifier (schema.table allowed)")
+    return name
+
+
+def _dialect(conn: Any) -> str:
+    if isinstance(conn, sqlite3.Connection):
+        return "sqlite"
+    module = type(conn).__module__
+    if module.startswith("psycopg"):
+        return "postgresql"
+    raise ConfigurationError(
+        f"fencing needs a sqlite3.Connection or a psycopg (3) Connection, got {type(conn).__name__}"
+    )
+
+
+def _check_fence(fence: int) -> int:
+    if isinstance(fence, bool) or not isinstance(fence, int) or fence < 0:
+        raise ConfigurationError(f"a fence is a non-negative int (lease.fence), got {fence!r}")
+    return fence
+
+
+def create_table(conn: Any, table: str = DEFAULT_TABLE) -> None:
+    """Create the fence table if it does not exist (one row per resource: the highest fence
+    accepted). Runs on ``conn`` as it is; commit afterwards if your connection is not in
+    autocommit mode. ``BIGINT``: fences can be large (Redis seeds its counter from the clock)."""
+    t = _table(table)
+    sql = f"CREATE TABLE IF NOT EXISTS {t} (resource TEXT PRIMARY KEY, fence BIGINT NOT NULL)"
+    _dialect(conn)
+    conn.execute(sql)
+
+
+def _require_transaction(conn: Any, dialect: str) -> None:
+    # Outside a transaction the fence would be committed on its own, before the data it guards,
+    # and a failed write afterwards would leave the fence raised for nothing: refuse instead.
+    if dialect == "sqlite":
+        if conn.isolation_level is None and not conn.in_transaction:
+            raise ConfigurationError(
+                "fencing.admit() must run inside the transaction of the write it guards: "
+                "this sqlite3 connection is in autocommit mode and no BEGIN was issued"
+            )
+    else:
+        from psycopg.pq import TransactionStatus
+
+        if conn.autocommit and conn.info.transaction_status != TransactionStatus.INTRANS:
+            raise ConfigurationError(
+                "fencing.admit() must run inside the transaction of the write it guards: "
+                "this psycopg connection is in autocommit mode; use `with conn.transaction():`"
+            )
+
+
+def admit(conn: Any, resource: str, fence: int, *, table: str = DEFAULT_TABLE) -> None:
+    """Admit a write to ``resource`` under ``fence``, in the caller's open transaction, or raise
+    ``StaleFence``.
+
+    One atomic statement: insert the fence, or raise the stored one to it only if the stored one is
+    not higher; the row count says which. Never a read followed by a write (that would let a newer
+    holder commit in between). On refusal nothing was changed by this call, and the caller must
+    roll back its transaction (anything it wrote before would otherwise be committed unguarded).
+    """
+    fence = _check_fence(fence)
+    dialect = _dialect(conn)
+    t = _table(table)
+    _require_transaction(conn, dialect)
+    mark = "?" if dialect == "sqlite" else "%s"
+    sql = (
+        f"INSERT INTO {t} (resource, fence) VALUES ({mark}, {mark}) "
+        f"ON CONFLICT (resource) DO UPDATE SET fence = excluded.fence "
+        f"WHERE {t}.fence <= excluded.fence"
+    )
+    cur = conn.execute(sql, (resource, fence))
+    if cur.rowcount == 1:
+        return
+    # Refused. Reading the stored value now only feeds the error message: the decision was made
+    # atomically by the statement above.
+    current = current_fence(conn, resource, table=table)
+    instruments.stale_fence(resource)
+    raise StaleFence(resource, fence, current)
+
+
+def current_fence(conn: Any, resource: str, *, table: str = DEFAULT_TABLE) -> int | None:
+    """The highest fence accepted for ``resource`` (None if none yet), as this transaction sees it.
+    For display and tests; never decide a write on it (use ``admit``)."""
+    dialect = _dialect(conn)
+    mark = "?" if dialect == "sqlite" else "%s"
+    row = conn.execute(f"SELECT fence FROM {_table(table)} WHERE resource = {mark}", (resource,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+
+# Fenced SET: store a value only if the fence is not lower than the highest accepted for the key.
+#
+# KEYS[1]  the data key
+# KEYS[2]  the fence key: the highest fence accepted for KEYS[1] (a decimal string)
+# ARGV[1]  the writer's fence, a non-negative decimal integer without leading zeros
+# ARGV[2]  the value to store
+# ARGV[3]  expiry of the data key in milliseconds, "0" for none
+# Returns  {1, ARGV[1]} when stored (the fence key now holds ARGV[1]),
+#          {0, current} when refused (current = the stored fence; nothing was changed).
+#
+# Fences are compared as decimal strings (length first, then lexically), never as Lua numbers:
+# those are doubles, exact only up to 2^53, and a fence seeded from the server clock is large.
+FENCED_SET = """
+local fence = ARGV[1]
+local current = redis.call('GET', KEYS[2])
+if current then
+  if #fence < #current or (#fence == #current and fence < current) then
+    return {0, current}
+  end
+end
+redis.call('SET', KEYS[2], fence)
+if ARGV[3] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return {1, fence}
+"""
+
+
+def fence_key_for(key: str) -> str:
+    """The default fence key for data key ``key``, in the same Redis Cluster slot: a key with a
+    hash tag keeps it (``{user:1}:x`` -> ``{user:1}:x:fence``), a key without one becomes the tag."""
+    if "{" in key and "}" in key[key.index("{") + 1 :]:
+        return f"{key}:fence"
+    return f"{{{key}}}:fence"
+
+
+def fenced_set(
+    client: Any,
+    key: str,
+    value: str | bytes,
+    fence: int,
+    *,
+    fence_key: str | None = None,
+    px: int | None = None,
+) -> None:
+    """SET ``key`` to ``value`` only if ``fence`` is not lower than the highest fence accepted for
+    it, in one server-side step; else raise ``StaleFence`` (nothing changed). ``client`` is a
+    redis-py client; ``px`` an optional expiry in milliseconds."""
+    fence = _check_fence(fence)
+    fkey = fence_key or fence_key_for(key)
+    if px is not None and px <= 0:
+        raise ConfigurationError(f"px must be a positive number of milliseconds, got {px!r}")
+    script = client.register_script(FENCED_SET)
+    ok, current = script(keys=[key, fkey], args=[str(fence), value, str(px or 0)])
+    if int(ok) == 1:
+        return
+    instruments.stale_fence(key)
+    raise StaleFence(key, fence, int(current))

@@ -1,0 +1,508 @@
+"""A consumer: competes for files, and persists each one exactly once.
+
+For each waiting file, in random order (so that consumers spread out instead of all fighting over
+the first name):
+
+1. ``try_acquire`` the lock ``file:<name>``; busy means another consumer has it: try the next file.
+2. Open the file safely (``Share.open``); a file that vanished (someone else finished it while we
+   were listing) or cannot be read is skipped with a logged reason.
+3. ``lease.ensure_held()``, then in ONE database transaction: the fence check
+   (``fencelock.fencing.admit``: refused if a newer holder of this file already wrote), then the
+   rows, streamed from the file in batches, inserted ``ON CONFLICT DO NOTHING`` (idempotent by
+   TransactionId), then the ledger row. Commit.
+4. Only after the commit: move the file to ``done/`` (or delete it). A consumer that dies between
+   3 and 4 leaves the file waiting; the next one ingests it again and adds nothing new.
+
+A file with any bad line writes nothing (rollback) and goes to ``quarantine/`` with a reason file
+naming every bad line. A TransactionId already persisted from another file (or twice in one file)
+is a bad line too: DO NOTHING would otherwise drop that row without a word.
+
+Why the fence check and not just ``ensure_held()``: the check in step 3 is local and instant; the
+process can be paused right after it (``--pause-before-write`` shows this) while its lease runs
+out and another consumer takes the file. The storage, not the holder, has the last word.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import fencelock
+from fencelock import BackendError, LeaseError, StaleFence
+from fencelock.backends import open_backend
+from fencelock.backends.base import Attempt, Backend, LockInfo, LossCallback, Unsubscribe
+
+from .history import History
+from .parsing import BadLine, Row, parse_lines, split_lines
+from .share import NotRegularFile, ReasonFile, Share
+from .store import Store, open_store
+
+__all__ = ["ConsumerConfig", "IngestResult", "Stats", "ingest", "run_consumer", "run_workers"]
+
+log = logging.getLogger("fencelock_demo.consumer")
+
+BATCH = 2000
+
+
+@dataclass
+class ConsumerConfig:
+    share: str
+    lock: str
+    db: str
+    id: str = ""
+    history: str | None = None
+    fencing: bool = True
+    pause_before_write: float = 0.0
+    pause_mid_write: float = 0.0
+    pause_after_commit: float = 0.0
+    ttl: float = 30.0
+    renew: bool = True
+    max_files: int | None = None
+    idle_exit: float | None = None
+    archive: bool = True
+    poll: float = 0.2
+
+
+@dataclass
+class Stats:
+    done: int = 0
+    quarantined: int = 0
+    rows: int = 0
+    inserted: int = 0
+    busy: int = 0
+    stale: int = 0
+    lost: int = 0
+    skipped: int = 0
+
+    def line(self, who: str) -> str:
+        return (
+            f"consumer {who}: {self.done} files done, {self.quarantined} quarantined, {self.rows} rows "
+            f"({self.inserted} new), {self.busy} busy locks, {self.stale} stale-fence refusals, "
+            f"{self.lost} leases lost, {self.skipped} skipped"
+        )
+
+
+@dataclass
+class IngestResult:
+    """``bad`` > 0: nothing was written (the transaction was rolled back)."""
+
+    rows: int = 0
+    inserted: int = 0
+    amount_cents: int = 0
+    bad: int = 0
+    first_bad: list[str] = field(default_factory=list)
+
+
+def ingest(
+    store: Store,
+    chunks: Callable[[], Iterable[bytes]],
+    file: str,
+    fence: int | None,
+    consumer: str,
+    *,
+    check_fence: bool,
+    on_bad: Callable[[int, str], None] | None = None,
+    mid_write: Callable[[], None] | None = None,
+) -> IngestResult:
+    """Parse ``file`` and write it in one transaction, left open for the caller to commit.
+
+    Returns with the transaction open when the file is good; rolls back and returns ``bad > 0``
+    when it is not. Raises ``StaleFence`` (transaction rolled back) when the fence is refused.
+    This is the whole write path, shared by the consumer and the benchmark's no-lock baseline.
+    """
+    res = IngestResult()
+
+    def bad(line_no: int, reason: str) -> None:
+        res.bad += 1
+        if len(res.first_bad) < 5:
+            res.first_bad.append(f"line {line_no}: {reason}" if line_no else reason)
+        if on_bad is not None:
+            on_bad(line_no, reason)
+
+    store.begin()
+    try:
+        if check_fence and fence is not None:
+            store.admit(f"file:{file}", fence)
+        batch: list[Row] = []
+        batches = 0
+        for item in parse_lines(split_lines(chunks())):
+            if isinstance(item, BadLine):
+                bad(item.line_no, item.reason)
+                batch = []
+                continue
+            res.rows += 1
+            res.amount_cents += item.amount_cents
+            if res.bad:
+                continue  # keep reading: every bad line is reported, but nothing more is written
+            batch.append(item)
+            if len(batch) >= BATCH:
+                store.add(batch, file, fence, consumer)
+                batch = []
+                batches += 1
+                if batches == 1 and mid_write is not None:
+                    mid_write()
+        if res.bad:
+            store.rollback()
+            return res
+        if batch:
+            store.add(batch, file, fence, consumer)
+        res.inserted = store.finish()
+        if res.inserted != res.rows and store.count_file(file) != res.rows:
+            _explain_duplicates(store, chunks, file, bad)
+            if res.bad == 0:  # pragma: no cover - counts disagree without a duplicate: refuse anyway
+                bad(0, "row count in the database does not match the file")
+            store.rollback()
+            return res
+        store.record_file(file, res.rows, res.amount_cents, fence, consumer)
+        return res
+    except BaseException:
+        with contextlib.suppress(Exception):
+            store.rollback()
+        raise
+
+
+def _explain_duplicates(
+    store: Store, chunks: Callable[[], Iterable[bytes]], file: str, bad: Callable[[int, str], None]
+) -> None:
+    """Second pass, only when the counts disagree: name each line whose TransactionId is stored
+    from another file or another line (the rows of this transaction are visible to it)."""
+    pending: list[Row] = []
+
+    def flush() -> None:
+        origin = store.origins([r.transaction_id for r in pending])
+        for r in pending:
+            where = origin.get(r.transaction_id)
+            if where is not None and where != (file, r.line_no):
+                if where[0] == file:
+                    bad(r.line_no, f"TransactionId {r.transaction_id} repeats line {where[1]} of this file")
+                else:
+                    bad(r.line_no, f"TransactionId {r.transaction_id} already persisted from "
+                                   f"{where[0]} line {where[1]}")
+        pending.clear()
+
+    for item in parse_lines(split_lines(chunks())):
+        if isinstance(item, Row):
+            pending.append(item)
+            if len(pending) >= 500:
+                flush()
+    flush()
+
+
+class RecordingBackend:
+    """Wraps the lock backend to put every lease renewal (``extend``) into the history: the
+    renewals run in the lock's own renewer thread, which has no hook of its own."""
+
+    def __init__(self, inner: Backend, history: History) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.history = history
+        self.fences: dict[str, int] = {}  # token -> fence, for leases this process holds
+        cap = getattr(inner, "max_lease", None)
+        if cap is not None:
+            self.max_lease = cap
+
+    def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
+        return self.inner.try_acquire(key, token, ttl_ms, label, queue)
+
+    def wait(self, key: str, token: str, timeout: float) -> bool:
+        return self.inner.wait(key, token, timeout)
+
+    def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
+        return self.inner.claim(key, token, ttl_ms, label)
+
+    def abandon(self, key: str, token: str) -> None:
+        self.inner.abandon(key, token)
+
+    def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        file, fence = key.removeprefix("file:"), self.fences.get(token)
+        self.history.record("renew", "invoke", file, fence)
+        try:
+            ok = self.inner.extend(key, token, ttl_ms)
+        except BaseException as err:
+            self.history.record("renew", "fail", file, fence, error=f"{type(err).__name__}: {err}")
+            raise
+        if ok:
+            self.history.record("renew", "ok", file, fence)
+        else:
+            self.history.record("renew", "fail", file, fence, error="the lock is no longer ours")
+        return ok
+
+    def release(self, key: str, token: str) -> bool:
+        return self.inner.release(key, token)
+
+    def inspect(self, key: str) -> LockInfo | None:
+        return self.inner.inspect(key)
+
+    def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe:
+        return self.inner.watch_loss(key, token, callback)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class Consumer:
+    def __init__(self, cfg: ConsumerConfig, should_stop: Callable[[], bool]) -> None:
+        self.cfg = cfg
+        self.id = cfg.id or f"{os.uname().nodename}:{os.getpid()}"
+        self.should_stop = should_stop
+        self.history = History(cfg.history, self.id)
+        self.share = Share(cfg.share)
+        self.store = open_store(cfg.db)
+        self.store.setup()
+        inner, _ = open_backend(cfg.lock)
+        self.backend = RecordingBackend(inner, self.history)
+        self.stats = Stats()
+        self.skip_until: dict[str, float] = {}  # files we could not read, and when to look again
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.backend.close()
+        with contextlib.suppress(Exception):
+            self.store.close()
+        self.share.close()
+        self.history.close()
+
+    def run(self) -> None:
+        cfg = self.cfg
+        idle_since = time.monotonic()
+        files = 0
+        while not self.should_stop():
+            now = time.monotonic()
+            listing = self.share.listing()
+            for name, why in listing.unsafe.items():
+                self._skip(name, why, logging.WARNING)
+            ready = [n for n in listing.ready if self.skip_until.get(n, 0.0) <= now]
+            if ready:
+                idle_since = now
+            random.shuffle(ready)
+            did = False
+            for name in ready:
+                if self.should_stop() or (cfg.max_files is not None and files >= cfg.max_files):
+                    break
+                outcome = self.try_file(name)
+                if outcome != "busy":
+                    did = True
+                if outcome in ("done", "quarantined", "stale", "lost"):
+                    files += 1
+                    break  # list again: the share has changed
+            if cfg.max_files is not None and files >= cfg.max_files:
+                return
+            if not did:
+                if cfg.idle_exit is not None and time.monotonic() - idle_since >= cfg.idle_exit:
+                    return
+                time.sleep(cfg.poll * random.uniform(0.5, 1.5))
+
+    def _skip(self, name: str, why: str, level: int) -> None:
+        if name not in self.skip_until:
+            log.log(level, "%s: skipping %s: %s", self.id, name, why)
+            self.stats.skipped += 1
+        self.skip_until[name] = time.monotonic() + 30.0
+
+    def try_file(self, name: str) -> str:
+        cfg, h = self.cfg, self.history
+        lock = fencelock.Lock(
+            f"file:{name}", self.backend, ttl=cfg.ttl, renew=cfg.renew, label=self.id, on_lost=self._on_lost
+        )
+        h.record("acquire", "invoke", name)
+        try:
+            lease = lock.try_acquire()
+        except BackendError as err:
+            h.record("acquire", "fail", name, error=f"{type(err).__name__}: {err}")
+            log.warning("%s: lock server error for %s: %s", self.id, name, err)
+            time.sleep(cfg.poll)
+            return "busy"
+        if lease is None:
+            h.record("acquire", "fail", name, error="busy")
+            self.stats.busy += 1
+            return "busy"
+        self.backend.fences[lease.token] = lease.fence
+        h.record("acquire", "ok", name, lease.fence)
+        try:
+            return self._process(name, lease)
+        finally:
+            h.record("release", "invoke", name, lease.fence)
+            try:
+                lease.release()
+                h.record("release", "ok", name, lease.fence)
+            except (LeaseError, BackendError) as err:
+                h.record("release", "fail", name, lease.fence, error=f"{type(err).__name__}: {err}")
+            self.backend.fences.pop(lease.token, None)
+
+    def _on_lost(self, lease: Any) -> None:
+        self.stats.lost += 1
+        self.history.record(
+            "lease-lost", "ok", lease.name.removeprefix("file:"), lease.fence, error=str(lease.lost_reason)
+        )
+
+    def _process(self, name: str, lease: fencelock.Lease) -> str:
+        cfg, h, share = self.cfg, self.history, self.share
+        try:
+            fd = share.open(name)
+        except FileNotFoundError:
+            log.info("%s: skipping %s: it vanished (another consumer finished it)", self.id, name)
+            return "vanished"
+        except NotRegularFile as err:
+            self._skip(name, err.strerror or "not a regular file", logging.WARNING)
+            return "skipped"
+        except OSError as err:
+            self._skip(name, f"unreadable: {err.strerror}", logging.WARNING)
+            return "skipped"
+        reasons: ReasonFile | None = None
+        try:
+            try:
+                lease.ensure_held()
+            except LeaseError as err:
+                log.warning("%s: %s: %s", self.id, name, err)
+                return "lost"
+            if cfg.pause_before_write > 0:
+                time.sleep(cfg.pause_before_write)  # test hook: the lease may run out right here
+            reasons = share.reason_writer(name)
+            h.record("write", "invoke", name, lease.fence)
+            mid = (lambda: time.sleep(cfg.pause_mid_write)) if cfg.pause_mid_write > 0 else None
+            try:
+                res = ingest(
+                    self.store, lambda: Share.chunks(fd), name, lease.fence, self.id,
+                    check_fence=cfg.fencing, on_bad=reasons.add, mid_write=mid,
+                )
+            except StaleFence as err:
+                self.stats.stale += 1
+                h.record("write", "fail", name, lease.fence, error=f"StaleFence: {err}")
+                log.warning("%s: %s", self.id, err)
+                return "stale"
+            except OSError as err:
+                h.record("write", "fail", name, lease.fence, error=f"{type(err).__name__}: {err}")
+                self._skip(name, f"unreadable: {err}", logging.WARNING)
+                return "skipped"
+            if res.bad:
+                h.record("write", "fail", name, lease.fence, rows=0, error=f"quarantined: {res.bad} bad lines")
+                share.quarantine(name, reasons)
+                reasons = None
+                self.stats.quarantined += 1
+                log.warning("%s: quarantined %s: %s", self.id, name, "; ".join(res.first_bad))
+                return "quarantined"
+            try:
+                self.store.commit()
+            except Exception as err:
+                # The commit may or may not have happened: idempotent re-ingest settles it later.
+                h.record("write", "unknown", name, lease.fence, rows=res.rows, error=f"{type(err).__name__}: {err}")
+                raise
+            h.record("write", "ok", name, lease.fence, rows=res.rows)
+            self.stats.done += 1
+            self.stats.rows += res.rows
+            self.stats.inserted += res.inserted
+            if cfg.pause_after_commit > 0:
+                time.sleep(cfg.pause_after_commit)  # test hook: die here, and the file stays
+            try:
+                if cfg.archive:
+                    share.archive(name)
+                else:
+                    share.remove(name)
+            except FileNotFoundError:
+                log.warning("%s: %s was moved away by someone else after our commit", self.id, name)
+            return "done"
+        finally:
+            if reasons is not None:
+                reasons.discard()
+            os.close(fd)
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_UNAVAILABLE = 3
+EXIT_WORKER_FAILED = 4
+
+
+class _StopFlag:
+    """First SIGTERM/SIGINT: finish the current file, then stop. Second: stop at once."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopped:
+            raise SystemExit(128 + signum)
+        self.stopped = True
+
+    def __call__(self) -> bool:
+        return self.stopped
+
+
+def run_consumer(cfg: ConsumerConfig) -> int:
+    """Run one consumer until idle/max-files/a signal; returns the process exit code."""
+    stop = _StopFlag()
+    stop.install()
+    try:
+        consumer = Consumer(cfg, stop)
+    except (BackendError, OSError) as err:
+        print(f"fencelock consume: cannot start: {err}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except Exception as err:  # psycopg.OperationalError, sqlite3.OperationalError
+        print(f"fencelock consume: cannot start: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        consumer.run()
+    except SystemExit:
+        raise
+    except Exception:
+        log.exception("%s: stopped by an unexpected error", consumer.id)
+        print(consumer.stats.line(consumer.id), file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        consumer.close()
+    print(consumer.stats.line(consumer.id), file=sys.stderr)
+    return EXIT_OK
+
+
+def _worker_main(cfg: ConsumerConfig, log_level: int) -> None:
+    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sys.exit(run_consumer(cfg))
+
+
+def run_workers(cfg: ConsumerConfig, workers: int) -> int:
+    """``workers`` consumer processes (one per core: parsing is CPU-bound, so threads would share
+    one GIL). Signals are passed on to each child by its pid."""
+    if workers <= 1:
+        return run_consumer(cfg)
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    base = cfg.id or f"{os.uname().nodename}:{os.getpid()}"
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=(dataclasses.replace(cfg, id=f"{base}.{k}"), logging.getLogger().level),
+            name=f"consumer-{k}",
+        )
+        for k in range(workers)
+    ]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()
+    codes = [p.exitcode or 0 for p in procs]
+    return EXIT_OK if all(c == 0 for c in codes) else EXIT_WORKER_FAILED
