@@ -341,6 +341,13 @@ class SqliteBackend:
                 "raise the limit with ?busy_timeout=SECONDS in the URL"
             )
         if code.startswith("SQLITE_READONLY") or "readonly" in msg:
+            directory = os.path.dirname(path)
+            if os.access(path, os.W_OK) and not os.access(directory, os.W_OK):
+                return BackendRejected(
+                    f"the directory {directory} of SQLite lock database {path} is read-only for this "
+                    f"process (during {what}): SQLite must create {path}-wal and {path}-shm beside the "
+                    "file; make the directory writable, or move the lock file to a writable one"
+                )
             return BackendRejected(
                 f"SQLite lock database {path} is read-only for this process (during {what}): give it write "
                 f"permission on the file and on its directory (SQLite creates {path}-wal and {path}-shm "

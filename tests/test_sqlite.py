@@ -1,0 +1,571 @@
+"""SQLite-specific behaviour: crashes mid-transaction, many processes on one file, clear errors for
+files we cannot use, reboots, asyncio, URL forms. The backend-independent contract is in
+test_contract.py (run with ``-k sqlite``).
+
+All on real files in temp dirs. No wall-clock performance thresholds: waits are bounded by generous
+timeouts only so that a bug is a failure instead of a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import multiprocessing as mp
+import os
+import pickle
+import random
+import select
+import shutil
+import signal
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fencelock
+from fencelock import aio
+from fencelock.backends.sqlite import (
+    REGISTRATION,
+    AsyncSqliteBackend,
+    SqliteBackend,
+    parse_sqlite_url,
+)
+from servers import kill_pid
+
+CTX = mp.get_context("spawn")
+NOBODY = 65534
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "locks.db"
+
+
+def url_of(path: Path, **query: str) -> str:
+    q = "&".join(f"{k}={v}" for k, v in query.items())
+    return f"sqlite:///{path}" + (f"?{q}" if q else "")
+
+
+def lock_row(path: Path, name: str) -> tuple[Any, ...] | None:
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        row: tuple[Any, ...] | None = conn.execute(
+            "SELECT token, fence, deadline FROM fencelock_lock WHERE name = ?", (name,)
+        ).fetchone()
+        return row
+
+
+# -- URL forms ---------------------------------------------------------------------------------
+
+
+def test_relative_url_creates_file_and_directories_under_the_working_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    lock = fencelock.Lock("job", "sqlite:///state/locks/app.db", ttl=5)
+    assert isinstance(lock.backend, SqliteBackend)
+    with lock as lease:
+        assert lease.fence > 0
+    assert (tmp_path / "state" / "locks" / "app.db").is_file()
+    # resolved once: a later chdir does not move the lock to another file
+    monkeypatch.chdir("/")
+    with lock as lease2:
+        assert lease2.fence > lease.fence
+    lock.close()
+
+
+def test_absolute_url_with_four_slashes_and_busy_timeout(tmp_path: Path) -> None:
+    target = tmp_path / "abs dir" / "locks.db"
+    url = "sqlite:///" + str(target).replace(" ", "%20") + "?busy_timeout=0.25"
+    assert url.startswith("sqlite:////")
+    assert parse_sqlite_url(url) == (str(target), 0.25)
+    backend = SqliteBackend.from_url(url)
+    assert backend.path == str(target) and backend.busy_timeout == 0.25
+    lock = fencelock.Lock("job", backend, ttl=5)
+    with lock:
+        assert target.is_file()
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://host/locks.db",
+        "sqlite://",
+        "sqlite:///",
+        "sqlite:///:memory:",
+        "sqlite:///locks.db?mode=ro",
+        "sqlite:///locks.db?busy_timeout=-1",
+        "sqlite:///locks.db?busy_timeout=soon",
+    ],
+)
+def test_bad_urls_are_configuration_errors_before_any_io(url: str, tmp_path: Path) -> None:
+    with pytest.raises(fencelock.ConfigurationError) as info:
+        fencelock.Lock("job", url)
+    assert "sqlite" in str(info.value).lower() or "busy_timeout" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resolver_gives_the_async_backend_to_aio(db: Path) -> None:
+    lock = aio.Lock("job", url_of(db))
+    assert isinstance(lock.backend, AsyncSqliteBackend)
+    assert lock.backend.path == str(db)
+    assert not db.exists(), "constructing a lock does no I/O"
+
+
+# -- leases, fences, labels --------------------------------------------------------------------
+
+
+def test_inspect_shows_label_fence_and_waiters_never_the_token(db: Path) -> None:
+    url = url_of(db)
+    lock = fencelock.Lock("job", url, ttl=30, label="worker-7")
+    lease = lock.acquire()
+    waiter = SqliteBackend(db)
+    assert waiter.try_acquire("job", "t" * 32, 30_000, "w", True).fence is None  # queued
+    info = lock.inspect()
+    assert info is not None
+    assert (info.name, info.holder, info.fence, info.waiters) == ("job", "worker-7", lease.fence, 1)
+    assert info.ttl_remaining is not None and 0 < info.ttl_remaining <= 30
+    assert lease.token not in repr(info)
+    waiter.abandon("job", "t" * 32)
+    lease.release()
+    assert lock.inspect() is None
+    waiter.close()
+    lock.close()
+
+
+def test_fence_counter_survives_deleting_the_lock_row(db: Path) -> None:
+    backend = SqliteBackend(db)
+    lock = fencelock.Lock("job", backend, ttl=30)
+    first = lock.acquire()
+    assert backend.force_release("job") is not None  # operator deletes the row under the holder
+    second = lock.acquire(timeout=0)
+    assert second.fence > first.fence
+    assert backend.last_fence("job") == second.fence
+    second.release()
+    with pytest.raises(fencelock.LeaseLost):
+        first.release()
+    backend.close()
+
+
+def test_fences_still_grow_when_the_counter_file_is_lost(tmp_path: Path) -> None:
+    # e.g. the lock file lived on a tmpfs and the host rebooted: the wall-clock seed restarts above
+    old = SqliteBackend(tmp_path / "old.db")
+    before = fencelock.Lock("job", old).acquire()
+    before.release()
+    old.close()
+    (tmp_path / "old.db").unlink()
+    new = SqliteBackend(tmp_path / "old.db")
+    after = fencelock.Lock("job", new).acquire()
+    assert after.fence > before.fence
+    after.release()
+    new.close()
+
+
+def test_rows_of_another_boot_count_as_expired(db: Path) -> None:
+    before_reboot = SqliteBackend(db, boot_id="boot-before")
+    stale = before_reboot.try_acquire("job", "a" * 32, 600_000, "old", False)
+    assert stale.fence is not None
+    now = SqliteBackend(db)  # this boot's real id
+    assert now.inspect("job") is None
+    got = now.try_acquire("job", "b" * 32, 5_000, "new", False)
+    assert got.fence is not None and got.fence > stale.fence
+    # and the old boot's token can no longer touch the lock
+    assert not before_reboot.release("job", "a" * 32)
+    assert now.release("job", "b" * 32)
+    before_reboot.close()
+    now.close()
+
+
+def test_a_deadline_further_ahead_than_its_ttl_counts_as_expired(db: Path) -> None:
+    # Without a boot id (non-Linux), a row written before a reboot has a deadline on a clock that
+    # was further along: more than its ttl ahead of ours, which this clock can never produce.
+    same_boot = "no-boot-id"
+    earlier_uptime = SqliteBackend(db, boot_id=same_boot, clock=lambda: time.monotonic() + 1e6)
+    assert earlier_uptime.try_acquire("job", "a" * 32, 60_000, "old", False).fence is not None
+    after_reboot = SqliteBackend(db, boot_id=same_boot)
+    assert after_reboot.inspect("job") is None
+    assert after_reboot.try_acquire("job", "b" * 32, 5_000, "new", False).fence is not None
+    assert after_reboot.release("job", "b" * 32)
+    earlier_uptime.close()
+    after_reboot.close()
+
+
+def test_newcomer_cannot_barge_past_a_live_waiter_and_a_dead_waiter_loses_its_turn(db: Path) -> None:
+    holder = SqliteBackend(db)
+    assert holder.try_acquire("job", "h" * 32, 30_000, "holder", False).fence is not None
+    ghost = SqliteBackend(db)  # queues, then never polls again (as if killed)
+    assert ghost.try_acquire("job", "g" * 32, 30_000, "ghost", True).fence is None
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        (ghost_alive,) = conn.execute("SELECT alive FROM fencelock_waiter WHERE name = 'job'").fetchone()
+    assert ghost_alive <= time.monotonic() + REGISTRATION
+    assert holder.release("job", "h" * 32)
+    newcomer = fencelock.Lock("job", url_of(db), ttl=30)
+    assert newcomer.try_acquire() is None, "the lock is free, but a live waiter came first"
+    lease = newcomer.acquire(timeout=60)
+    assert time.monotonic() >= ghost_alive  # not before the ghost's turn lapsed
+    assert holder.inspect("job") is not None and holder.inspect("job").waiters == 0  # type: ignore[union-attr]
+    lease.release()
+    for b in (holder, ghost):
+        b.close()
+    newcomer.close()
+
+
+def test_interrupted_transaction_does_not_keep_the_write_lock(db: Path) -> None:
+    backend = SqliteBackend(db, busy_timeout=30)
+
+    def body(conn: sqlite3.Connection, now: float) -> None:
+        conn.execute("UPDATE fencelock_fence SET last = last + 1")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        backend._write("test", body)
+    other = sqlite3.connect(db, timeout=0.01, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # would raise "database is locked" if the write lock stayed
+    other.execute("ROLLBACK")
+    other.close()
+    assert fencelock.Lock("job", backend).acquire(timeout=0) is not None
+    backend.close()
+
+
+def test_forked_child_opens_its_own_connection(db: Path) -> None:
+    backend = SqliteBackend(db)
+    assert backend.try_acquire("parent", "p" * 32, 30_000, "p", False).fence is not None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: same backend object, must not reuse the parent's connection
+        code = 1
+        try:
+            got = backend.try_acquire("child", "c" * 32, 30_000, "c", False)
+            code = 0 if got.fence is not None and backend.release("child", "c" * 32) else 2
+        finally:
+            os.write(write_end, bytes([code]))
+            os._exit(0)
+    os.close(write_end)
+    try:
+        assert select.select([read_end], [], [], 60)[0], "child did not answer"
+        assert os.read(read_end, 1) == b"\x00"
+    finally:
+        os.close(read_end)
+        kill_pid(pid)
+    assert backend.release("parent", "p" * 32)  # the parent's connection still works
+    backend.close()
+
+
+# -- a holder killed with SIGKILL in the middle of a write transaction ---------------------------
+
+
+def _die_mid_transaction(path: str, name: str, ready: Any) -> None:
+    backend = SqliteBackend(path)
+    fence = backend.try_acquire(name, "k" * 32, 1_500, "doomed", False).fence
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA cache_size = 2")  # spill uncommitted pages into the WAL file
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("UPDATE fencelock_fence SET last = last + 1000000000 WHERE name = ?", (name,))
+    conn.execute("UPDATE fencelock_lock SET deadline = deadline + 1000000 WHERE name = ?", (name,))
+    conn.execute("CREATE TABLE scratch (x)")
+    conn.executemany("INSERT INTO scratch VALUES (?)", ((os.urandom(512),) for _ in range(2000)))
+    ready.put(fence)  # the write lock is ours and half a transaction is on disk
+    time.sleep(120)
+
+
+def test_holder_killed_mid_transaction(db: Path) -> None:
+    name = "job"
+    ready = CTX.Queue()
+    child = CTX.Process(target=_die_mid_transaction, args=(str(db), name, ready))
+    child.start()
+    try:
+        child_fence = ready.get(timeout=120)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        child.join(30)
+    assert child.exitcode is not None and child.exitcode < 0
+    # The half-done transaction vanished: counter and lease are what the child committed.
+    backend = SqliteBackend(db, busy_timeout=30)
+    assert backend.last_fence(name) == child_fence
+    row = lock_row(db, name)
+    assert row is not None and row[1] == child_fence
+    lease_ended = row[2]
+    # The next contender gets the lock once (and only once) the dead holder's lease ends.
+    lease = fencelock.Lock(name, backend, ttl=5).acquire(timeout=60)
+    assert time.monotonic() >= lease_ended
+    assert lease.fence > child_fence and backend.last_fence(name) == lease.fence
+    lease.release()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "scratch" not in tables
+    backend.close()
+
+
+# -- many processes hammering one lock -----------------------------------------------------------
+
+
+def _hammer(url: str, name: str, counter: str, rounds: int, start: Any, out: Any) -> None:
+    lock = fencelock.Lock(name, url, ttl=10)
+    records: list[tuple[float, float, int, int]] = []
+
+    def run() -> None:
+        for _ in range(rounds):
+            lease = lock.acquire(timeout=120)
+            begin = time.monotonic()
+            # read-modify-write of a plain file: any overlap would lose an increment
+            value = int(Path(counter).read_text())
+            Path(counter).write_text(str(value + 1))
+            end = time.monotonic()
+            records.append((begin, end, lease.fence, os.getpid()))
+            lease.release()
+
+    start.wait(60)
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    out.put(records)
+
+
+def test_processes_hammering_one_lock_never_overlap_and_fences_increase(tmp_path: Path) -> None:
+    procs_n, rounds = 4, 40  # 4 processes x 2 threads x 40 rounds
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    url, start, out = url_of(tmp_path / "locks.db"), CTX.Event(), CTX.Queue()
+    procs = [CTX.Process(target=_hammer, args=(url, "hot", str(counter), rounds, start, out)) for _ in range(procs_n)]
+    for p in procs:
+        p.start()
+    records: list[tuple[float, float, int, int]] = []
+    try:
+        start.set()
+        for _ in procs:
+            records.extend(out.get(timeout=300))
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                p.join(10)
+    total = procs_n * 2 * rounds
+    assert len(records) == total
+    assert int(counter.read_text()) == total, "an increment was lost: two holders at once"
+    records.sort()
+    for (_b1, e1, f1, _), (b2, _e2, f2, _) in itertools.pairwise(records):
+        assert e1 <= b2, "critical sections overlap"
+        assert f2 > f1, "fences must grow in the order the lock was held"
+    assert len({r[3] for r in records}) == procs_n
+
+
+# -- files we cannot use: clear, typed errors ------------------------------------------------------
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A temp dir that an unprivileged user can enter (pytest's own tmp dirs are root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="fl-sqlite-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def as_unprivileged(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` where file permissions apply: in a forked child as ``nobody`` when we are root
+    (root ignores permission bits), else right here. Returns what it returned or raised."""
+    if os.geteuid() != 0:
+        try:
+            return fn()
+        except Exception as err:
+            return err
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                result: Any = fn()
+            except Exception as err:
+                result = err
+            os.write(write_end, pickle.dumps(result))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    chunks = []
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end and select.select([read_end], [], [], end - time.monotonic())[0]:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        kill_pid(pid)
+    assert chunks, "the unprivileged child did not answer"
+    return pickle.loads(b"".join(chunks))
+
+
+def _make_db(path: Path) -> None:
+    backend = SqliteBackend(path)
+    backend.try_acquire("warm", "w" * 32, 1000, "w", False)
+    backend.close()
+
+
+def _attempt(url: str) -> Callable[[], Any]:
+    def run() -> Any:
+        fencelock.Lock("job", url, ttl=5).acquire(timeout=1)
+        return "acquired"
+
+    return run
+
+
+def test_read_only_file_is_a_clear_error(shared_dir: Path) -> None:
+    path = shared_dir / "locks.db"
+    _make_db(path)
+    shared_dir.chmod(0o777)  # the directory is writable: only the file is not
+    path.chmod(0o444)
+    err = as_unprivileged(_attempt(url_of(path)))
+    assert isinstance(err, fencelock.BackendRejected), err
+    assert "read-only" in str(err) and "write permission" in str(err) and str(path) in str(err)
+
+
+def test_read_only_directory_is_a_clear_error(shared_dir: Path) -> None:
+    path = shared_dir / "locks.db"
+    _make_db(path)
+    path.chmod(0o666)  # the file is writable, but its -wal/-shm cannot be created beside it
+    err = as_unprivileged(_attempt(url_of(path)))
+    assert isinstance(err, fencelock.BackendRejected), err
+    assert "director" in str(err) and str(path) in str(err)
+
+
+def test_missing_file_in_a_read_only_directory_is_a_clear_error(shared_dir: Path) -> None:
+    for path in (shared_dir / "new.db", shared_dir / "sub" / "new.db"):
+        err = as_unprivileged(_attempt(url_of(path)))
+        assert isinstance(err, fencelock.BackendRejected), err
+        assert "director" in str(err) and str(path.parent) in str(err)
+        assert not path.exists()
+
+
+def test_garbage_file_is_a_clear_error(db: Path) -> None:
+    db.write_bytes(b"this is a csv file, not a database\n" * 200)
+    with pytest.raises(fencelock.BackendRejected) as info:
+        fencelock.Lock("job", url_of(db)).acquire(timeout=1)
+    assert "not a SQLite database" in str(info.value) and str(db) in str(info.value)
+    assert db.read_bytes().startswith(b"this is a csv file"), "the file was left as it was"
+
+
+@pytest.fixture
+def random_bytes_file(db: Path) -> Path:
+    db.write_bytes(os.urandom(8192))
+    return db
+
+
+async def test_garbage_file_is_a_clear_error_in_asyncio(random_bytes_file: Path) -> None:
+    db = random_bytes_file
+    with pytest.raises(fencelock.BackendRejected) as info:
+        await aio.Lock("job", url_of(db)).acquire(timeout=1)
+    assert "not a SQLite database" in str(info.value)
+
+
+def _hold_write_lock(path: Path) -> sqlite3.Connection:
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+    return other
+
+
+def test_database_locked_past_the_busy_timeout_is_a_clear_error_within_bounded_time(db: Path) -> None:
+    _make_db(db)
+    lock = fencelock.Lock("job", url_of(db, busy_timeout="0.2"), ttl=5)
+    lease = lock.acquire()
+    other = _hold_write_lock(db)
+    outcome: list[BaseException | None] = []
+
+    def try_it() -> None:
+        try:
+            fencelock.Lock("job2", url_of(db, busy_timeout="0.2")).acquire(timeout=1)
+            outcome.append(None)
+        except BaseException as err:
+            outcome.append(err)
+
+    t = threading.Thread(target=try_it)
+    t.start()
+    t.join(60)  # generous: the busy timeout is 0.2 s; a hang would stay here
+    assert outcome, "acquire hung on a locked database"
+    err = outcome[0]
+    assert isinstance(err, fencelock.BackendUnavailable), err
+    assert "busy timeout" in str(err) and "busy_timeout" in str(err)
+    # the holder learns the same way: an error, not a False that would mean "lost"
+    with pytest.raises(fencelock.BackendUnavailable):
+        lease.extend()
+    assert lock.inspect() is not None  # WAL readers are not blocked by the writer
+    other.execute("ROLLBACK")
+    other.close()
+    lease.release()
+    lock.close()
+
+
+# -- asyncio -----------------------------------------------------------------------------------
+
+
+async def test_async_waiter_gets_the_lock_when_the_holder_releases(db: Path) -> None:
+    url = url_of(db)
+    holder = await aio.Lock("job", url, ttl=60, renew=False).acquire()
+    waiter_lock = aio.Lock("job", url, ttl=60)
+
+    async def wait_for_it() -> int:
+        lease = await waiter_lock.acquire(timeout=30)
+        fence = lease.fence
+        await lease.release()
+        return fence
+
+    task = asyncio.create_task(wait_for_it())
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    info = await waiter_lock.inspect()
+    assert info is not None and info.waiters == 1
+    await holder.release()
+    assert await asyncio.wait_for(task, 60) > holder.fence
+    await waiter_lock.aclose()
+
+
+async def test_async_calls_run_off_the_event_loop(db: Path) -> None:
+    _make_db(db)
+    other = _hold_write_lock(db)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    tick_task = asyncio.create_task(ticker())
+    try:
+        with pytest.raises(fencelock.BackendUnavailable):
+            await aio.Lock("job", url_of(db, busy_timeout="1")).acquire(timeout=1)
+    finally:
+        tick_task.cancel()
+        other.execute("ROLLBACK")
+        other.close()
+    assert ticks > 0, "the event loop was blocked while SQLite waited for the write lock"
+
+
+async def test_async_cancelled_acquire_leaves_no_row(db: Path) -> None:
+    backend = AsyncSqliteBackend(db)
+    lock = aio.Lock("job", backend, ttl=60)
+    for _ in range(20):  # cancel at different points of the acquire transaction
+        task = asyncio.create_task(lock.acquire(timeout=5))
+        await asyncio.sleep(random.uniform(0, 0.003))
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            lease = await task
+            await lease.release()
+        assert await backend.inspect("job") is None, "a cancelled acquire left the lock held"
+    await backend.aclose()
+
