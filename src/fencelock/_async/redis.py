@@ -18,7 +18,6 @@ from ..backends.redis import (
     ACQUIRE,
     BLOCK_CAP,
     CLAIM,
-    CLAIM_WINDOW_MS,
     DEFAULT_PREFIX,
     DEFAULT_WAIT_TIMEOUT,
     EXTEND,
@@ -118,11 +117,14 @@ class AsyncRedisBackend:
         pttl = int(value)
         return Attempt(fence=None, retry_after=pttl / 1000 if pttl > 0 else None)
 
-    async def wait(self, key: str, token: str, timeout: float) -> bool:
+    async def wait(self, key: str, token: str, timeout: float) -> Attempt | bool:
+        """BLPOP on our wake list; a pop means RELEASE already made the lock ours (the fence)."""
         block = max(0.01, min(timeout, self._block_cap))
         with map_errors("wait"):
             got = await self.client.blpop([self.keys(key).wake(token)], timeout=block)
-        return got is not None
+        if got is None:
+            return False
+        return Attempt(fence=int(got[1]))
 
     async def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
         if self.wait_replicas:
@@ -148,9 +150,8 @@ class AsyncRedisBackend:
         return reply
 
     async def abandon(self, key: str, token: str) -> None:
-        claim_ms = CLAIM_WINDOW_MS
         with map_errors("abandon"):
-            await self._abandon(keys=self.keys(key).all4(), args=[token, claim_ms])
+            await self._abandon(keys=self.keys(key).all4(), args=[token])
 
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         with map_errors("extend"):
@@ -158,7 +159,7 @@ class AsyncRedisBackend:
 
     async def release(self, key: str, token: str) -> bool:
         with map_errors("release"):
-            return int(await self._release(keys=self.keys(key).all4(), args=[token, CLAIM_WINDOW_MS])) != 0
+            return int(await self._release(keys=self.keys(key).all4(), args=[token])) != 0
 
     async def inspect(self, key: str) -> LockInfo | None:
         k = self.keys(key)

@@ -30,7 +30,7 @@ from .._core.params import (
 from .._errors import BackendError, LeaseLost, LockTimeout, NotHeld
 from .._metrics import instruments
 from ..backends import open_backend
-from ..backends.base import Backend, LockInfo
+from ..backends.base import Backend, Attempt, LockInfo
 from . import _compat
 
 __all__ = ["Lease", "Lock"]
@@ -136,7 +136,15 @@ class Lock:
                         _compat.run_cleanup(lambda: backend.abandon(p.name, token))
                     return None
                 pause = left if attempt.retry_after is None else min(left, max(attempt.retry_after, 0.001))
-                if backend.wait(p.name, token, pause):
+                handed = backend.wait(p.name, token, pause)
+                if isinstance(handed, Attempt):
+                    if handed.fence is not None:
+                        # Granted by the releaser after our last try_acquire was sent: measure from it.
+                        lease = self._granted(token, handed.fence, sent, started)
+                        if lease.remaining() < p.ttl / 2:  # we waited long in between: restart the lease
+                            lease.extend()
+                        return lease
+                elif handed:
                     sent = clock()
                     fence = backend.claim(p.name, token, p.ttl_ms, p.label)
                     if fence is not None:
@@ -201,7 +209,7 @@ class Lease:
         self._released = False
         self._lost_reason: str | None = None
         self._doubt: str | None = None
-        self.lost_event = threading.Event()
+        self._lost_event: threading.Event | None = None
         self._mutex = threading.Lock()
         self._owner = _compat.current_owner() if lock._cancel_on_loss else None
         self._cancelled_by_us = False
@@ -232,6 +240,19 @@ class Lease:
         if self._lost_reason is None and not self._released and self._clock() >= self._deadline:
             self._mark_lost("the TTL ran out before the lease was renewed")
         return self._lost_reason is not None
+
+    @property
+    def lost_event(self) -> threading.Event:
+        """A ``threading.Event`` set when the lease is lost (made on first use: most leases never need it)."""
+        event = self._lost_event
+        if event is None:
+            with self._mutex:
+                if self._lost_event is None:
+                    self._lost_event = threading.Event()
+                    if self._lost_reason is not None:
+                        self._lost_event.set()
+                event = self._lost_event
+        return event
 
     @property
     def lost_reason(self) -> str | None:
@@ -308,8 +329,11 @@ class Lease:
         if not ok:
             reason = was_lost or "expired before release; the lock was not ours any more, so nothing was deleted"
             if was_lost is None:
-                self._lost_reason = reason
-                self.lost_event.set()
+                with self._mutex:
+                    self._lost_reason = reason
+                    event = self._lost_event
+                if event is not None:
+                    event.set()
                 instruments.lost(self.name, reason)
             raise LeaseLost(self.name, self.fence, reason)
 
@@ -402,7 +426,10 @@ class Lease:
             except Exception:
                 log.exception("on_lost callback for %r raised", self.name)
         # Last, so that whoever wakes on the event finds the callback already done.
-        self.lost_event.set()
+        with self._mutex:
+            event = self._lost_event
+        if event is not None:
+            event.set()
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:

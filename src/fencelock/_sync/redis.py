@@ -19,7 +19,6 @@ from ..backends.redis import (
     ACQUIRE,
     BLOCK_CAP,
     CLAIM,
-    CLAIM_WINDOW_MS,
     DEFAULT_PREFIX,
     DEFAULT_WAIT_TIMEOUT,
     EXTEND,
@@ -119,11 +118,14 @@ class RedisBackend:
         pttl = int(value)
         return Attempt(fence=None, retry_after=pttl / 1000 if pttl > 0 else None)
 
-    def wait(self, key: str, token: str, timeout: float) -> bool:
+    def wait(self, key: str, token: str, timeout: float) -> Attempt | bool:
+        """BLPOP on our wake list; a pop means RELEASE already made the lock ours (the fence)."""
         block = max(0.01, min(timeout, self._block_cap))
         with map_errors("wait"):
             got = self.client.blpop([self.keys(key).wake(token)], timeout=block)
-        return got is not None
+        if got is None:
+            return False
+        return Attempt(fence=int(got[1]))
 
     def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
         if self.wait_replicas:
@@ -149,9 +151,8 @@ class RedisBackend:
         return reply
 
     def abandon(self, key: str, token: str) -> None:
-        claim_ms = CLAIM_WINDOW_MS
         with map_errors("abandon"):
-            self._abandon(keys=self.keys(key).all4(), args=[token, claim_ms])
+            self._abandon(keys=self.keys(key).all4(), args=[token])
 
     def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         with map_errors("extend"):
@@ -159,7 +160,7 @@ class RedisBackend:
 
     def release(self, key: str, token: str) -> bool:
         with map_errors("release"):
-            return int(self._release(keys=self.keys(key).all4(), args=[token, CLAIM_WINDOW_MS])) != 0
+            return int(self._release(keys=self.keys(key).all4(), args=[token])) != 0
 
     def inspect(self, key: str) -> LockInfo | None:
         k = self.keys(key)

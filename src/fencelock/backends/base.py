@@ -14,7 +14,9 @@ Primitives:
   the lock is now ours, else ``Attempt(fence=None, retry_after=seconds or None)``. With ``queue=True``
   the backend may enqueue ``token`` so that it is served first come, first served.
 - ``wait(key, token, timeout)``: block at most ``timeout`` seconds until it may be worth trying again.
-  Returns True when the backend *handed the lock over* to ``token`` (then call ``claim``).
+  Returns True when the backend *handed the lock over* to ``token`` (then call ``claim``), or an
+  ``Attempt`` with a fence when the handover already made the lock ours for the full TTL at a moment
+  after the previous ``try_acquire`` was sent (the lease is measured from that send).
 - ``claim(key, token, ttl_ms, label)``: take a lock that was handed over; returns the fence or None.
 - ``abandon(key, token)``: we stop waiting (timeout, cancellation): leave the queue, and if the lock
   was handed to us meanwhile, pass it on. Must be safe to call at any time.
@@ -75,7 +77,7 @@ class Backend(Protocol):
 
     def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt: ...
 
-    def wait(self, key: str, token: str, timeout: float) -> bool: ...
+    def wait(self, key: str, token: str, timeout: float) -> bool | Attempt: ...
 
     def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None: ...
 
@@ -100,7 +102,7 @@ class AsyncBackend(Protocol):
 
     async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt: ...
 
-    async def wait(self, key: str, token: str, timeout: float) -> bool: ...
+    async def wait(self, key: str, token: str, timeout: float) -> bool | Attempt: ...
 
     async def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None: ...
 

@@ -8,7 +8,7 @@ Keys of one lock (all share one hash tag, so Redis Cluster puts them in one slot
     {prefix}{<name>}:lock          STRING "<token>:<fence>:<label>", with PX = the lease
     {prefix}{<name>}:fence         STRING the last fence issued (no expiry; never decreases)
     {prefix}{<name>}:queue         ZSET   waiting tokens, scored by arrival (server microseconds)
-    {prefix}{<name>}:alive         HASH   waiting token -> server ms until which the waiter counts as alive
+    {prefix}{<name>}:alive         HASH   waiting token -> "<alive until, server ms>|<ttl ms>|<label>"
     {prefix}{<name>}:lock:wake:<t> LIST   handoff notice for waiter <t> (it BLPOPs on it)
 
 ``<name>`` is the lock name with ``%``, ``{`` and ``}`` percent-encoded, so any name (spaces,
@@ -27,18 +27,17 @@ grow by at least one. Fences are integers below 2**53 (exact in Lua's doubles) u
 Waiting (first come, first served). A contender that must wait enqueues its token in ``queue``. A
 free lock is granted only to the first *live* waiter (or anyone when the queue is empty), so newcomers
 cannot barge past waiters. ``release`` hands the lock straight to the first live waiter: it mints
-that waiter's fence, sets the lock to its token with a short claim window, and pushes the fence to
-its ``wake`` list; the waiter's BLPOP returns and its ``claim`` stretches the lease to its full TTL.
-A waiter refreshes its ``alive`` stamp each time it polls (at least every ``BLOCK_CAP`` seconds);
-one that stopped refreshing (crashed) is skipped. How strict: FIFO among live waiters by arrival
-at the server; a waiter that was handed the lock but does not claim it within the claim window
-(paused, crashed) loses its turn and the lock is free again at the end of that window.
+that waiter's fence, sets the lock to its token for the waiter's own TTL, and pushes the fence to its
+``wake`` list; the waiter's BLPOP returns and it holds the lock with no further round trip (its lease
+is measured from before its previous poll, which is before the grant). A waiter refreshes its
+``alive`` stamp each time it polls (at least every ``BLOCK_CAP`` seconds); one that stopped
+refreshing for ``REGISTRATION_MS`` (crashed) is skipped. How strict: FIFO among live waiters by
+arrival at the server. A waiter that dies within ``REGISTRATION_MS`` of being handed the lock holds
+it, like any crashed holder, until its TTL runs out.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -68,16 +67,16 @@ __all__ = [
 
 DEFAULT_PREFIX = "fencelock:"
 
-BLOCK_CAP = 1.0
+BLOCK_CAP = 0.5
 """Longest single BLPOP, in seconds. Short, because redis-py resends a blocking command that
 outlives the socket timeout (default 5 s in redis-py 8), and because each poll refreshes the
 waiter's ``alive`` stamp."""
 
-REGISTRATION_MS = 4000
+REGISTRATION_MS = 2000
 """How long a waiter counts as alive after its last poll (four polls missed = gone)."""
 
 CLAIM_WINDOW_MS = 2000
-"""How long a handed-over lock waits for its new owner to claim it (capped by the TTL)."""
+"""Kept for ``ABANDON``/``RELEASE`` callers of older versions; the handoff now uses the waiter's TTL."""
 
 _PREAMBLE = """
 if redis.replicate_commands then redis.replicate_commands() end
@@ -96,36 +95,41 @@ end
 local function owns(value, token)
   return value and string.sub(value, 1, #token + 1) == token .. ':'
 end
--- first waiter still alive; drops dead ones (bounded work per call)
+-- first waiter still alive, and its "<alive until>|<ttl ms>|<label>"; drops dead ones (bounded work)
 local function head(queue, alive, now_ms)
   for _ = 1, 32 do
     local h = redis.call('ZRANGE', queue, 0, 0)[1]
     if not h then return nil end
-    local exp = tonumber(redis.call('HGET', alive, h) or '0') or 0
-    if exp > now_ms then return h end
+    local reg = redis.call('HGET', alive, h)
+    if reg and (tonumber(string.match(reg, '^(%d+)')) or 0) > now_ms then return h, reg end
     redis.call('ZREM', queue, h)
     redis.call('HDEL', alive, h)
   end
-  return redis.call('ZRANGE', queue, 0, 0)[1]
+  return nil
 end
--- release the lock held by `token`: hand it to the first live waiter, else delete it.
--- returns 0 (not ours: nothing changed), 1 (deleted), 2 (handed over)
-local function release(lock, fence_key, queue, alive, token, claim_ms)
+-- release the lock held by `token`: hand it to the first live waiter (for that waiter's TTL, under
+-- its label), else delete it. returns 0 (not ours: nothing changed), 1 (deleted), 2 (handed over)
+local function release(lock, fence_key, queue, alive, token)
   if not owns(redis.call('GET', lock), token) then return 0 end
+  if redis.call('EXISTS', queue) == 0 then
+    redis.call('DEL', lock)
+    return 1
+  end
   local now = now_us()
-  local h = head(queue, alive, math.floor(now / 1000))
+  local h, reg = head(queue, alive, math.floor(now / 1000))
   if not h then
     redis.call('DEL', lock)
     return 1
   end
+  local _, ttl, label = string.match(reg, '^(%d+)|(%d+)|(.*)$')
   local f = mint(fence_key, now)
-  redis.call('SET', lock, h .. ':' .. f .. ':', 'PX', claim_ms)
+  redis.call('SET', lock, h .. ':' .. f .. ':' .. label, 'PX', ttl)
   redis.call('ZREM', queue, h)
   redis.call('HDEL', alive, h)
   local wake = lock .. ':wake:' .. h
   redis.call('DEL', wake)
   redis.call('RPUSH', wake, f)
-  redis.call('PEXPIRE', wake, claim_ms)
+  redis.call('PEXPIRE', wake, ttl)
   return 2
 end
 """
@@ -150,7 +154,8 @@ if cur then
   end
 else
   local now = now_us()
-  local h = head(KEYS[3], KEYS[4], math.floor(now / 1000))
+  local h = nil
+  if redis.call('EXISTS', KEYS[3]) == 1 then h = head(KEYS[3], KEYS[4], math.floor(now / 1000)) end
   if (not h) or h == token then
     local f = mint(KEYS[2], now)
     redis.call('SET', KEYS[1], token .. ':' .. f .. ':' .. ARGV[3], 'PX', ARGV[2])
@@ -164,7 +169,7 @@ end
 if ARGV[4] == '1' then
   local now = now_us()
   redis.call('ZADD', KEYS[3], 'NX', now, token)
-  redis.call('HSET', KEYS[4], token, math.floor(now / 1000) + tonumber(ARGV[5]))
+  redis.call('HSET', KEYS[4], token, (math.floor(now / 1000) + tonumber(ARGV[5])) .. '|' .. ARGV[2] .. '|' .. ARGV[3])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
   redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
@@ -173,7 +178,7 @@ return {0, redis.call('PTTL', KEYS[1])}
 )
 
 CLAIM = """
--- CLAIM: take a lock that RELEASE handed to us, stretching it to our full TTL.
+-- CLAIM: confirm a lock that RELEASE handed to us, resetting it to our full TTL from now.
 -- KEYS[1] lock; ARGV[1] token, ARGV[2] ttl ms, ARGV[3] holder label
 -- returns the fence (string), or nil when the lock is not (or no longer) ours
 local token = ARGV[1]
@@ -202,10 +207,10 @@ RELEASE = (
     + """
 -- RELEASE: delete-if-token-matches, or hand the lock to the first live waiter.
 -- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive
--- ARGV[1] token, ARGV[2] claim window ms for the next owner
+-- ARGV[1] token
 -- returns 0 when the lock was not ours (expired; maybe taken): nothing is changed;
 --         1 when deleted; 2 when handed over to the next waiter
-return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
+return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
 """
 )
 
@@ -215,12 +220,12 @@ ABANDON = (
 -- ABANDON: a waiter gives up (timeout, cancellation, error): leave the queue, and if the lock was
 -- handed to us (or granted by a request whose answer we never read), pass it on.
 -- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive
--- ARGV[1] token, ARGV[2] claim window ms for the next owner
+-- ARGV[1] token
 -- returns what RELEASE returns (0 when we held nothing)
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[1] .. ':wake:' .. ARGV[1])
-return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
+return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
 """
 )
 
@@ -325,31 +330,46 @@ def text(value: Any) -> str:
     return str(value)
 
 
-@contextlib.contextmanager
-def map_errors(what: str) -> Iterator[None]:
-    """Translate redis-py's exceptions into fencelock's tree, in one place."""
+class map_errors:  # noqa: N801 - used like a function: ``with map_errors("acquire"):``
+    """Translate redis-py's exceptions into fencelock's tree, in one place.
+
+    A class rather than ``@contextmanager``: it wraps every round trip, and a generator-based
+    context manager costs a few microseconds more each time.
+    """
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, err: BaseException | None, tb: object) -> None:
+        if err is None or not isinstance(err, Exception) or isinstance(err, BackendError):
+            return
+        translated = _translate(err, self.what)
+        if translated is not None:
+            raise translated from err
+
+
+def _translate(err: Exception, what: str) -> BackendError | None:
     from redis import exceptions as rex
 
-    try:
-        yield
-    except BackendError:
-        raise
-    except rex.AuthenticationError as err:
-        raise AuthenticationFailed(f"redis refused our credentials during {what}: {err}") from err
-    except (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, OSError) as err:
-        raise BackendUnavailable(f"redis unreachable during {what}: {err}") from err
-    except rex.ResponseError as err:
+    if isinstance(err, rex.AuthenticationError):
+        return AuthenticationFailed(f"redis refused our credentials during {what}: {err}")
+    if isinstance(err, (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, OSError)):
+        return BackendUnavailable(f"redis unreachable during {what}: {err}")
+    if isinstance(err, rex.ResponseError):
         msg = str(err)
         if "WRONGPASS" in msg or "NOAUTH" in msg or "invalid password" in msg.lower():
-            raise AuthenticationFailed(f"redis refused our credentials during {what}: {msg}") from err
-        # A command refused inside a script reads "The user executing the script can't run this
-        # command..." (Redis 7.0) rather than NOPERM.
-        acl = "user executing the script can't" in msg or "No permissions to access" in msg
-        if "NOPERM" in msg or "READONLY" in msg or acl or isinstance(err, rex.NoPermissionError):
-            raise BackendRejected(
+            return AuthenticationFailed(f"redis refused our credentials during {what}: {msg}")
+        if "NOPERM" in msg or "READONLY" in msg or isinstance(err, rex.NoPermissionError):
+            return BackendRejected(
                 f"redis refused {what}: {msg}; the user needs EVALSHA, EVAL and SCRIPT LOAD plus BLPOP "
-                "on the lock's keys, and the commands the scripts call (see README: Redis ACL)"
-            ) from err
-        raise BackendRejected(f"redis refused {what}: {msg}") from err
-    except rex.RedisError as err:
-        raise BackendRejected(f"redis error during {what}: {err}") from err
+                "on the lock's keys (see README: Redis ACL)"
+            )
+        return BackendRejected(f"redis refused {what}: {msg}")
+    if isinstance(err, rex.RedisError):
+        return BackendRejected(f"redis error during {what}: {err}")
+    return None
