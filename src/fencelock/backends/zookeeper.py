@@ -68,7 +68,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -296,7 +296,9 @@ class _LossWatch:
     key: str
     token: str
     session: int
-    callback: LossCallback
+    callback: Callable[[], LossCallback | None]
+    """Weak for bound methods (the lease's own handler): a dropped lease must not be kept alive
+    by its watch, or it could never be collected and its renewal never stop."""
 
 
 class _Core:
@@ -375,9 +377,11 @@ class _Core:
         # connection thread, and "doubt" must never overtake the "held" that follows it.
         from kazoo.protocol.states import Callback
 
-        if state == "lost":
+        callback = watch.callback()
+        if state == "lost" or callback is None:
             self.watches.pop(id(watch), None)
-        self.client.handler.dispatch_callback(Callback("fencelock", watch.callback, (state, reason)))
+        if callback is not None:
+            self.client.handler.dispatch_callback(Callback("fencelock", callback, (state, reason)))
 
     def session_id(self) -> int:
         cid = self.client.client_id
@@ -412,14 +416,16 @@ class _Core:
                 path, stat = yield _Call(
                     "create",
                     (f"{node.parent}/c-{node.tag}-", label.encode("utf-8", "replace")),
-                    {"acl": self.acl, "ephemeral": True, "sequence": True, "makepath": True, "include_data": True},
+                    {"acl": self.acl, "ephemeral": True, "sequence": True, "include_data": True},
                 )
                 break
             except NoNodeError:
-                # the parent was deleted between kazoo's ensure_path and the create (an operator
-                # cleaning up): make it again, a bounded number of times
+                # No parent yet (or an operator just deleted it). We make it ourselves rather than
+                # with kazoo's ``makepath``, whose hidden retry of the create could reach the server
+                # after a cancelled caller's ``abandon`` had already looked for the node.
                 if attempt == 2:
                     raise
+                yield _Call("ensure_path", (node.parent,), {"acl": self.acl})
         node.name = path.rsplit("/", 1)[1]
         node.czxid = int(stat.czxid)
         node.session = int(stat.ephemeralOwner)
@@ -569,7 +575,12 @@ class _Core:
 
     def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe:
         node = self.nodes.get((key, token))
-        watch = _LossWatch(key, token, node.session if node is not None else self.session_id(), callback)
+        getter: Callable[[], LossCallback | None]
+        if hasattr(callback, "__self__"):
+            getter = weakref.WeakMethod(callback)
+        else:
+            getter = lambda: callback  # noqa: E731
+        watch = _LossWatch(key, token, node.session if node is not None else self.session_id(), getter)
         self.watches[id(watch)] = watch
         # a state change between the grant and now would have been missed: report it
         if not self.client.connected:
@@ -647,17 +658,30 @@ class _Core:
                 if self.nodes.get(k) is node:
                     del self.nodes[k]
 
-    def shutdown(self) -> None:
-        """Stop the janitor and our listener; stop the client only if it is ours."""
+    def shutdown(self, from_gc: bool = False) -> None:
+        """Stop the janitor and our listener; stop the client only if it is ours (which closes
+        its session, so ZooKeeper deletes its nodes at once)."""
         with self.cv:
             self.closed = True
             self.cv.notify_all()
         self.client.remove_listener(self.on_state)
-        if self.owns_client:
-            with contextlib.suppress(Exception):
-                self.client.stop()
-            with contextlib.suppress(Exception):
-                self.client.close()
+        if not self.owns_client:
+            return
+        if from_gc and threading.current_thread() is not threading.main_thread():
+            # The collector may run us on one of kazoo's own threads, and stop() joins them.
+            try:
+                threading.Thread(target=_stop_client, args=(self.client,), daemon=True).start()
+                return
+            except RuntimeError:  # interpreter shutting down: no new threads
+                pass
+        _stop_client(self.client)
+
+
+def _stop_client(client: Any) -> None:
+    with contextlib.suppress(Exception):
+        client.stop()
+    with contextlib.suppress(Exception):
+        client.close()
 
 
 # -- drivers -------------------------------------------------------------------------------------
@@ -838,7 +862,7 @@ class _Base:
             raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self._core = _Core(client, root=root, timeout=timeout, owns_client=owns_client, acl=acl)
         # stops the janitor (and our own client) when the backend is dropped without close()
-        self._finalizer = weakref.finalize(self, self._core.shutdown)
+        self._finalizer = weakref.finalize(self, self._core.shutdown, True)
 
     @property
     def client(self) -> Any:
@@ -885,7 +909,8 @@ class ZooKeeperBackend(_Base):
         return _run_sync(self._core, self._core.inspect(key), "inspect")
 
     def close(self) -> None:
-        self._finalizer()
+        if self._finalizer.detach() is not None:
+            self._core.shutdown()
 
 
 class AsyncZooKeeperBackend(_Base):
@@ -920,5 +945,6 @@ class AsyncZooKeeperBackend(_Base):
         return await _run_async(self._core, self._core.inspect(key), "inspect")
 
     async def aclose(self) -> None:
-        # kazoo's stop() joins its threads: do it off the loop
-        await asyncio.to_thread(self._finalizer)
+        if self._finalizer.detach() is not None:
+            # kazoo's stop() joins its threads: do it off the loop
+            await asyncio.to_thread(self._core.shutdown)
