@@ -272,9 +272,8 @@ def main() -> int:
             base = res["redis-py"]
             rows = [[k, f"{v:,.0f}", f"{v / base:.2f}x"] for k, v in res.items()]
             title = "uncontended acquire+release, " + ("1,000 distinct keys" if distinct else "one key")
-            out.append(
-                table(title + f" (median of {rounds} interleaved rounds)", ["lock", "ops/s", "vs redis-py"], rows)
-            )
+            title += f" (median of {rounds} interleaved rounds)"
+            out.append(table(title, ["lock", "ops/s", "vs redis-py"], rows))
             print(out[-1], flush=True)
         kinds = ["redis-py", "redis-py sleep=1ms", "python-redis-lock", "pottery", "fencelock"]
         rows = []

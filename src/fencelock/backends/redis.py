@@ -330,7 +330,7 @@ def text(value: Any) -> str:
     return str(value)
 
 
-class map_errors:  # noqa: N801 - used like a function: ``with map_errors("acquire"):``
+class map_errors:  # used like a function: ``with map_errors("acquire"):``
     """Translate redis-py's exceptions into fencelock's tree, in one place.
 
     A class rather than ``@contextmanager``: it wraps every round trip, and a generator-based
