@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import multiprocessing as mp
 import os
 import statistics
@@ -199,7 +200,7 @@ def contended(kind: str, url: str, workers: int, seconds: float) -> dict[str, fl
     total = sum(len(e) for e in per_worker.values())
     waits = [(got - asked) * 1000 for e in per_worker.values() for asked, got, _ in e]
     timeline = sorted((got, released, pid) for pid, e in per_worker.items() for _, got, released in e)
-    handoffs = [(nxt[0] - cur[1]) * 1000 for cur, nxt in zip(timeline, timeline[1:], strict=False) if nxt[2] != cur[2]]
+    handoffs = [(nxt[0] - cur[1]) * 1000 for cur, nxt in itertools.pairwise(timeline) if nxt[2] != cur[2]]
     counts = [len(e) for e in per_worker.values()]
     final = int(redis.Redis.from_url(url).get(f"{name}:counter") or 0)
     return {
