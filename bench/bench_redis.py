@@ -115,7 +115,7 @@ def uncontended(client: redis.Redis, url: str, rounds: int, seconds: float, dist
         else:
             cycles[kind] = make_cycle(kind, client, f"bench:{kind}", url)
     results: dict[str, list[float]] = {k: [] for k in cycles}
-    for k, fn in cycles.items():  # warm up (script loads, connections)
+    for fn in cycles.values():  # warm up (script loads, connections)
         rate(fn, 0.1)
     for _ in range(rounds):
         for k, fn in cycles.items():
