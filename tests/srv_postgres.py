@@ -95,15 +95,11 @@ class PostgresServer:
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_url() -> Iterator[str]:
+    """URL of a fresh database on a private PostgreSQL, stopped (by pid) at the end of the session.
+    Each test module that imports this fixture gets its own server (about a second to start)."""
     server = PostgresServer().start()
     try:
-        yield server
+        yield server.url
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="session")
-def postgres_url(postgres_server: PostgresServer) -> str:
-    """URL of a fresh database on a private PostgreSQL (one per test session)."""
-    return postgres_server.url
