@@ -140,9 +140,13 @@ class AsyncLock:
                     if handed.fence is not None:
                         # Granted by the releaser after our last try_acquire was sent: measure from it.
                         lease = self._granted(token, handed.fence, sent, started)
-                        if lease.remaining() < p.ttl / 2:  # we waited long in between: restart the lease
+                        if lease.remaining() >= p.ttl / 2:
+                            return lease
+                        try:  # we waited long since that poll: restart the lease from now
                             await lease.extend()
-                        return lease
+                            return lease
+                        except LeaseLost:  # expired meanwhile (we were paused): queue again
+                            continue
                 elif handed:
                     sent = clock()
                     fence = await backend.claim(p.name, token, p.ttl_ms, p.label)
