@@ -1,0 +1,370 @@
+"""The fault scenarios of issue 5, each injected for real on this machine.
+
+Every scenario follows one pattern: a victim consumer ``A`` takes the first file; the harness
+watches the history and strikes at a precise step (usually right after ``A`` logged
+``write invoke``, i.e. after its own lease check); a healthy consumer ``B`` finishes the work; the
+fault heals; everyone exits when the share is empty. The history, the fault log and the database
+then go to the checker.
+
+``expect_off``: the invariants the fencing-off run must break (the proof that the checker sees
+what the scenario provokes). It is empty for scenarios where fencing is not what keeps the data
+right (a crash is survived by idempotent writes; a paused lock server or a wall-clock jump cannot
+stretch a lease measured on the holder's monotonic clock): there, both runs must pass.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runner import Run, ScenarioError
+from .servers import ZooKeeper, zookeeper_usable
+
+__all__ = ["SCENARIOS", "Scenario", "by_name"]
+
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+STALE = frozenset({"fence-order"})
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    number: str
+    title: str
+    run: Callable[[Run], None]
+    expect_off: frozenset[str]
+    why: str
+    files: int | None = None
+    persistence: bool = False
+    blocked: Callable[[], str | None] | None = None  # a reason it cannot run here, or None
+
+
+def _first_file(r: Run) -> str:
+    return sorted(r.produced)[0]
+
+
+def sigstop_holder(r: Run) -> None:
+    """1. A (renewing) is frozen with SIGSTOP after its lease check, past its lease; B takes the
+    file over and finishes it; A is resumed and goes on to write with its old fence."""
+    f = _first_file(r)
+    r.consumer("A", pause_before_write=0.5, max_files=1)
+    r.wait_op("A", "write", "invoke", f)
+    r.sigstop("A")
+    r.consumer("B")
+    r.wait_op("B", "write", "ok", f)
+    time.sleep(r.s.ttl / 2)
+    r.sigcont("A")
+    r.wait_write_result("A", f)
+    r.wait_all()
+
+
+def pause_check_then_write(r: Run) -> None:
+    """2. A (no renewal: the post's fixed lease) passes ``ensure_held()``, then stalls in the test
+    hook between the check and the write for two TTLs; B takes over; A writes anyway."""
+    f = _first_file(r)
+    r.consumer("A", renew=False, pause_before_write=2.5 * r.s.ttl, max_files=1)
+    inv = r.wait_op("A", "write", "invoke", f)
+    r.faults.start("hook-pause", "A", f"--pause-before-write {2.5 * r.s.ttl:g}s after ensure_held() (at t={inv.t})")
+    r.consumer("B")
+    r.wait_op("B", "write", "ok", f)
+    r.wait_write_result("A", f)
+    r.faults.end("hook-pause", "A")
+    r.wait_all()
+
+
+def delayed_db_write(r: Run) -> None:
+    """3. A's database link goes through the proxy; right after A's lease check the proxy stalls
+    A's traffic to PostgreSQL for two TTLs, so its write lands after its (non-renewed) lease."""
+    f = _first_file(r)
+    proxy, db = r.db_proxy("A-db")
+    r.consumer("A", db_url=db, renew=False, pause_before_write=0.2, max_files=1)
+    r.wait_op("A", "write", "invoke", f)
+    stall = 2 * r.s.ttl + 1
+    proxy.stall(stall)
+    r.faults.start("db-delay", "A", f"proxy holds A's PostgreSQL traffic for {stall:g}s")
+    r.consumer("B")
+    r.wait_op("B", "write", "ok", f)
+    res = r.wait_write_result("A", f)
+    r.faults.end("db-delay", "A", f"A's write: {res.type}; proxy delayed {proxy.stats.delayed_chunks} chunks")
+    if proxy.stats.delayed_chunks == 0:
+        raise ScenarioError("the proxy delayed nothing: A's write did not go through it")
+    r.wait_all()
+
+
+def cut_from_lock_server(r: Run) -> None:
+    """4. A's lock link goes through the proxy; after A's lease check the proxy blackholes it, so
+    A's renewals vanish and its lease runs out, while A still reaches the database."""
+    f = _first_file(r)
+    proxy, lock = r.lock_proxy("A-lock")
+    r.consumer("A", lock_url=lock, pause_before_write=2.5 * r.s.ttl, max_files=1)
+    r.wait_op("A", "write", "invoke", f)
+    proxy.blackhole()
+    r.faults.start("partition", "A", "A <-> lock server blackholed (proxy), database reachable")
+    r.consumer("B")
+    r.wait_op("B", "write", "ok", f)
+    r.wait_write_result("A", f)
+    proxy.heal()
+    r.faults.end("partition", "A", f"healed; {proxy.stats.dropped_bytes} bytes swallowed")
+    if proxy.stats.dropped_bytes == 0:
+        raise ScenarioError("the blackhole swallowed nothing: A sent no renewal through it")
+    r.wait_all()
+
+
+def pause_lock_server(r: Run) -> None:
+    """5. The lock server is frozen (SIGSTOP) for two TTLs while A holds a lease and writes."""
+    assert r.redis is not None and r.redis.pid is not None
+    f = _first_file(r)
+    r.consumer("A", pause_before_write=0.5, max_files=1)
+    r.wait_op("A", "write", "invoke", f)
+    from .runner import _wait_state
+
+    r.redis.pause()
+    state = _wait_state(r.redis.pid, "T")
+    r.faults.start("sigstop", "lock-server", f"SIGSTOP redis-server pid {r.redis.pid}; state {state}")
+    if state != "T":
+        raise ScenarioError(f"redis-server did not stop (state {state})")
+    r.consumer("B")
+    time.sleep(2 * r.s.ttl)
+    r.redis.resume()
+    r.faults.end("sigstop", "lock-server", "SIGCONT")
+    r.wait_write_result("A", f)
+    r.wait_all()
+
+
+def pexpire_lock_key(r: Run) -> None:
+    """6. The lock key expires early on the server (``PEXPIRE key 1`` from outside: what a jump of
+    the server's clock does), while A is between its check and its write; B takes the file."""
+    f = _first_file(r)
+    r.consumer("A", pause_before_write=2.5 * r.s.ttl, max_files=1)
+    r.wait_op("A", "write", "invoke", f)
+    admin = r.admin()
+    try:
+        ok = admin.pexpire(r.lock_keys(f).lock, 1)
+    finally:
+        admin.close()
+    r.faults.point("pexpire", "lock-server", f"PEXPIRE {r.lock_keys(f).lock} 1 -> {ok}")
+    if not ok:
+        raise ScenarioError("PEXPIRE found no lock key to expire")
+    r.consumer("B")
+    r.wait_op("B", "write", "ok", f)
+    r.wait_write_result("A", f)
+    r.wait_all()
+
+
+def _restart(r: Run, snapshot: bool) -> None:
+    assert r.redis is not None
+    f = _first_file(r)
+    fence_key = r.lock_keys(f).fence
+    if snapshot:
+        # an earlier holder's fence, then a snapshot of that older state
+        from fencelock import Lock
+
+        lock = Lock(f"file:{f}", r.lock_url, ttl=r.s.ttl, renew=False, timeout=5)
+        lease = lock.acquire()
+        lease.release()
+        lock.close()
+        admin = r.admin()
+        try:
+            admin.save()
+            saved = admin.get(fence_key)
+        finally:
+            admin.close()
+        r.notes.append(f"snapshot taken with fence counter {saved!r} (fence {lease.fence} issued before it)")
+    r.consumer("A", pause_before_write=2.5 * r.s.ttl, max_files=1)
+    inv = r.wait_op("A", "write", "invoke", f)
+    r.redis.kill()
+    if not snapshot:
+        (r.redis.dir / "dump.rdb").unlink(missing_ok=True)
+    r.redis.process = None
+    r.redis.start()
+    admin = r.admin()
+    try:
+        after = admin.get(fence_key)
+    finally:
+        admin.close()
+    what = "restart-snapshot" if snapshot else "restart-empty"
+    r.faults.point(what, "lock-server",
+                   f"SIGKILL + start {'from the older snapshot' if snapshot else 'without data'}; "
+                   f"fence counter now {after!r}, A holds fence {inv.fence}")
+    if not snapshot and after is not None:
+        raise ScenarioError("the restarted server still had the fence counter: not an empty restart")
+    r.consumer("B")
+    r.wait_op("B", "write", "ok", f)
+    r.wait_write_result("A", f)
+    r.wait_all()
+
+
+def restart_empty(r: Run) -> None:
+    """7a. The lock server is killed and restarted without persistence while A holds the lock."""
+    _restart(r, snapshot=False)
+
+
+def restart_snapshot(r: Run) -> None:
+    """7b. The lock server is killed and restarted from an older RDB snapshot (the fence counter
+    rolls back) while A holds the lock."""
+    _restart(r, snapshot=True)
+
+
+def sigkill_consumer(r: Run) -> None:
+    """8. A is killed (SIGKILL) mid-file, before its write; C is killed between its commit and the
+    archive of its file; B then finishes everything, C's file a second time."""
+    files = sorted(r.produced)
+    r.consumer("A", pause_before_write=0.6, max_files=1)
+    r.wait_op("A", "write", "invoke", files[0])
+    r.sigkill("A", "mid-file (after the lease check, before the write)")
+    if r.s.consumer == "demo":
+        r.notes.append("the demo consumer has no hook between commit and archive: only the mid-file kill ran")
+    else:
+        r.consumer("C", pause_before_archive=1.0, max_files=1)
+        ok = r.wait_for("C write ok", lambda e: e.proc == "C" and e.op == "write" and e.type == "ok")
+        r.sigkill("C", f"between the commit of {ok.file} and its archive")
+    r.consumer("B")
+    r.wait_all()
+
+
+def storage_race(r: Run) -> None:
+    """9. Two writers race at the storage with fences N and N' > N: the holder of N' opens its
+    transaction first and holds it; N's writer (its lease already over) arrives while N' is still
+    open and waits for it. The fence check must refuse N once N' commits."""
+    from fencelock import Lock
+
+    from .history import HistoryWriter
+
+    f = _first_file(r)
+    hw1 = HistoryWriter(r.hist_dir / "w1.jsonl", "w1")
+    hw2 = HistoryWriter(r.hist_dir / "w2.jsonl", "w2")
+    try:
+        def lost(lease: object) -> None:
+            hw1.record("lease-lost", "ok", file=f, fence=getattr(lease, "fence", None))
+
+        lock1 = Lock(f"file:{f}", r.lock_url, ttl=r.s.ttl, renew=False, timeout=5, on_lost=lost)
+        hw1.record("acquire", "invoke", file=f)
+        l1 = lock1.acquire()
+        hw1.record("acquire", "ok", file=f, fence=l1.fence)
+        if not l1.wait_lost(r.s.ttl * 4):
+            raise ScenarioError("w1's lease did not run out")
+        lock2 = Lock(f"file:{f}", r.lock_url, ttl=30, renew=False, timeout=10)
+        hw2.record("acquire", "invoke", file=f)
+        l2 = lock2.acquire()
+        hw2.record("acquire", "ok", file=f, fence=l2.fence)
+        start = time.monotonic_ns() + int(1.5e9)  # both interpreters are up by then
+        common = [sys.executable, "-m", "fencelock_chaos.standin", "write", "--share", str(r.share), "--file", f,
+                  "--db", r.dsn, "--fencing" if r.fencing else "--no-fencing"]
+        r.spawn("w2", [*common, "--fence", str(l2.fence), "--history", str(r.hist_dir / "w2.jsonl"),
+                       "--start-at", str(start), "--hold", "1.0", "--id", "w2"])
+        r.spawn("w1", [*common, "--fence", str(l1.fence), "--history", str(r.hist_dir / "w1.jsonl"),
+                       "--start-at", str(start + int(0.3e9)), "--id", "w1"])
+        r.faults.start("race", "w1", f"w2 (fence {l2.fence}) opens its transaction first and holds it 1 s; "
+                       f"w1 (fence {l1.fence}, lease over) writes 0.3 s later")
+        r.wait_write_result("w2", f)
+        r.wait_write_result("w1", f)
+        r.faults.end("race", "w1")
+        r.wait_all()
+        hw2.record("release", "invoke", file=f, fence=l2.fence)
+        l2.release()
+        hw2.record("release", "ok", file=f, fence=l2.fence)
+        os.replace(r.share / f, r.share / ".archive" / f)
+        lock1.close()
+        lock2.close()
+    finally:
+        hw1.close()
+        hw2.close()
+
+
+def clock_skew(r: Run) -> None:
+    """10. A runs under libfaketime; its wall clock jumps one hour ahead in the middle of its lease
+    (FAKETIME_DONT_FAKE_MONOTONIC=1: the monotonic clock, which leases use, is left alone)."""
+    if not Path(LIBFAKETIME).exists():
+        raise ScenarioError(f"{LIBFAKETIME} not found (apt-get install faketime)")
+    f = _first_file(r)
+    stamp = r.dir / "faketime.rc"
+    stamp.write_text("+0\n")
+    env = {"LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(stamp), "FAKETIME_NO_CACHE": "1",
+           "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    r.consumer("A", pause_before_write=2.0 * r.s.ttl, env=env)
+    r.wait_op("A", "write", "invoke", f)
+    stamp.write_text("+1h\n")
+    r.faults.start("clock-jump", "A", "libfaketime: A's wall clock +1h mid-lease")
+    r.consumer("B")
+    res = r.wait_write_result("A", f)
+    r.faults.end("clock-jump", "A")
+    skew = _skew(res)
+    r.notes.append(f"A's wall clock was {skew:+.0f} s off at its write result")
+    if abs(skew - 3600) > 60:
+        raise ScenarioError(f"libfaketime did not take effect on A (skew {skew:+.0f} s)")
+    r.wait_all()
+
+
+def _skew(e: object) -> float:
+    """Wall-clock offset of a history event's process against ours (monotonic clocks are shared)."""
+    wall = float(getattr(e, "extra", {}).get("wall", 0.0))
+    ours = time.time() - time.monotonic()
+    return wall - getattr(e, "t", 0) / 1e9 - ours
+
+
+def _zk_blocked() -> str | None:
+    return zookeeper_usable()
+
+
+def zookeeper_session_expiry(r: Run) -> None:
+    """11. ZooKeeper: A's link to the ensemble is blackholed (proxy) past its session timeout, so
+    the server expires A's session and deletes its lock node while A is between check and write."""
+    with ZooKeeper() as zk:
+        r.notes.append(f"zookeeper pid {zk.process.pid if zk.process else '?'} on {zk.hosts}")
+        proxy = r.proxy(("tcp", "127.0.0.1", zk.port), "A-zk")
+        url_a = f"zk://127.0.0.1:{proxy.port}/fencelock-chaos"
+        url_b = f"zk://{zk.hosts}/fencelock-chaos"
+        f = _first_file(r)
+        r.consumer("A", lock_url=url_a, pause_before_write=3.0 * r.s.ttl, max_files=1)
+        r.wait_op("A", "write", "invoke", f, timeout=60)
+        proxy.blackhole()
+        r.faults.start("partition", "A", "A <-> ZooKeeper blackholed past the session timeout")
+        r.consumer("B", lock_url=url_b)
+        r.wait_op("B", "write", "ok", f, timeout=60)
+        r.wait_write_result("A", f, timeout=60)
+        proxy.heal()
+        r.faults.end("partition", "A")
+        r.wait_all()
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario("sigstop-holder", "1", "holder paused (SIGSTOP) past its lease", sigstop_holder, STALE,
+             "the resumed holder writes with its old fence after the new holder's write"),
+    Scenario("pause-check-write", "2", "pause between lease check and write", pause_check_then_write, STALE,
+             "ensure_held() passed before the pause; the write lands after the takeover"),
+    Scenario("db-write-delayed", "3", "database write delayed past the lease (proxy)", delayed_db_write, STALE,
+             "the delayed write reaches PostgreSQL after the new holder's commit"),
+    Scenario("cut-from-lock", "4", "holder cut off from the lock server (proxy blackhole)", cut_from_lock_server,
+             STALE, "renewals vanish, the lease ends, the cut-off holder still reaches the database"),
+    Scenario("pause-lock-server", "5", "lock server paused (SIGSTOP) past the lease", pause_lock_server,
+             frozenset(), "nobody can take a lock from a frozen server, and the holder's lease ends on its "
+             "own monotonic clock: nothing to fence"),
+    Scenario("pexpire", "6", "lock key expired early on the server (PEXPIRE)", pexpire_lock_key, STALE,
+             "the key vanishes under the holder; the next holder writes first"),
+    Scenario("restart-empty", "7a", "lock server restarted without persistence", restart_empty, STALE,
+             "the lock is gone after the restart; the new fence (seeded from TIME) is higher, the old "
+             "holder's write is stale"),
+    Scenario("restart-snapshot", "7b", "lock server restarted from an older snapshot", restart_snapshot, STALE,
+             "the fence counter rolls back; fences must still not repeat"),
+    Scenario("sigkill-consumer", "8", "consumer SIGKILLed mid-file and between commit and archive",
+             sigkill_consumer, frozenset(), "crashes are survived by idempotent writes (TransactionId "
+             "key), not by fencing"),
+    Scenario("storage-race", "9", "two writers racing at the storage with fences N and N'", storage_race, STALE,
+             "the lower fence commits after the higher one", files=1),
+    Scenario("clock-skew", "10", "wall clock jump on one consumer (libfaketime)", clock_skew, frozenset(),
+             "leases use the monotonic clock: a wall-clock jump changes nothing"),
+    Scenario("zk-session-expiry", "11", "ZooKeeper session expires while holding the lock",
+             zookeeper_session_expiry, STALE, "the session's lock node is deleted; the old holder writes late",
+             blocked=_zk_blocked),
+]
+
+
+def by_name(name: str) -> Scenario:
+    for s in SCENARIOS:
+        if name in (s.name, s.number):
+            return s
+    raise KeyError(f"no scenario {name!r}; known: {', '.join(s.name for s in SCENARIOS)}")

@@ -1,0 +1,211 @@
+"""Throwaway servers for a chaos run: a PostgreSQL cluster and a ZooKeeper server.
+
+Each lives in a fresh temporary directory, listens only on a unix socket and/or 127.0.0.1, and is
+stopped by its pid (``stop()``, also from ``__exit__``): SIGTERM, then SIGKILL after a bounded wait.
+(The lock server is ``fencelock.embedded.EmbeddedRedis``.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["PG_BIN", "ZK_JAR", "Postgres", "ZooKeeper", "free_port", "stop_pid", "zookeeper_usable"]
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+ZK_JAR = Path("/usr/share/java/zookeeper.jar")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_pid(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
+    """Stop one process we started, by its pid: SIGCONT (it may be stopped), SIGTERM, then SIGKILL."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGCONT)
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(grace)
+
+
+def _demote_to(user: str) -> tuple[int, int]:
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+class Postgres:
+    """A PostgreSQL 15 cluster: unix socket in its directory plus one TCP port on 127.0.0.1.
+
+    initdb and the server run as the ``postgres`` user when we are root (PostgreSQL refuses root).
+    ``dsn(db)`` is a libpq URL over the unix socket; ``tcp_port`` is for the chaos proxy.
+    """
+
+    def __init__(self, *, start_timeout: float = 30.0) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="fl-chaos-pg-"))
+        self.data = self.dir / "data"
+        self.tcp_port = free_port()
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self._as: tuple[int, int] | None = _demote_to("postgres") if os.geteuid() == 0 else None
+
+    def _run_as(self) -> dict[str, object]:
+        if self._as is None:
+            return {}
+        uid, gid = self._as
+        return {"user": uid, "group": gid, "extra_groups": []}
+
+    def start(self) -> Postgres:
+        if self._as is not None:
+            os.chown(self.dir, *self._as)
+        subprocess.run(
+            [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+             "--no-sync", "-E", "UTF8", "--locale=C"],
+            check=True, capture_output=True, timeout=60, **self._run_as(),  # type: ignore[call-overload]
+        )
+        log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._log = log
+        self.process = subprocess.Popen(
+            [str(PG_BIN / "postgres"), "-D", str(self.data), "-k", str(self.dir),
+             "-c", "listen_addresses=127.0.0.1", "-p", str(self.tcp_port),
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", "max_connections=60", "-c", "shared_buffers=16MB"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **self._run_as(),  # type: ignore[call-overload]
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        import psycopg
+
+        end = time.monotonic() + self.start_timeout
+        last: Exception | None = None
+        while time.monotonic() < end:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited: {(self.dir / 'server.log').read_text(errors='replace')[-2000:]}")
+            try:
+                with psycopg.connect(self.dsn("postgres"), connect_timeout=2):
+                    return
+            except psycopg.Error as err:
+                last = err
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"postgres not ready after {self.start_timeout} s: {last}")
+
+    def dsn(self, db: str) -> str:
+        return f"postgresql://postgres@/{db}?host={self.dir}&port={self.tcp_port}"
+
+    def tcp_dsn(self, db: str, port: int | None = None) -> str:
+        return f"postgresql://postgres@127.0.0.1:{port or self.tcp_port}/{db}"
+
+    def create_db(self, db: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.dsn("postgres"), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{db}"')
+        return self.dsn(db)
+
+    def stop(self) -> None:
+        stop_pid(self.process, grace=10)
+        self.process = None
+        with contextlib.suppress(Exception):
+            self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Postgres:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def zookeeper_usable() -> str | None:
+    """None when a ZooKeeper server and the fencelock ZooKeeper backend are usable, else why not."""
+    if not ZK_JAR.exists():
+        return f"{ZK_JAR} not found (apt-get install zookeeperd)"
+    if shutil.which("java") is None:
+        return "java not found"
+    try:
+        import kazoo  # noqa: F401
+    except ImportError:
+        return "kazoo is not installed"
+    try:
+        from fencelock.backends import zookeeper  # type: ignore[attr-defined]  # noqa: F401
+    except ImportError as err:
+        return f"fencelock's ZooKeeper backend is not available yet: {err}"
+    return None
+
+
+class ZooKeeper:
+    """A standalone ZooKeeper 3.8 on 127.0.0.1 (Debian's jar), data in a temporary directory."""
+
+    def __init__(self, *, tick_ms: int = 200, start_timeout: float = 30.0) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="fl-chaos-zk-"))
+        self.port = free_port()
+        self.tick_ms = tick_ms
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ZooKeeper:
+        cfg = self.dir / "zoo.cfg"
+        (self.dir / "data").mkdir()
+        cfg.write_text(
+            f"dataDir={self.dir / 'data'}\nclientPort={self.port}\nclientPortAddress=127.0.0.1\n"
+            f"tickTime={self.tick_ms}\nminSessionTimeout={self.tick_ms * 2}\nadmin.enableServer=false\n"
+            "4lw.commands.whitelist=ruok\nmaxClientCnxns=100\n"
+        )
+        log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._log = log
+        self.process = subprocess.Popen(
+            ["java", "-Xmx128m", "-cp", f"/etc/zookeeper/conf:{ZK_JAR}",
+             f"-Dzookeeper.log.dir={self.dir}", "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+        end = time.monotonic() + self.start_timeout
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"zookeeper exited: {(self.dir / 'server.log').read_text(errors='replace')[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"ruok")
+                if s.recv(4) == b"imok":
+                    return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"zookeeper not ready after {self.start_timeout} s")
+
+    def stop(self) -> None:
+        stop_pid(self.process)
+        self.process = None
+        with contextlib.suppress(Exception):
+            self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> ZooKeeper:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
