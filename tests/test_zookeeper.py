@@ -1,0 +1,561 @@
+"""ZooKeeper-specific behaviour, on a real ZooKeeper (Debian's jar; see srv_zookeeper.py).
+
+The contract suite (test_contract.py) covers what every backend shares; here: sessions (expiry,
+connection loss and recovery through a TCP proxy we can cut), fences across parent re-creation,
+FIFO queueing, lock-name encoding, a user's own KazooClient, asyncio, and errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient
+
+import fencelock
+from fencelock import aio
+from fencelock.backends.zookeeper import ZooKeeperBackend, encode_name, lock_parent, parse_zk_url, token_tag
+from srv_zookeeper import ZK_ROOT, ZooKeeperLockServer, ZooKeeperServer, free_port
+
+CTX = mp.get_context("spawn")
+
+
+def wait_until(predicate: Any, timeout: float, step: float = 0.01) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
+@pytest.fixture
+def zk(zookeeper_server: ZooKeeperLockServer) -> ZooKeeperLockServer:
+    return zookeeper_server
+
+
+# -- a TCP proxy we can cut --------------------------------------------------------------------
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a ZooKeeper; ``cut()`` drops every connection and refuses new
+    ones (accepts and closes them) until ``restore()``: a network partition between one client
+    and the server, while the server and other clients carry on."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port = int(self.listener.getsockname()[1])
+        self._cut = threading.Event()
+        self._stop = threading.Event()
+        self._socks: list[socket.socket] = []
+        self._mutex = threading.Lock()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        end = time.monotonic() + 300  # bounded even if a test forgets to close us
+        while not self._stop.is_set() and time.monotonic() < end:
+            try:
+                conn, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            if self._cut.is_set():
+                conn.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                conn.close()
+                continue
+            with self._mutex:
+                self._socks += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(None)
+        with contextlib.suppress(OSError):
+            while True:  # ends when either side closes (cut() closes both)
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def cut(self) -> None:
+        self._cut.set()
+        with self._mutex:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        self._cut.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.cut()
+        self._thread.join(5)
+        self.listener.close()
+
+
+@pytest.fixture
+def proxy(zk: ZooKeeperLockServer) -> Iterator[TcpProxy]:
+    p = TcpProxy(zk.server.port)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def proxied_url(proxy: TcpProxy, session_timeout: float) -> str:
+    return f"zk://127.0.0.1:{proxy.port}/?session_timeout={session_timeout:g}&timeout=1"
+
+
+def record_events(lock: fencelock.Lock, lease: fencelock.Lease) -> list[str]:
+    """Subscribe to the backend's own session events for ``lease`` (beside the lease's)."""
+    events: list[str] = []
+    lock.backend.watch_loss(lease.name, lease.token, lambda state, reason: events.append(state))
+    return events
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+def test_session_expiry_while_holding_frees_the_lock_and_tells_the_holder(zk: ZooKeeperLockServer, name: str) -> None:
+    lost: list[str] = []
+    holder_lock = fencelock.Lock(
+        name, zk.url_with(session_timeout=2), on_lost=lambda le: lost.append(le.lost_reason or "")
+    )
+    lease = holder_lock.acquire(timeout=10)
+    contender = fencelock.Lock(name, zk.url, ttl=5, renew=False)
+    assert contender.try_acquire() is None
+    # Expire the session the way kazoo's own test harness does: a second client takes over the
+    # session (same id and password) and closes it; ZooKeeper deletes its ephemeral nodes.
+    session_id, password = holder_lock.backend.client.client_id
+    thief = KazooClient(hosts=zk.hosts, client_id=(session_id, password), timeout=2)
+    thief.start(timeout=10)
+    thief.stop()
+    thief.close()
+    new = contender.acquire(timeout=10)  # free at once: the session's node went with it
+    assert new.fence > lease.fence
+    assert lease.lost_event.wait(10), "the old holder must be told"
+    assert lost and "session" in lost[0]
+    with pytest.raises(fencelock.LeaseLost):
+        lease.ensure_held()
+    with pytest.raises(fencelock.LeaseLost):
+        lease.release()
+    held = contender.inspect()
+    assert held is not None and held.fence == new.fence, "the old holder's release must not touch the new lock"
+    new.release()
+    holder_lock.close()
+    contender.close()
+
+
+def test_short_connection_loss_puts_the_lease_in_doubt_then_back(
+    zk: ZooKeeperLockServer, proxy: TcpProxy, name: str
+) -> None:
+    lock = fencelock.Lock(name, proxied_url(proxy, session_timeout=6), ttl=6)
+    lease = lock.acquire(timeout=10)
+    events = record_events(lock, lease)
+    session_before = lock.backend.client.client_id[0]
+    proxy.cut()
+    try:
+        assert wait_until(lambda: lease.in_doubt is not None, 10), "SUSPENDED must put the lease in doubt"
+        assert not lease.held
+        with pytest.raises(fencelock.LeaseLost, match="in doubt"):
+            lease.ensure_held()
+        assert zk.children(name), "the server still has the node: the session is alive"
+    finally:
+        proxy.restore()
+    # reconnected within the session timeout: same session, same node, the lease holds again
+    assert wait_until(lambda: lease.in_doubt is None and lease.held, 10)
+    assert lock.backend.client.client_id[0] == session_before
+    assert events[:1] == ["doubt"] and "held" in events and "lost" not in events
+    assert not lease.lost
+    lease.extend()
+    info = lock.inspect()
+    assert info is not None and info.fence == lease.fence
+    lease.release()
+    lock.close()
+
+
+def test_connection_loss_past_the_session_timeout_loses_the_lease(
+    zk: ZooKeeperLockServer, proxy: TcpProxy, name: str
+) -> None:
+    lock = fencelock.Lock(name, proxied_url(proxy, session_timeout=1.2))
+    lease = lock.acquire(timeout=10)
+    events = record_events(lock, lease)
+    contender = fencelock.Lock(name, zk.url, ttl=5, renew=False)
+    proxy.cut()
+    try:
+        assert wait_until(lambda: "doubt" in events, 10)
+        # the server expires the unreachable session and deletes its node: the contender gets in
+        new = contender.acquire(timeout=20)
+        assert new.fence > lease.fence
+    finally:
+        proxy.restore()
+    # on reconnect the server says the session expired: the backend reports the loss
+    assert wait_until(lambda: "lost" in events, 15), events
+    assert events.index("doubt") < events.index("lost") and "held" not in events
+    assert lease.lost
+    with pytest.raises(fencelock.LeaseLost):
+        lease.release()
+    info = contender.inspect()
+    assert info is not None and info.fence == new.fence
+    new.release()
+    lock.close()
+    contender.close()
+
+
+def _paused_holder(url: str, name: str, ready: Any, go: Any, out: Any) -> None:
+    lock = fencelock.Lock(name, url)
+    lease = lock.acquire(timeout=10)
+    ready.put(lease.fence)
+    go.wait(60)  # we are SIGSTOPped somewhere before or in here
+    try:
+        lease.ensure_held()  # what a holder does right before each write
+        out.put(("wrote", lease.fence))
+    except fencelock.LeaseLost as err:
+        out.put(("refused", str(err)))
+
+
+def test_holder_paused_past_its_session_learns_it_lost_before_writing(zk: ZooKeeperLockServer, name: str) -> None:
+    ready, go, out = CTX.Queue(), CTX.Event(), CTX.Queue()
+    url = zk.url_with(session_timeout=1)
+    proc = CTX.Process(target=_paused_holder, args=(url, name, ready, go, out))
+    proc.start()
+    assert proc.pid is not None
+    try:
+        old_fence = ready.get(timeout=60)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            # the session expires while the holder sleeps; someone else takes the lock
+            new = fencelock.Lock(name, zk.url, ttl=5, renew=False).acquire(timeout=20)
+            assert new.fence > old_fence
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        go.set()
+        verdict, detail = out.get(timeout=30)
+        assert verdict == "refused", "the paused holder must not believe it still holds the lock"
+        assert "TTL" in detail or "session" in detail
+        new.release()
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
+def test_max_lease_is_the_session_timeout(zk: ZooKeeperLockServer, name: str) -> None:
+    lock = fencelock.Lock(name, zk.url_with(session_timeout=2), ttl=60)
+    assert lock.backend.max_lease == 2
+    assert lock.ttl == 2, "a lease cannot be vouched for past its session"
+    lock.close()
+
+
+def test_unrenewed_lease_frees_the_lock_while_the_session_lives(zk: ZooKeeperLockServer, name: str) -> None:
+    lock = fencelock.Lock(name, zk.url, ttl=0.3, renew=False)
+    lease = lock.acquire(timeout=5)
+    assert wait_until(lambda: not zk.children(name), 10), "the janitor deletes the node of an ended lease"
+    assert lease.lost
+    assert lock.backend.client.connected, "the session itself is fine"
+    lock.close()
+
+
+# -- fences ------------------------------------------------------------------------------------
+
+
+def test_fences_keep_growing_when_the_parent_is_deleted_and_recreated(zk: ZooKeeperLockServer, name: str) -> None:
+    lock = fencelock.Lock(name, zk.url, ttl=5, renew=False)
+    fences = []
+    for _ in range(3):
+        with lock as lease:
+            fences.append(lease.fence)
+    parent = zk.lock_path(name)
+    assert zk.admin.get_children(parent) == []
+    zk.admin.delete(parent)  # an operator cleans up: the child counter starts again at 0
+    with lock as lease:
+        (child,) = zk.children(name)
+        assert child.endswith("-0000000000"), "the sequence suffix restarted..."
+        assert lease.fence > max(fences), "...the czxid fence did not"
+        _, stat = zk.admin.get(f"{parent}/{child}")
+        assert lease.fence == stat.czxid
+    assert fences == sorted(fences) and len(set(fences)) == 3
+    lock.close()
+
+
+def test_node_holds_the_label_never_the_token(zk: ZooKeeperLockServer, name: str) -> None:
+    lock = fencelock.Lock(name, zk.url, ttl=5, label="worker-7 on host-a")
+    with lock as lease:
+        (child,) = zk.children(name)
+        data, _ = zk.admin.get(f"{zk.lock_path(name)}/{child}")
+        assert data == b"worker-7 on host-a"
+        assert lease.token not in child and lease.token.encode() not in data
+        assert token_tag(lease.token) in child
+        info = lock.inspect()
+        assert info is not None and info.holder == "worker-7 on host-a" and info.waiters == 0
+    lock.close()
+
+
+# -- waiting -----------------------------------------------------------------------------------
+
+
+def _queued_worker(url: str, name: str, index: int, queued: Any, out: Any) -> None:
+    lock = fencelock.Lock(name, url, ttl=30)
+    queued.put(index)  # about to enqueue; the parent waits until our node shows up
+    lease = lock.acquire(timeout=60)
+    out.put((index, lease.fence))
+    time.sleep(0.01)
+    lease.release()
+
+
+def test_waiters_in_other_processes_are_served_in_arrival_order(zk: ZooKeeperLockServer, name: str) -> None:
+    holder_lock = fencelock.Lock(name, zk.url, ttl=30)
+    holder = holder_lock.acquire(timeout=10)
+    queued, out = CTX.Queue(), CTX.Queue()
+    procs = []
+    try:
+        for i in range(3):
+            p = CTX.Process(target=_queued_worker, args=(zk.url, name, i, queued, out))
+            p.start()
+            procs.append(p)
+            assert queued.get(timeout=60) == i
+            # the next one starts only once this one's node is in the queue
+            assert wait_until(lambda i=i: len(zk.children(name)) == i + 2, 30)
+        holder.release()
+        got = [out.get(timeout=60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    assert [i for i, _ in got] == [0, 1, 2]
+    fences = [f for _, f in got]
+    assert fences == sorted(fences) and fences[0] > holder.fence
+    holder_lock.close()
+
+
+def test_a_waiter_that_gives_up_leaves_the_queue(zk: ZooKeeperLockServer, name: str) -> None:
+    holder_lock = fencelock.Lock(name, zk.url, ttl=30)
+    holder = holder_lock.acquire(timeout=10)
+    waiter = fencelock.Lock(name, zk.url, ttl=30)
+    with pytest.raises(fencelock.LockTimeout):
+        waiter.acquire(timeout=0.5)
+    assert len(zk.children(name)) == 1, "only the holder's node is left"
+    holder.release()
+    lease = waiter.acquire(timeout=10)
+    lease.release()
+    holder_lock.close()
+    waiter.close()
+
+
+# -- names -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    ["a/b", "a%2Fb", "with space", "new\nline", "caf\u00e9 \u6587\u4ef6", "..", ".", "x" * 300, "/"],
+)
+def test_any_name_stays_in_its_own_parent(zk: ZooKeeperLockServer, name: str, suffix: str) -> None:
+    full = name + suffix
+    parent = lock_parent(ZK_ROOT, full)
+    assert parent.count("/") == ZK_ROOT.count("/") + 1, "one path segment per name"
+    lock = fencelock.Lock(full, zk.url, ttl=5)
+    neighbour = fencelock.Lock(name, zk.url, ttl=5)  # the prefix of our name: another lock
+    with lock as lease, neighbour as other:
+        assert lease.fence != other.fence
+        assert zk.admin.get_children(parent)
+    lock.close()
+    neighbour.close()
+
+
+def test_name_encoding_is_injective() -> None:
+    names = ["a/b", "a%2Fb", "a%252Fb", "a b", "a+b", "", ".", "..", "L", "H" + "0" * 64, "x" * 300, "x" * 301]
+    encoded = [encode_name(n) for n in names]
+    assert len(set(encoded)) == len(names)
+    assert all("/" not in e and e not in (".", "..") for e in encoded)
+
+
+# -- a user's own client -----------------------------------------------------------------------
+
+
+def test_a_users_own_kazoo_client_is_used_and_never_stopped(zk: ZooKeeperLockServer, name: str) -> None:
+    client = KazooClient(hosts=zk.hosts, timeout=5)
+    client.start(timeout=10)
+    try:
+        lock = fencelock.Lock(name, client, ttl=5)
+        assert lock.backend.client is client
+        with lock as lease:
+            assert zk.children(name)
+            info = lock.inspect()
+            assert info is not None and info.fence == lease.fence
+        lock.close()
+        assert client.connected, "fencelock must not stop a client it did not create"
+        assert client.exists(lock_parent(ZK_ROOT, name)) is not None
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_a_users_client_that_was_never_started_is_a_clear_error(zk: ZooKeeperLockServer, name: str) -> None:
+    client = KazooClient(hosts=zk.hosts, timeout=5)
+    backend = ZooKeeperBackend(client, timeout=0.2)
+    lock = fencelock.Lock(name, backend, ttl=5)
+    with pytest.raises(fencelock.BackendUnavailable, match="start"):
+        lock.acquire(timeout=1)
+    assert not client.connected, "we never start (or stop) a user's client"
+
+
+# -- asyncio -----------------------------------------------------------------------------------
+
+
+async def test_async_waiter_wakes_on_release_without_blocking_the_loop(zk: ZooKeeperLockServer, name: str) -> None:
+    holder_lock = aio.Lock(name, zk.url, ttl=30)
+    waiter_lock = aio.Lock(name, zk.url, ttl=30)
+    holder = await holder_lock.acquire(timeout=10)
+    waiter = asyncio.create_task(waiter_lock.acquire(timeout=30))
+    await asyncio.sleep(0.3)
+    assert not waiter.done()
+    # The release runs on the same loop as the waiting task: if waiting blocked the loop, this
+    # could only happen after the waiter timed out (and then it would raise LockTimeout).
+    await holder.release()
+    lease = await asyncio.wait_for(waiter, 30)
+    assert lease.fence > holder.fence
+    info = await waiter_lock.inspect()
+    assert info is not None and info.fence == lease.fence
+    await lease.release()
+    await holder_lock.aclose()
+    await waiter_lock.aclose()
+
+
+async def test_async_user_client_and_session_loss(zk: ZooKeeperLockServer, name: str) -> None:
+    client = KazooClient(hosts=zk.hosts, timeout=2)
+    await asyncio.to_thread(client.start, 10)
+    try:
+        lock = aio.Lock(name, client, cancel_on_loss=True)
+        with pytest.raises(fencelock.LeaseLost):
+            async with lock as lease:
+                session_id, password = client.client_id
+                thief = KazooClient(hosts=zk.hosts, client_id=(session_id, password), timeout=2)
+                await asyncio.to_thread(thief.start, 10)
+                await asyncio.to_thread(thief.stop)
+                thief.close()
+                for _ in range(1000):  # bounded: 10 s; the loss cancels us long before
+                    await asyncio.sleep(0.01)
+        assert lease.lost and "session" in (lease.lost_reason or "")
+        await lock.aclose()
+        assert client.connected, "kazoo made a new session; the client is still the user's"
+    finally:
+        await asyncio.to_thread(client.stop)
+        client.close()
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_no_server_is_backend_unavailable_not_a_hang(name: str) -> None:
+    port = free_port()  # nothing listens there
+    lock = fencelock.Lock(name, f"zk://127.0.0.1:{port}/?timeout=0.5", ttl=5)
+    started = time.monotonic()
+    with pytest.raises(fencelock.BackendUnavailable):
+        lock.acquire(timeout=60)
+    assert time.monotonic() - started < 30, "bounded by the backend timeout, not the 60 s acquire timeout"
+    lock.close()
+
+
+def test_server_going_down_is_backend_unavailable(name: str) -> None:
+    server = ZooKeeperServer(Path(tempfile.mkdtemp(prefix="fl-zk-down-")))
+    server.start()
+    try:
+        url = f"zk://127.0.0.1:{server.port}/?timeout=0.5&session_timeout=5"
+        lock = fencelock.Lock(name, url, ttl=5)
+        lease = lock.acquire(timeout=10)
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(fencelock.BackendUnavailable):
+            lock.inspect()
+        with pytest.raises(fencelock.BackendUnavailable):
+            lease.release()
+        with pytest.raises(fencelock.BackendUnavailable):
+            fencelock.Lock(name, url, ttl=5).acquire(timeout=60)
+        assert time.monotonic() - started < 30, "each call is bounded by the backend timeout"
+        lock.close()
+    finally:
+        server.stop()
+
+
+def test_paused_server_is_backend_unavailable(zk: ZooKeeperLockServer, name: str) -> None:
+    lock = fencelock.Lock(name, zk.url_with(timeout=0.5), ttl=5)
+    assert lock.inspect() is None  # connected
+    zk.pause()
+    try:
+        with pytest.raises(fencelock.BackendUnavailable):
+            lock.inspect()
+    finally:
+        zk.resume()
+    lock.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "zk://",
+        "zk://host:port",
+        "zk://:2181",
+        "zk://h:2181/?session_timeout=-1",
+        "zk://h:2181/?session_timeout=soon",
+        "zk://h:2181/?timeout=0",
+        "zk://h:2181/?bogus=1",
+        "zk://h:2181/?root=relative",
+        "zk://h:2181/?root=/a/../b",
+        "zk://h:2181/?use_ssl=maybe",
+        "zk://user@h:2181",
+        "zk://h:2181//double",
+    ],
+)
+def test_bad_url_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(fencelock.ConfigurationError):
+        fencelock.Lock("x", url)
+
+
+def test_url_options_reach_kazoo() -> None:
+    s = parse_zk_url(
+        "zk://al%40ice:p%3Ass@h1:2181,h2:2182/apps/locks?session_timeout=7&root=/l&use_ssl=true&ca=/ca.pem"
+    )
+    assert s.hosts == "h1:2181,h2:2182/apps/locks"
+    assert s.auth == ("al@ice", "p:ss")
+    assert s.session_timeout == 7 and s.root == "/l"
+    assert s.tls == {"use_ssl": True, "ca": "/ca.pem"}
+    backend = ZooKeeperBackend.from_url("zk://u:pw@127.0.0.1:1/chroot?use_ssl=true&verify_certs=false")
+    client = backend.client
+    assert client.use_ssl is True and client.verify_certs is False
+    assert client.chroot == "/chroot"
+    assert ("digest", "u:pw") in client.auth_data
+    assert not client.connected, "constructing does no I/O"
+    backend.close()
+
+
+def test_wrong_object_is_a_configuration_error() -> None:
+    with pytest.raises(fencelock.ConfigurationError):
+        ZooKeeperBackend(object())
