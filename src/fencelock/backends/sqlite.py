@@ -37,14 +37,18 @@ boot_id``) and rows of another boot count as expired (their holders died with th
 boot id exists, a row whose deadline lies further ahead than its own ``ttl`` cannot come from this
 clock and counts as expired too; that bound also holds on Linux.
 
-Waiting: bounded polling, first come first served. A contender that must wait enqueues its token in
-``fencelock_waiter`` (refreshing an ``alive`` stamp at least every ``REFRESH`` seconds); a free lock is
-granted only to the first live waiter, or to anyone when nobody waits, so newcomers cannot barge in.
-``wait()`` polls with cheap reads (WAL readers never block on the writer): the first waiter every
-``HEAD_POLL`` seconds (so a release is noticed within about a millisecond), the others with
-full-jitter exponential backoff; never longer than the holder's remaining lease or the timeout. A
-waiter that stops polling (killed, paused) loses its turn ``REGISTRATION`` seconds after its last
-poll; until then a free lock may sit idle. There is no push wake-up: no server to send it.
+Waiting: first come first served; bounded polling, plus a doorbell. A contender that must wait
+enqueues its token in ``fencelock_waiter`` (refreshing an ``alive`` stamp at least every ``REFRESH``
+seconds); a free lock is granted only to the first live waiter, or to anyone when nobody waits, so
+newcomers cannot barge in. ``wait()`` looks with cheap reads (WAL readers never block on the writer)
+and sleeps between looks with full-jitter exponential backoff, never longer than the holder's
+remaining lease or the timeout. The sleep is cut short by a doorbell: on Linux each waiter listens
+on an abstract unix datagram socket named after its token (no file; it vanishes with the process),
+and ``release``/``abandon`` ring the first waiter's after their commit. The doorbell is only a hint:
+where it cannot ring (another OS, another network namespace) the first waiter polls every
+``HEAD_POLL`` seconds instead, so correctness never depends on it. A waiter that stops polling
+(killed, paused) loses its turn ``REGISTRATION`` seconds after its last poll; until then a free lock
+may sit idle.
 
 Durability. WAL with ``synchronous=NORMAL``: a commit is appended to the WAL file with ``write()``
 and no ``fsync``; the data is in the kernel's page cache the moment the call returns, so a crash of
@@ -65,7 +69,10 @@ import asyncio
 import contextlib
 import os
 import random
+import select
+import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -91,11 +98,15 @@ REFRESH = 0.5
 ``alive`` stamp) at least this often."""
 
 HEAD_POLL = 0.001
-"""Poll interval of the first waiter: the one that takes the lock next must notice a release fast."""
+"""Poll interval of the first waiter when doorbells cannot ring (not Linux): the one that takes the
+lock next must notice a release fast."""
 
 BACKOFF_BASE = 0.002
 BACKOFF_CAP = 0.05
-"""Full-jitter backoff of the other waiters: uniform in [0, min(CAP, BASE * 2**n)]."""
+"""Full-jitter backoff between looks: uniform in [0, min(CAP, BASE * 2**n)]. The first waiter's cap
+is ``HEAD_CAP`` (a ring that could not be delivered costs it at most that)."""
+
+HEAD_CAP = 0.01
 
 _EPSILON = 0.001
 """Float slack in the "deadline at most ttl ahead" check (both sides come from one clock)."""
@@ -207,6 +218,91 @@ def _busy_timeout(value: Any) -> float:
     return seconds
 
 
+class Doorbells:
+    """Wake-ups between the processes of one host, best effort (see "Waiting" above).
+
+    A waiter listens on the abstract unix datagram socket ``\\0fencelock-wake-<token>`` while it
+    waits; ``ring(token)`` sends it one byte. Abstract names need no file and disappear when their
+    socket is closed or the process dies. Anyone on the host could ring: a spurious ring only causes
+    one extra look at the lock.
+    """
+
+    enabled = sys.platform.startswith("linux")
+
+    def __init__(self) -> None:
+        self._listening: dict[str, socket.socket] = {}
+        self._mutex = threading.Lock()
+        self._sender: tuple[int, socket.socket] | None = None
+
+    @staticmethod
+    def address(token: str) -> str:
+        return "\0fencelock-wake-" + token
+
+    def listen(self, token: str) -> socket.socket | None:
+        """The socket ``token`` waits on (bound on first use); None where doorbells cannot work."""
+        sock = self._listening.get(token)
+        if sock is not None or not self.enabled:
+            return sock
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(self.address(token))
+            sock.setblocking(False)
+        except OSError:
+            return None  # e.g. a sandbox without unix sockets: polling only
+        with self._mutex:
+            self._listening[token] = sock
+        return sock
+
+    def hang_up(self, token: str) -> None:
+        """Stop listening for ``token`` (its acquire ended: granted or given up)."""
+        if token in self._listening:
+            with self._mutex:
+                sock = self._listening.pop(token, None)
+            if sock is not None:
+                sock.close()
+
+    def wait(self, token: str, seconds: float) -> None:
+        """Sleep up to ``seconds``, less if ``token``'s bell rings."""
+        sock = self.listen(token)
+        if sock is None:
+            time.sleep(seconds)
+            return
+        if select.select([sock], [], [], seconds)[0]:
+            drain(sock)
+
+    def ring(self, token: str) -> None:
+        """Wake ``token``'s waiter if it listens; silently nothing otherwise."""
+        if not self.enabled:
+            return
+        pid = os.getpid()
+        try:
+            if self._sender is None or self._sender[0] != pid:
+                sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                sender.setblocking(False)
+                self._sender = (pid, sender)
+            self._sender[1].sendto(b"!", self.address(token))
+        except OSError:
+            pass  # nobody listening (ECONNREFUSED), buffer full (already rung): the waiter polls anyway
+
+    def close(self) -> None:
+        with self._mutex:
+            socks, self._listening = list(self._listening.values()), {}
+        if self._sender is not None and self._sender[0] == os.getpid():
+            socks.append(self._sender[1])
+        self._sender = None
+        for sock in socks:
+            sock.close()
+
+
+def drain(sock: socket.socket) -> None:
+    """Read every ring that queued up, so the next wait sleeps until a new one."""
+    for _ in range(64):
+        try:
+            sock.recv(16)
+        except OSError:  # BlockingIOError: empty
+            return
+
+
 class SqliteBackend:
     """Blocking fencelock backend on one SQLite file (see the module docstring for how it works).
 
@@ -233,6 +329,7 @@ class SqliteBackend:
         self._conns_lock = threading.Lock()
         self._schema_ready = False
         self._closed = False
+        self.bells = Doorbells()
 
     @classmethod
     def from_url(cls, url: str) -> SqliteBackend:
@@ -299,6 +396,7 @@ class SqliteBackend:
             if owner == pid:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+        self.bells.close()
 
     # -- one place for transactions and error translation -----------------------------------------
 
@@ -405,7 +503,10 @@ class SqliteBackend:
                 conn.execute(_DEQUEUE, (key, token))
             return Attempt(fence=fence)
 
-        return self._write("acquire", body)
+        attempt = self._write("acquire", body)
+        if attempt.fence is not None:
+            self.bells.hang_up(token)
+        return attempt
 
     def _enqueue(self, conn: sqlite3.Connection, key: str, token: str, now: float) -> None:
         conn.execute(_ENQUEUE, {"name": key, "token": token, "boot": self.boot, "alive": now + REGISTRATION})
@@ -442,16 +543,26 @@ class SqliteBackend:
         return not live, not live, None  # a dead head is dropped by the next try_acquire
 
     def wait(self, key: str, token: str, timeout: float) -> bool:
-        """Poll (see "Waiting" above) until the lock looks takeable for us or ``timeout`` passes.
+        """Look (see "Waiting" above) until the lock seems takeable for us or ``timeout`` passes.
         Always False: this backend never hands a lock over, the caller takes it with try_acquire."""
         end = self._clock() + max(0.0, timeout)
+        rung = self.bells.listen(token) is not None  # listen before looking: no ring is missed
         for attempt in range(1_000_000):  # bounded by the clock below; the count is a backstop
             ready, first, holder_left = self.probe(key, token)
             left = end - self._clock()
             if ready or left <= 0:
                 return False
-            time.sleep(poll_delay(attempt, first, holder_left, left))
+            self.bells.wait(token, poll_delay(attempt, first, holder_left, left, rung))
         return False
+
+    def ring_first(self, key: str) -> None:
+        """After a commit that may have freed the lock: wake the first waiter (best effort)."""
+        if not self.bells.enabled:
+            return
+        with contextlib.suppress(BackendError):
+            head = self._statement("wake", _SELECT_HEAD, (key,)).fetchone()
+            if head is not None:
+                self.bells.ring(str(head[0]))
 
     def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
         """Never reached (``wait`` never reports a handover); answers like a repeated acquire."""
@@ -473,7 +584,9 @@ class SqliteBackend:
             conn.execute(_DEQUEUE, (key, token))
             conn.execute(_DROP_OWN, (key, token))
 
+        self.bells.hang_up(token)
         self._write("abandon", body)
+        self.ring_first(key)  # we may have been first in line, or held it: the next one goes
 
     def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         params = {"name": key, "token": token, "ttl": ttl_ms / 1000, "boot": self.boot, "now": self._clock()}
@@ -481,7 +594,10 @@ class SqliteBackend:
 
     def release(self, key: str, token: str) -> bool:
         params = {"name": key, "token": token, "boot": self.boot, "now": self._clock()}
-        return self._statement("release", _RELEASE, params).rowcount == 1
+        released = self._statement("release", _RELEASE, params).rowcount == 1
+        if released:
+            self.ring_first(key)
+        return released
 
     def inspect(self, key: str) -> LockInfo | None:
         now = self._clock()
@@ -510,13 +626,15 @@ class SqliteBackend:
         return no_loss_watch(key, token, callback)
 
 
-def poll_delay(attempt: int, first: bool, holder_left: float | None, left: float) -> float:
-    """How long ``wait`` sleeps before its next look: the first waiter polls every ``HEAD_POLL``,
-    the others back off (full jitter); never past the holder's deadline or the caller's timeout."""
-    if first:
+def poll_delay(attempt: int, first: bool, holder_left: float | None, left: float, rung: bool) -> float:
+    """How long ``wait`` sleeps before its next look: full-jitter backoff (the first waiter's capped
+    at ``HEAD_CAP``, or a fixed ``HEAD_POLL`` when no doorbell can wake it); never past the holder's
+    deadline or the caller's timeout."""
+    if first and not rung:
         delay = HEAD_POLL * random.uniform(0.5, 1.0)
     else:
-        delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)))
+        cap = HEAD_CAP if first else BACKOFF_CAP
+        delay = random.uniform(0, min(cap, BACKOFF_BASE * 2 ** min(attempt, 16)))
     if holder_left is not None:
         delay = min(delay, holder_left)
     return max(0.0002, min(delay, left))
@@ -576,12 +694,20 @@ class AsyncSqliteBackend:
         """Same polling as the blocking ``wait``; the reads run in a thread, the sleeps on the loop
         (so cancelling a waiter is immediate and leaves nothing behind: a read changes nothing)."""
         end = self._clock() + max(0.0, timeout)
+        bell = self.sync.bells.listen(token)
+        loop = asyncio.get_running_loop()
         for attempt in range(1_000_000):
             ready, first, holder_left = await _off_loop(self.sync.probe, key, token)
             left = end - self._clock()
             if ready or left <= 0:
                 return False
-            await asyncio.sleep(poll_delay(attempt, first, holder_left, left))
+            delay = poll_delay(attempt, first, holder_left, left, bell is not None)
+            if bell is None:
+                await asyncio.sleep(delay)
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(loop.sock_recv(bell, 16), delay)
+                drain(bell)
         return False
 
     async def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
