@@ -1,0 +1,82 @@
+"""Why checking the lease is not enough, shown with the real consumer.
+
+Consumer A takes the file's lock (TTL 0.5 s, no renewal), passes ``lease.ensure_held()``, and
+"pauses" before its write (``--pause-before-write``: a GC pause, a swapped-out process...). Its
+lease runs out; consumer B takes the lock with a higher fence, ingests the file and archives it.
+Then A wakes up and writes, with its old fence:
+
+- with fencing, the database refuses A's write (StaleFence): the ledger still names B;
+- without fencing, A's stale write is applied: the ledger now says fence A ingested the file after
+  fence B did. (The rows survive only because inserts are idempotent by TransactionId; any
+  non-idempotent write, an update or a counter, would be corrupted.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_demo_e2e import finish, history, ledger, manifest, per_file, start_consumer, wait_history
+
+from fencelock.embedded import EmbeddedRedis
+from fencelock_demo.producer import ProducerConfig, produce
+
+
+@pytest.fixture(scope="module")
+def valkey() -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _paused_holder(tmp_path: Path, lock: str, fencing: bool) -> tuple[list[dict[str, object]], str, str, str]:
+    share, hist, db = tmp_path / "share", tmp_path / "h.jsonl", f"sqlite:///{tmp_path / 'f.db'}"
+    produce(ProducerConfig(share, files=1, lines=300, seed=5, manifest=tmp_path / "m.jsonl"))
+    flag = "--fencing" if fencing else "--no-fencing"
+    a = start_consumer(share, lock, db, "A", hist, flag, "--ttl", "0.5", "--no-renew", "--pause-before-write", "6",
+                       "--max-files", "1")
+    try:
+        wait_history(hist, lambda e: e["proc"] == "A" and e["op"] == "acquire" and e["type"] == "ok", "A's lock")
+        b = start_consumer(share, lock, db, "B", hist, flag, "--idle-exit", "0.5")
+        code_b, out_b = finish(b)
+    finally:
+        code_a, out_a = finish(a)
+    assert code_b == 0, out_b
+    assert code_a == 0, out_a
+    events = history(hist)
+    name = manifest(tmp_path / "m.jsonl")[0]["file"]
+    return events, name, db, out_a
+
+
+def _write(events: list[dict[str, object]], proc: str, kind: str) -> dict[str, object]:
+    found = [e for e in events if e["proc"] == proc and e["op"] == "write" and e["type"] == kind]
+    assert len(found) == 1, (proc, kind, events)
+    return found[0]
+
+
+def test_paused_holder_is_refused_by_the_fence(tmp_path: Path, valkey: EmbeddedRedis) -> None:
+    events, name, db, out_a = _paused_holder(tmp_path, valkey.url, fencing=True)
+    b_ok = _write(events, "B", "ok")
+    a_fail = _write(events, "A", "fail")
+    assert isinstance(a_fail["fence"], int) and isinstance(b_ok["fence"], int)
+    assert a_fail["fence"] < b_ok["fence"]
+    assert int(str(a_fail["t"])) > int(str(b_ok["t"]))  # A wrote after B had committed
+    assert str(a_fail["error"]).startswith("StaleFence")
+    assert any(e["proc"] == "A" and e["op"] == "lease-lost" for e in events)  # A was told, too late
+    led = ledger(db, name)
+    assert led is not None and led[1] == b_ok["fence"] and led[2] == "B"
+    assert list(per_file(db)) == [name]
+    assert "stale-fence refusals" in out_a and "1 stale-fence refusals" in out_a
+
+
+def test_without_fencing_the_paused_holders_stale_write_is_applied(tmp_path: Path, valkey: EmbeddedRedis) -> None:
+    events, name, db, _ = _paused_holder(tmp_path, valkey.url, fencing=False)
+    b_ok = _write(events, "B", "ok")
+    a_ok = _write(events, "A", "ok")
+    assert isinstance(a_ok["fence"], int) and isinstance(b_ok["fence"], int)
+    assert a_ok["fence"] < b_ok["fence"] and int(str(a_ok["t"])) > int(str(b_ok["t"]))
+    led = ledger(db, name)
+    assert led is not None and led[1] == a_ok["fence"] and led[2] == "A"  # the older holder overwrote
