@@ -58,7 +58,7 @@ class PostgresServer:
         self._run_as_postgres(
             [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]
         )
-        log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - handed to the child, closed below
+        log = open(self.dir / "server.log", "wb")
         self.process = subprocess.Popen(
             [str(PG_BIN / "postgres"), "-D", str(self.data), "-k", str(self.dir), "-c", "listen_addresses=",
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from srv_postgres import postgres_url  # noqa: F401
 
 from fencelock.embedded import EmbeddedRedis
 from fencelock_demo.producer import ProducerConfig, produce
 from fencelock_demo.store import open_store
+from srv_postgres import postgres_url  # noqa: F401
 
 WAIT = 120.0  # bound for any wait in these tests (the machine is shared)
 
@@ -102,7 +102,8 @@ def ledger(db: str, name: str) -> tuple[int, int | None, str] | None:
     store = open_store(db)
     try:
         mark = "?" if store.dialect == "sqlite" else "%s"
-        row = store.conn.execute(f"SELECT rows, fence, consumer FROM demo_files WHERE name = {mark}", (name,)).fetchone()
+        sql = f"SELECT rows, fence, consumer FROM demo_files WHERE name = {mark}"
+        row = store.conn.execute(sql, (name,)).fetchone()
         store.rollback()
         return None if row is None else (int(row[0]), row[1], str(row[2]))
     finally:
@@ -177,7 +178,7 @@ def test_workers_option_runs_several_processes(tmp_path: Path, valkey: EmbeddedR
     assert code == 0, out
     assert_exactly_once(db, manifest(tmp_path / "m.jsonl"), share)
     assert {e["proc"] for e in history(hist)} <= {"w.0", "w.1"}
-    assert {e["pid"] for e in history(hist)}.__len__() == 2
+    assert "consumer w.0: " in out and "consumer w.1: " in out  # two processes ran (each prints its stats)
 
 
 # -- consumers killed at the worst moments -------------------------------------------------------

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_demo_e2e import finish, history, ledger, manifest, per_file, start_consumer, wait_history
 
 from fencelock.embedded import EmbeddedRedis
 from fencelock_demo.producer import ProducerConfig, produce
+from test_demo_e2e import finish, history, ledger, manifest, per_file, start_consumer, wait_history
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,20 @@ def test_without_fencing_the_paused_holders_stale_write_is_applied(tmp_path: Pat
     assert a_ok["fence"] < b_ok["fence"] and int(str(a_ok["t"])) > int(str(b_ok["t"]))
     led = ledger(db, name)
     assert led is not None and led[1] == a_ok["fence"] and led[2] == "A"  # the older holder overwrote
+
+
+def test_renewal_keeps_a_slow_holder_and_each_renewal_is_in_the_history(tmp_path: Path, valkey: EmbeddedRedis) -> None:
+    """The same pause with renewal on: the lease is extended meanwhile (renew invoke/ok lines with the
+    lease's fence), so the write is admitted and nothing is lost."""
+    share, hist, db = tmp_path / "share", tmp_path / "h.jsonl", f"sqlite:///{tmp_path / 'r.db'}"
+    produce(ProducerConfig(share, files=1, lines=200, seed=6, manifest=tmp_path / "m.jsonl"))
+    code, out = finish(start_consumer(share, valkey.url, db, "slow", hist, "--ttl", "0.6", "--renew",
+                                      "--pause-before-write", "1.5", "--max-files", "1"))
+    assert code == 0, out
+    events = history(hist)
+    fence = next(e["fence"] for e in events if e["op"] == "acquire" and e["type"] == "ok")
+    renewals = [e for e in events if e["op"] == "renew" and e["type"] == "ok"]
+    assert renewals and all(e["fence"] == fence for e in renewals)
+    assert not [e for e in events if e["op"] == "lease-lost"]
+    assert _write(events, "slow", "ok")["rows"] == 200
+    assert list(per_file(db).values()) == [(200, manifest(tmp_path / "m.jsonl")[0]["amount_cents"])]

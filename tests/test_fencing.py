@@ -16,11 +16,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from srv_postgres import postgres_url  # noqa: F401
 
 import fencelock
 from fencelock import ConfigurationError, StaleFence, fencing
 from fencelock.embedded import EmbeddedRedis
+from srv_postgres import postgres_url  # noqa: F401
 
 WAIT = 30.0  # generous bound for "the other transaction is now blocked" on a shared machine
 

@@ -40,7 +40,7 @@ from typing import Any
 import fencelock
 from fencelock import BackendError, LeaseError, StaleFence
 from fencelock.backends import open_backend
-from fencelock.backends.base import Attempt, Backend, LockInfo, LossCallback, Unsubscribe
+from fencelock.backends.base import Backend
 
 from .history import History
 from .parsing import BadLine, Row, parse_lines, split_lines
@@ -199,35 +199,25 @@ def _explain_duplicates(
 
 
 class RecordingBackend:
-    """Wraps the lock backend to put every lease renewal (``extend``) into the history: the
-    renewals run in the lock's own renewer thread, which has no hook of its own."""
+    """Wraps the lock backend to put every lease renewal (``extend``) into the history: renewals
+    run in the lock's own renewer thread, which has no hook of its own. Every other primitive is
+    passed through untouched (by delegation, so the wrapper follows the backend contract as it
+    evolves)."""
 
     def __init__(self, inner: Backend, history: History) -> None:
         self.inner = inner
         self.name = inner.name
         self.history = history
         self.fences: dict[str, int] = {}  # token -> fence, for leases this process holds
-        cap = getattr(inner, "max_lease", None)
-        if cap is not None:
-            self.max_lease = cap
 
-    def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
-        return self.inner.try_acquire(key, token, ttl_ms, label, queue)
-
-    def wait(self, key: str, token: str, timeout: float) -> bool:
-        return self.inner.wait(key, token, timeout)
-
-    def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
-        return self.inner.claim(key, token, ttl_ms, label)
-
-    def abandon(self, key: str, token: str) -> None:
-        self.inner.abandon(key, token)
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
 
     def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         file, fence = key.removeprefix("file:"), self.fences.get(token)
         self.history.record("renew", "invoke", file, fence)
         try:
-            ok = self.inner.extend(key, token, ttl_ms)
+            ok = bool(self.inner.extend(key, token, ttl_ms))
         except BaseException as err:
             self.history.record("renew", "fail", file, fence, error=f"{type(err).__name__}: {err}")
             raise
@@ -236,18 +226,6 @@ class RecordingBackend:
         else:
             self.history.record("renew", "fail", file, fence, error="the lock is no longer ours")
         return ok
-
-    def release(self, key: str, token: str) -> bool:
-        return self.inner.release(key, token)
-
-    def inspect(self, key: str) -> LockInfo | None:
-        return self.inner.inspect(key)
-
-    def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe:
-        return self.inner.watch_loss(key, token, callback)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class Consumer:
