@@ -125,7 +125,7 @@ def test_cli_tls_options(tls_server: TlsRedis, pki: Pki, name: str) -> None:
 MINIMAL_COMMANDS = [
     "evalsha", "script|load",  # the scripts (redis-py sends EVALSHA, loads on NOSCRIPT)
     "blpop",  # waiting for a handoff
-    "get", "set", "del", "time", "pttl", "pexpire",  # called by the scripts; GET also by status
+    "get", "set", "del", "exists", "time", "pttl", "pexpire",  # called by the scripts; GET also by status
     "zadd", "zrange", "zrem", "zcard", "hset", "hget", "hdel", "rpush",  # the waiter queue
 ]  # fmt: skip
 """The commands a fencelock user needs (docs/operating.md: Redis ACL). Commands a script calls are

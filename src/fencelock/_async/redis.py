@@ -120,6 +120,8 @@ class AsyncRedisBackend:
     async def wait(self, key: str, token: str, timeout: float) -> Attempt | bool:
         """BLPOP on our wake list; a pop means RELEASE already made the lock ours (the fence)."""
         block = max(0.01, min(timeout, self._block_cap))
+        if self.wait_replicas:
+            return await self._wait_replicated(key, token, block)
         with map_errors("wait"):
             got = await self.client.blpop([self.keys(key).wake(token)], timeout=block)
         if got is None:
@@ -148,6 +150,21 @@ class AsyncRedisBackend:
         if granted and int(acked) < self.wait_replicas:
             raise ReplicationUnconfirmed(key, int(acked), self.wait_replicas, self._wait_ms / 1000)
         return reply
+
+    async def _wait_replicated(self, key: str, token: str, block: float) -> Attempt | bool:
+        """``wait`` with ``wait_replicas``: BLPOP then WAIT on one connection. The pop is a write that
+        the replication stream carries after the releaser's handoff, so its acknowledgement covers
+        the handoff too."""
+        with map_errors("wait"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.blpop([self.keys(key).wake(token)], timeout=block)
+            pipe.wait(self.wait_replicas, self._wait_ms)
+            got, acked = await pipe.execute()
+        if got is None:
+            return False
+        if int(acked) < self.wait_replicas:
+            raise ReplicationUnconfirmed(key, int(acked), self.wait_replicas, self._wait_ms / 1000)
+        return Attempt(fence=int(got[1]))
 
     async def abandon(self, key: str, token: str) -> None:
         with map_errors("abandon"):

@@ -364,10 +364,13 @@ def _translate(err: Exception, what: str) -> BackendError | None:
         msg = str(err)
         if "WRONGPASS" in msg or "NOAUTH" in msg or "invalid password" in msg.lower():
             return AuthenticationFailed(f"redis refused our credentials during {what}: {msg}")
-        if "NOPERM" in msg or "READONLY" in msg or isinstance(err, rex.NoPermissionError):
+        # A command refused inside a script reads "The user executing the script can't run this
+        # command..." (Redis 7.0) rather than NOPERM: the same missing ACL, so the same hint.
+        acl = "user executing the script can't" in msg or "No permissions to access" in msg
+        if "NOPERM" in msg or "READONLY" in msg or acl or isinstance(err, rex.NoPermissionError):
             return BackendRejected(
                 f"redis refused {what}: {msg}; the user needs EVALSHA, EVAL and SCRIPT LOAD plus BLPOP "
-                "on the lock's keys (see README: Redis ACL)"
+                "on the lock's keys, and the commands the scripts call (see README: Redis ACL)"
             )
         return BackendRejected(f"redis refused {what}: {msg}")
     if isinstance(err, rex.RedisError):
