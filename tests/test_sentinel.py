@@ -76,6 +76,60 @@ def test_wait_replicas_refuses_a_grant_the_replicas_did_not_acknowledge(setup: S
         client.close()
 
 
+def _handoff(setup: SentinelSetup, name: str, wait_timeout: float, cut: bool) -> tuple[int, list[object]]:
+    """A holder without wait_replicas releases to a queued waiter that has it. Returns the holder's
+    fence and what the waiter got (a fence, or the error)."""
+    holder_client = setup.sentinel().master_for(SERVICE, socket_timeout=5)
+    waiter_client = setup.sentinel().master_for(SERVICE, socket_timeout=5)
+    outcome: list[object] = []
+    try:
+        lock = fencelock.Lock(name, holder_client, ttl=10)
+        first = lock.acquire(timeout=0)
+        waiting = fencelock.RedisBackend(waiter_client, wait_replicas=1, wait_timeout=wait_timeout)
+
+        def waiter() -> None:
+            try:
+                with fencelock.Lock(name, waiting, ttl=10).acquire(timeout=WAIT) as lease:
+                    with setup.server(setup.replica_port) as replica:
+                        value = replica.get(RedisKeys("fencelock:", name).lock)
+                    outcome.append((lease.fence, value is not None and value.startswith(lease.token + ":")))
+            except BaseException as err:
+                outcome.append(err)
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        end = time.monotonic() + WAIT
+        while (info := lock.inspect()) is not None and info.waiters != 1:
+            assert time.monotonic() < end and not outcome, outcome
+            time.sleep(0.01)
+        if cut:
+            setup.cut_replication()
+        first.release()  # hands the lock to the waiter
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        return first.fence, outcome
+    finally:
+        holder_client.close()
+        waiter_client.close()
+
+
+def test_wait_replicas_confirms_a_handoff(setup: SentinelSetup, name: str) -> None:
+    fence, outcome = _handoff(setup, name, wait_timeout=10, cut=False)
+    assert len(outcome) == 1 and isinstance(outcome[0], tuple)
+    handed_fence, on_replica = outcome[0]
+    assert handed_fence > fence and on_replica, "the handed-over lock was on the replica before use"
+
+
+def test_wait_replicas_refuses_an_unacknowledged_handoff(setup: SentinelSetup, name: str) -> None:
+    try:
+        _, outcome = _handoff(setup, name, wait_timeout=0.2, cut=True)
+    finally:
+        setup.restore_replication()
+    assert len(outcome) == 1 and isinstance(outcome[0], ReplicationUnconfirmed), outcome
+    with setup.server(setup.master_port) as master:
+        assert master.get(RedisKeys("fencelock:", name).lock) is None, "given up, not left held"
+
+
 def test_wait_replicas_is_validated() -> None:
     import redis
 
