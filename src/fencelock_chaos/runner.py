@@ -72,7 +72,7 @@ class Settings:
     files: int = 3
     lines: int = 200
     seed: int = 1
-    consumer: str = "standin"  # "standin" or "demo"
+    consumer: str = "auto"  # "demo" (fencelock consume), "standin", or "auto": the demo when it exists
     redis_binary: str | None = DEBIAN_REDIS if os.access(DEBIAN_REDIS, os.X_OK) else None
     done_bound: float = 20.0
     step_timeout: float = 30.0
@@ -131,6 +131,7 @@ class Run:
         self.start_t = time.monotonic_ns()
         self.deadline = time.monotonic() + settings.run_timeout
         self.extra_ttl_ns = 0
+        self._standin: dict[str, bool] = {}
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -178,8 +179,9 @@ class Run:
     def consumer(self, proc: str, *, lock_url: str | None = None, db_url: str | None = None,
                  ttl: float | None = None, renew: bool = True, pause_before_write: float = 0.0,
                  pause_before_archive: float = 0.0, max_files: int | None = None, idle_exit: float = 3.0,
-                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start one consumer process (the stand-in, or the demo's ``fencelock consume``)."""
+                 env: dict[str, str] | None = None, standin: bool = False) -> subprocess.Popen[bytes]:
+        """Start one consumer process: the demo's ``fencelock consume``, or the stand-in (when
+        ``Settings.consumer`` says so, or ``standin=True`` for this one process)."""
         args = [
             "--share", str(self.share), "--lock", lock_url or self.lock_url, "--db", db_url or self.dsn,
             "--history", str(self.hist_dir / f"{proc}.jsonl"),
@@ -189,9 +191,10 @@ class Run:
         ]
         if max_files is not None:
             args += ["--max-files", str(max_files)]
-        if self.s.consumer == "demo":
-            if pause_before_archive:
-                raise ScenarioError("the demo consumer has no --pause-before-archive hook")
+        if self.kind(standin) == "demo":
+            args += ["--poll", "0.05"]
+            if pause_before_archive:  # the demo's (hidden) hook between commit and archive
+                args += ["--pause-after-commit", str(pause_before_archive)]
             cmd = [sys.executable, "-m", "fencelock.cli", "consume", *args]
         else:
             args += ["--pause-before-archive", str(pause_before_archive),
@@ -205,6 +208,7 @@ class Run:
         finally:
             log.close()
         self.procs[proc] = p
+        self._standin[proc] = self.kind(standin) == "standin"
         return p
 
     def spawn(self, proc: str, cmd: Sequence[str]) -> subprocess.Popen[bytes]:
@@ -217,7 +221,29 @@ class Run:
         self.procs[proc] = p
         return p
 
+    def kind(self, standin: bool = False) -> str:
+        """Which consumer runs: ``demo`` or ``standin``."""
+        if standin or self.s.consumer == "standin":
+            return "standin"
+        if self.s.consumer == "demo" or demo_consumer_available():
+            return "demo"
+        return "standin"
+
     # -- observing --------------------------------------------------------------------------
+
+    def wait_window(self, proc: str, timeout: float | None = None) -> Event:
+        """Wait until ``proc`` has passed its lease check and sits in its pause-before-write hook;
+        returns the event that says so (its ``file`` is the file being worked on).
+
+        The stand-in logs ``write invoke`` right after ``ensure_held()``, before the hook. The demo
+        logs it after the hook, so for the demo the signal is ``acquire ok``: its lease check follows
+        within microseconds, and the harness waits 0.15 s more (every hook used here is longer).
+        """
+        if self.kind() == "standin" or self._standin.get(proc, False):
+            return self.wait_op(proc, "write", "invoke", timeout=timeout)
+        e = self.wait_op(proc, "acquire", "ok", timeout=timeout)
+        time.sleep(0.15)
+        return e
 
     def events(self) -> list[Event]:
         return read_events(sorted(self.hist_dir.glob("*.jsonl")))

@@ -50,9 +50,8 @@ def _first_file(r: Run) -> str:
 def sigstop_holder(r: Run) -> None:
     """1. A (renewing) is frozen with SIGSTOP after its lease check, past its lease; B takes the
     file over and finishes it; A is resumed and goes on to write with its old fence."""
-    f = _first_file(r)
-    r.consumer("A", pause_before_write=0.5, max_files=1)
-    r.wait_op("A", "write", "invoke", f)
+    r.consumer("A", pause_before_write=1.0, max_files=1)
+    f = r.wait_window("A").file
     r.sigstop("A")
     r.consumer("B")
     r.wait_op("B", "write", "ok", f)
@@ -65,10 +64,9 @@ def sigstop_holder(r: Run) -> None:
 def pause_check_then_write(r: Run) -> None:
     """2. A (no renewal: the post's fixed lease) passes ``ensure_held()``, then stalls in the test
     hook between the check and the write for two TTLs; B takes over; A writes anyway."""
-    f = _first_file(r)
     r.consumer("A", renew=False, pause_before_write=2.5 * r.s.ttl, max_files=1)
-    inv = r.wait_op("A", "write", "invoke", f)
-    r.faults.start("hook-pause", "A", f"--pause-before-write {2.5 * r.s.ttl:g}s after ensure_held() (at t={inv.t})")
+    f = r.wait_window("A").file
+    r.faults.start("hook-pause", "A", f"--pause-before-write {2.5 * r.s.ttl:g}s after ensure_held()")
     r.consumer("B")
     r.wait_op("B", "write", "ok", f)
     r.wait_write_result("A", f)
@@ -79,10 +77,9 @@ def pause_check_then_write(r: Run) -> None:
 def delayed_db_write(r: Run) -> None:
     """3. A's database link goes through the proxy; right after A's lease check the proxy stalls
     A's traffic to PostgreSQL for two TTLs, so its write lands after its (non-renewed) lease."""
-    f = _first_file(r)
     proxy, db = r.db_proxy("A-db")
-    r.consumer("A", db_url=db, renew=False, pause_before_write=0.2, max_files=1)
-    r.wait_op("A", "write", "invoke", f)
+    r.consumer("A", db_url=db, renew=False, pause_before_write=0.5, max_files=1)
+    f = r.wait_window("A").file
     stall = 2 * r.s.ttl + 1
     proxy.stall(stall)
     r.faults.start("db-delay", "A", f"proxy holds A's PostgreSQL traffic for {stall:g}s")
@@ -98,10 +95,9 @@ def delayed_db_write(r: Run) -> None:
 def cut_from_lock_server(r: Run) -> None:
     """4. A's lock link goes through the proxy; after A's lease check the proxy blackholes it, so
     A's renewals vanish and its lease runs out, while A still reaches the database."""
-    f = _first_file(r)
     proxy, lock = r.lock_proxy("A-lock")
     r.consumer("A", lock_url=lock, pause_before_write=2.5 * r.s.ttl, max_files=1)
-    r.wait_op("A", "write", "invoke", f)
+    f = r.wait_window("A").file
     proxy.blackhole()
     r.faults.start("partition", "A", "A <-> lock server blackholed (proxy), database reachable")
     r.consumer("B")
@@ -117,9 +113,8 @@ def cut_from_lock_server(r: Run) -> None:
 def pause_lock_server(r: Run) -> None:
     """5. The lock server is frozen (SIGSTOP) for two TTLs while A holds a lease and writes."""
     assert r.redis is not None and r.redis.pid is not None
-    f = _first_file(r)
-    r.consumer("A", pause_before_write=0.5, max_files=1)
-    r.wait_op("A", "write", "invoke", f)
+    r.consumer("A", pause_before_write=1.0, max_files=1)
+    f = r.wait_window("A").file
     from .runner import _wait_state
 
     r.redis.pause()
@@ -138,9 +133,8 @@ def pause_lock_server(r: Run) -> None:
 def pexpire_lock_key(r: Run) -> None:
     """6. The lock key expires early on the server (``PEXPIRE key 1`` from outside: what a jump of
     the server's clock does), while A is between its check and its write; B takes the file."""
-    f = _first_file(r)
     r.consumer("A", pause_before_write=2.5 * r.s.ttl, max_files=1)
-    r.wait_op("A", "write", "invoke", f)
+    f = r.wait_window("A").file
     admin = r.admin()
     try:
         ok = admin.pexpire(r.lock_keys(f).lock, 1)
@@ -157,25 +151,35 @@ def pexpire_lock_key(r: Run) -> None:
 
 def _restart(r: Run, snapshot: bool) -> None:
     assert r.redis is not None
-    f = _first_file(r)
-    fence_key = r.lock_keys(f).fence
     if snapshot:
-        # an earlier holder's fence, then a snapshot of that older state
+        # an earlier holder's fence on every file, then a snapshot of that older state
         from fencelock import Lock
 
-        lock = Lock(f"file:{f}", r.lock_url, ttl=r.s.ttl, renew=False, timeout=5)
-        lease = lock.acquire()
-        lease.release()
-        lock.close()
+        from .history import HistoryWriter
+
+        hw = HistoryWriter(r.hist_dir / "setup.jsonl", "setup")
+        try:
+            for name in sorted(r.produced):
+                lock = Lock(f"file:{name}", r.lock_url, ttl=r.s.ttl, renew=False, timeout=5)
+                hw.record("acquire", "invoke", file=name)
+                lease = lock.acquire()
+                hw.record("acquire", "ok", file=name, fence=lease.fence)
+                hw.record("release", "invoke", file=name, fence=lease.fence)
+                lease.release()
+                hw.record("release", "ok", file=name, fence=lease.fence)
+                lock.close()
+        finally:
+            hw.close()
         admin = r.admin()
         try:
             admin.save()
-            saved = admin.get(fence_key)
         finally:
             admin.close()
-        r.notes.append(f"snapshot taken with fence counter {saved!r} (fence {lease.fence} issued before it)")
+        r.notes.append("snapshot taken after one earlier lease on every file")
     r.consumer("A", pause_before_write=2.5 * r.s.ttl, max_files=1)
-    inv = r.wait_op("A", "write", "invoke", f)
+    inv = r.wait_window("A")
+    f = inv.file
+    fence_key = r.lock_keys(f).fence
     r.redis.kill()
     if not snapshot:
         (r.redis.dir / "dump.rdb").unlink(missing_ok=True)
@@ -189,7 +193,7 @@ def _restart(r: Run, snapshot: bool) -> None:
     what = "restart-snapshot" if snapshot else "restart-empty"
     r.faults.point(what, "lock-server",
                    f"SIGKILL + start {'from the older snapshot' if snapshot else 'without data'}; "
-                   f"fence counter now {after!r}, A holds fence {inv.fence}")
+                   f"fence counter of {f} now {after!r}, A holds fence {inv.fence}")
     if not snapshot and after is not None:
         raise ScenarioError("the restarted server still had the fence counter: not an empty restart")
     r.consumer("B")
@@ -212,16 +216,12 @@ def restart_snapshot(r: Run) -> None:
 def sigkill_consumer(r: Run) -> None:
     """8. A is killed (SIGKILL) mid-file, before its write; C is killed between its commit and the
     archive of its file; B then finishes everything, C's file a second time."""
-    files = sorted(r.produced)
-    r.consumer("A", pause_before_write=0.6, max_files=1)
-    r.wait_op("A", "write", "invoke", files[0])
+    r.consumer("A", pause_before_write=1.0, max_files=1)
+    r.wait_window("A")
     r.sigkill("A", "mid-file (after the lease check, before the write)")
-    if r.s.consumer == "demo":
-        r.notes.append("the demo consumer has no hook between commit and archive: only the mid-file kill ran")
-    else:
-        r.consumer("C", pause_before_archive=1.0, max_files=1)
-        ok = r.wait_for("C write ok", lambda e: e.proc == "C" and e.op == "write" and e.type == "ok")
-        r.sigkill("C", f"between the commit of {ok.file} and its archive")
+    r.consumer("C", pause_before_archive=1.5, max_files=1)
+    ok = r.wait_for("C write ok", lambda e: e.proc == "C" and e.op == "write" and e.type == "ok")
+    r.sigkill("C", f"between the commit of {ok.file} and its archive")
     r.consumer("B")
     r.wait_all()
 
@@ -253,7 +253,7 @@ def storage_race(r: Run) -> None:
         hw2.record("acquire", "ok", file=f, fence=l2.fence)
         start = time.monotonic_ns() + int(1.5e9)  # both interpreters are up by then
         common = [sys.executable, "-m", "fencelock_chaos.standin", "write", "--share", str(r.share), "--file", f,
-                  "--db", r.dsn, "--fencing" if r.fencing else "--no-fencing"]
+                  "--db", r.dsn, "--fencing" if r.fencing else "--no-fencing", "--via", r.kind()]
         r.spawn("w2", [*common, "--fence", str(l2.fence), "--history", str(r.hist_dir / "w2.jsonl"),
                        "--start-at", str(start), "--hold", "1.0", "--id", "w2"])
         r.spawn("w1", [*common, "--fence", str(l1.fence), "--history", str(r.hist_dir / "w1.jsonl"),
@@ -280,13 +280,15 @@ def clock_skew(r: Run) -> None:
     (FAKETIME_DONT_FAKE_MONOTONIC=1: the monotonic clock, which leases use, is left alone)."""
     if not Path(LIBFAKETIME).exists():
         raise ScenarioError(f"{LIBFAKETIME} not found (apt-get install faketime)")
-    f = _first_file(r)
     stamp = r.dir / "faketime.rc"
     stamp.write_text("+0\n")
     env = {"LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(stamp), "FAKETIME_NO_CACHE": "1",
            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-    r.consumer("A", pause_before_write=2.0 * r.s.ttl, env=env)
-    r.wait_op("A", "write", "invoke", f)
+    # The stand-in for A: under libfaketime 0.9.10 with FAKETIME_DONT_FAKE_MONOTONIC=1, Python's
+    # time.sleep() fails with EINVAL (clock_nanosleep on the real monotonic clock), and the demo's
+    # consumer sleeps with time.sleep. The stand-in sleeps with Event.wait, which works there.
+    r.consumer("A", pause_before_write=2.0 * r.s.ttl, env=env, standin=True, max_files=1)
+    f = r.wait_window("A").file
     stamp.write_text("+1h\n")
     r.faults.start("clock-jump", "A", "libfaketime: A's wall clock +1h mid-lease")
     r.consumer("B")
@@ -318,9 +320,8 @@ def zookeeper_session_expiry(r: Run) -> None:
         proxy = r.proxy(("tcp", "127.0.0.1", zk.port), "A-zk")
         url_a = f"zk://127.0.0.1:{proxy.port}/fencelock-chaos"
         url_b = f"zk://{zk.hosts}/fencelock-chaos"
-        f = _first_file(r)
         r.consumer("A", lock_url=url_a, pause_before_write=3.0 * r.s.ttl, max_files=1)
-        r.wait_op("A", "write", "invoke", f, timeout=60)
+        f = r.wait_window("A", timeout=60).file
         proxy.blackhole()
         r.faults.start("partition", "A", "A <-> ZooKeeper blackholed past the session timeout")
         r.consumer("B", lock_url=url_b)

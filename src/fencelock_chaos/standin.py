@@ -131,6 +131,12 @@ def read_rows(path: Path) -> list[Row]:
 # -- consuming ----------------------------------------------------------------------------------
 
 
+def _sleep(seconds: float) -> None:
+    """Sleep without ``time.sleep``: under libfaketime 0.9.10 with FAKETIME_DONT_FAKE_MONOTONIC=1,
+    ``time.sleep`` fails with EINVAL (its ``clock_nanosleep`` on CLOCK_MONOTONIC); ``Event.wait`` works."""
+    threading.Event().wait(seconds)
+
+
 class _Renewer:
     """Extends one lease every ``interval`` s and records each round in the history."""
 
@@ -188,7 +194,7 @@ def _write(conn: Any, rows: Sequence[Row], file: str, fence: int, consumer: str,
                 (file, len(rows), sum(r[5] for r in rows), fence, consumer),
             )
         if hold > 0:
-            time.sleep(hold)
+            _sleep(hold)
 
 
 def _classify(err: BaseException) -> str:
@@ -260,7 +266,7 @@ def consume(share: Path, lock_url: str, db_url: str, history: Path, fencing: boo
                     lease = lock.try_acquire()
                 except BackendError as err:
                     hist.record("acquire", "fail", file=name, error=repr(err))
-                    time.sleep(0.1)
+                    _sleep(0.1)
                     continue
                 if lease is None:
                     continue
@@ -286,7 +292,7 @@ def consume(share: Path, lock_url: str, db_url: str, history: Path, fencing: boo
                 last_work = time.monotonic()
                 break
             if not took:
-                time.sleep(0.05)
+                _sleep(0.05)
     finally:
         conn.close()
         hist.close()
@@ -307,7 +313,7 @@ def _process(path: Path, archive: Path, lease: Any, conn: Any, hist: Any, proc_i
         return  # lease-lost is in the history (callback)
     hist.record("write", "invoke", file=name, fence=lease.fence, rows=len(rows))
     if pause_before_write > 0:  # the hook: between the lease check and the write
-        time.sleep(pause_before_write)
+        _sleep(pause_before_write)
     try:
         _write(conn, rows, name, lease.fence, proc_id, fencing_on)
     except Exception as err:
@@ -315,7 +321,7 @@ def _process(path: Path, archive: Path, lease: Any, conn: Any, hist: Any, proc_i
         return
     hist.record("write", "ok", file=name, fence=lease.fence, rows=len(rows))
     if pause_before_archive > 0:  # the hook: between the commit and the archive
-        time.sleep(pause_before_archive)
+        _sleep(pause_before_archive)
     with contextlib.suppress(FileNotFoundError):
         os.replace(path, archive / name)
 
@@ -329,30 +335,55 @@ def _process(path: Path, archive: Path, lease: Any, conn: Any, hist: Any, proc_i
 @click.option("--fencing/--no-fencing", default=True)
 @click.option("--start-at", type=int, required=True, help="CLOCK_MONOTONIC ns at which to begin the write")
 @click.option("--hold", type=float, default=0.0, help="seconds to hold the transaction open before COMMIT")
+@click.option("--via", type=click.Choice(["demo", "standin"]), default="demo",
+              help="whose write path: the demo's store (fencelock_demo.consumer.ingest) or the stand-in's")
 @click.option("--id", "proc_id", required=True)
 def write(share: Path, name: str, fence: int, db_url: str, history: Path, fencing: bool, start_at: int,
-          hold: float, proc_id: str) -> None:
+          hold: float, via: str, proc_id: str) -> None:
     """One fenced write of one file at a given instant (two of these race at the storage)."""
-    import psycopg
-
     from .history import HistoryWriter
 
     hist = HistoryWriter(history, proc_id)
     rows = read_rows(share / name)
-    conn = psycopg.connect(db_url, autocommit=True, connect_timeout=10)
+    data = (share / name).read_bytes()
     try:
-        wait = (start_at - time.monotonic_ns()) / 1e9
-        if 0 < wait < 60:
-            time.sleep(wait)
-        hist.record("write", "invoke", file=name, fence=fence, rows=len(rows))
+        if via == "demo":
+            from fencelock_demo.consumer import ingest
+            from fencelock_demo.store import open_store
+
+            store = open_store(db_url)
+            store.setup()
+
+            def run() -> None:
+                ingest(store, lambda: [data], name, fence, proc_id, check_fence=fencing)
+                if hold > 0:  # the transaction is open: the fence row and the ledger row are locked
+                    _sleep(hold)
+                store.commit()
+
+            closer = store.close
+        else:
+            import psycopg
+
+            conn = psycopg.connect(db_url, autocommit=True, connect_timeout=10)
+
+            def run() -> None:
+                _write(conn, rows, name, fence, proc_id, fencing, hold=hold)
+
+            closer = conn.close
         try:
-            _write(conn, rows, name, fence, proc_id, fencing, hold=hold)
-        except Exception as err:
-            hist.record("write", _classify(err), file=name, fence=fence, rows=len(rows), error=repr(err))
-            sys.exit(3)
-        hist.record("write", "ok", file=name, fence=fence, rows=len(rows))
+            wait = (start_at - time.monotonic_ns()) / 1e9
+            if 0 < wait < 60:
+                _sleep(wait)
+            hist.record("write", "invoke", file=name, fence=fence, rows=len(rows))
+            try:
+                run()
+            except Exception as err:
+                hist.record("write", _classify(err), file=name, fence=fence, rows=len(rows), error=repr(err))
+                sys.exit(3)
+            hist.record("write", "ok", file=name, fence=fence, rows=len(rows))
+        finally:
+            closer()
     finally:
-        conn.close()
         hist.close()
 
 
