@@ -359,6 +359,36 @@ def test_processes_hammering_one_lock_never_overlap_and_fences_increase(tmp_path
     assert len({r[3] for r in records}) == procs_n
 
 
+def _open_and_lock(url: str, start: Any, out: Any) -> None:
+    start.wait(60)
+    try:
+        lease = fencelock.Lock("job", url, ttl=10).acquire(timeout=60)
+        lease.release()
+        out.put(lease.fence)
+    except Exception as err:
+        out.put(repr(err))
+
+
+def test_many_processes_creating_the_file_at_once_all_get_the_lock(tmp_path: Path) -> None:
+    # A new file is switched to WAL by whoever comes first: concurrent switches must not deadlock.
+    url, start, out = url_of(tmp_path / "fresh" / "locks.db"), CTX.Event(), CTX.Queue()
+    procs = [CTX.Process(target=_open_and_lock, args=(url, start, out)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    try:
+        time.sleep(1.0)  # let them import; they then open the file together
+        start.set()
+        results = [out.get(timeout=120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                p.join(10)
+    assert all(isinstance(r, int) for r in results), results
+    assert len(set(results)) == 6
+
+
 # -- files we cannot use: clear, typed errors ------------------------------------------------------
 
 

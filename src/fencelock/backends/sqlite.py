@@ -372,12 +372,7 @@ class SqliteBackend:
         except sqlite3.Error as err:
             raise self._translate(err, "open") from err
         try:
-            conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; a no-op after the first
-            conn.execute("PRAGMA synchronous=NORMAL")  # per connection; see "Durability" above
-            if not self._schema_ready:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                self._schema_ready = True
+            self._prepare(conn)
         except sqlite3.Error as err:
             conn.close()
             raise self._translate(err, "open") from err
@@ -385,6 +380,41 @@ class SqliteBackend:
         with self._conns_lock:
             self._conns.append((pid, conn))
         return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """WAL mode, durability level, schema: safe when many processes open a new file at once."""
+        # Switching a new file to WAL takes an exclusive lock. Two connections switching at once can
+        # each hold the shared lock the other waits on, and SQLite's busy handler would let both
+        # wait out the whole busy timeout: so try without waiting, and back off between tries.
+        conn.execute("PRAGMA busy_timeout = 0")
+        end = time.monotonic() + self.busy_timeout
+        for attempt in range(10_000):  # bounded by the busy timeout; the count is a backstop
+            try:
+                conn.execute("PRAGMA journal_mode=WAL").fetchone()  # persistent: a no-op once set
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() >= end:
+                    raise
+                time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 8))))
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute("PRAGMA synchronous=NORMAL")  # per connection; see "Durability" above
+        if self._schema_ready:
+            return
+        present = conn.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name IN "
+            "('fencelock_fence', 'fencelock_lock', 'fencelock_waiter', 'fencelock_waiter_order')"
+        ).fetchone()[0]
+        if present < 4:  # create in one write transaction (readers of a read-only file skip this)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        self._schema_ready = True
 
     def close(self) -> None:
         """Close the connections this process opened (of every thread). Not while calls are running."""
