@@ -2,13 +2,32 @@
 
 Only the API package is used (never the SDK): the application decides where metrics go. Every
 record carries the lock name and the outcome; never the token.
+
+Metrics (meter ``fencelock``): ``fencelock.acquire.duration`` (histogram, s; ``outcome`` ok/timeout),
+``fencelock.renewals`` (``outcome`` ok/lost/error), ``fencelock.leases.lost``,
+``fencelock.fencing.rejected`` (``resource``).
+
+Spans (tracer ``fencelock``), made only once the application has set a tracer provider, so the
+uncontended path pays one attribute read when tracing is off:
+
+- ``fencelock.acquire``: the whole acquire, waiting included (``lock.name``, ``fencelock.outcome``
+  ok/timeout, ``fencelock.wait_s``);
+- ``fencelock.<backend>.<op>``: one round trip of a backend primitive, ``op`` in try_acquire, wait,
+  extend, release (``lock.name``, ``fencelock.outcome``, ``fencelock.fence`` when one was granted);
+  a backend error is recorded on the span with status ERROR.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-__all__ = ["instruments"]
+__all__ = ["instruments", "traced", "tracing"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Instruments:
@@ -34,6 +53,12 @@ class _Instruments:
     def acquired(self, name: str, outcome: str, seconds: float) -> None:
         if self._acquire is not None:
             self._acquire.record(seconds, {"lock.name": name, "outcome": outcome})
+        if tracing.active():
+            tracing.finished(
+                "fencelock.acquire",
+                seconds,
+                {"lock.name": name, "fencelock.outcome": outcome, "fencelock.wait_s": seconds},
+            )
 
     def renewed(self, name: str, outcome: str) -> None:
         if self._renew is not None:
@@ -48,4 +73,90 @@ class _Instruments:
             self._stale.add(1, {"resource": resource})
 
 
+class _Tracing:
+    """The ``fencelock`` tracer, or nothing when the API package is absent."""
+
+    def __init__(self) -> None:
+        self._trace: Any = None
+        self._tracer: Any = None
+        self._kind: Any = None
+        try:
+            from opentelemetry import trace
+        except ImportError:  # the API package is optional
+            return
+        self._trace = trace
+        self._tracer = trace.get_tracer("fencelock")
+        self._kind = trace.SpanKind.CLIENT
+        if os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"):
+            trace.get_tracer_provider()  # the provider named by the environment is loaded lazily
+
+    def active(self) -> bool:
+        """True once the application set a tracer provider (until then spans would be discarded).
+        Reads the API's global; if a future API renames it, we always trace (correct, a bit slower)."""
+        return self._trace is not None and getattr(self._trace, "_TRACER_PROVIDER", True) is not None
+
+    def span(self, name: str, attributes: dict[str, Any]) -> Any:
+        return self._tracer.start_as_current_span(
+            name, kind=self._kind, attributes=attributes, record_exception=True, set_status_on_exception=True
+        )
+
+    def finished(self, name: str, seconds: float, attributes: dict[str, Any]) -> None:
+        """A span for something that already happened and took ``seconds``."""
+        end = time.time_ns()
+        span = self._tracer.start_span(name, attributes=attributes, start_time=end - int(seconds * 1e9))
+        span.end(end_time=end)
+
+
+def _outcome(span: Any, result: Any) -> None:
+    fence = getattr(result, "fence", None)
+    if hasattr(result, "fence"):  # an Attempt
+        span.set_attribute("fencelock.outcome", "granted" if fence is not None else "busy")
+    elif isinstance(result, bool):
+        span.set_attribute("fencelock.outcome", "ok" if result else "not_ours")
+    if isinstance(fence, int):
+        span.set_attribute("fencelock.fence", fence)
+
+
+def traced(op: str) -> Callable[[F], F]:
+    """Decorate a backend primitive ``(self, key, ...)``, sync or async, with a span per call.
+
+    With tracing off the wrapper calls straight through (for a coroutine function it returns the
+    coroutine itself: no extra frame). The token and other arguments never reach the span.
+    """
+
+    def decorate(fn: F) -> F:
+        is_async = _is_coroutine_function(fn)
+
+        @functools.wraps(fn)
+        def call(self: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+            if not tracing.active():
+                return fn(self, key, *args, **kwargs)
+            name = f"fencelock.{getattr(self, 'name', 'backend')}.{op}"
+            attributes = {"lock.name": key}
+            if is_async:
+                return _traced_async(name, attributes, fn(self, key, *args, **kwargs))
+            with tracing.span(name, attributes) as span:
+                result = fn(self, key, *args, **kwargs)
+                _outcome(span, result)
+                return result
+
+        return call  # type: ignore[return-value]
+
+    return decorate
+
+
+async def _traced_async(name: str, attributes: dict[str, Any], coro: Awaitable[Any]) -> Any:
+    with tracing.span(name, attributes) as span:
+        result = await coro
+        _outcome(span, result)
+        return result
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(fn)
+
+
+tracing = _Tracing()
 instruments = _Instruments()

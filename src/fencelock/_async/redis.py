@@ -12,6 +12,7 @@ from typing import Any
 import redis.asyncio as redis_api
 
 from .._errors import ConfigurationError
+from .._metrics import traced
 from ..backends.base import Attempt, LockInfo, LossCallback, Unsubscribe, no_loss_watch
 from ..backends.redis import (
     ABANDON,
@@ -104,6 +105,7 @@ class AsyncRedisBackend:
             keys = self._keys[name] = RedisKeys(self.prefix, name)
         return keys
 
+    @traced("try_acquire")
     async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
         k = self.keys(key)
         args = [token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS]
@@ -117,6 +119,7 @@ class AsyncRedisBackend:
         pttl = int(value)
         return Attempt(fence=None, retry_after=pttl / 1000 if pttl > 0 else None)
 
+    @traced("wait")
     async def wait(self, key: str, token: str, timeout: float) -> Attempt | bool:
         """BLPOP on our wake list; a pop means RELEASE already made the lock ours (the fence)."""
         block = max(0.01, min(timeout, self._block_cap))
@@ -170,10 +173,12 @@ class AsyncRedisBackend:
         with map_errors("abandon"):
             await self._abandon(keys=self.keys(key).all4(), args=[token])
 
+    @traced("extend")
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         with map_errors("extend"):
             return int(await self._extend(keys=[self.keys(key).lock], args=[token, ttl_ms])) == 1
 
+    @traced("release")
     async def release(self, key: str, token: str) -> bool:
         with map_errors("release"):
             return int(await self._release(keys=self.keys(key).all4(), args=[token])) != 0

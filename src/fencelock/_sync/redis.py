@@ -13,6 +13,7 @@ from typing import Any
 import redis as redis_api
 
 from .._errors import ConfigurationError
+from .._metrics import traced
 from ..backends.base import Attempt, LockInfo, LossCallback, Unsubscribe, no_loss_watch
 from ..backends.redis import (
     ABANDON,
@@ -105,6 +106,7 @@ class RedisBackend:
             keys = self._keys[name] = RedisKeys(self.prefix, name)
         return keys
 
+    @traced("try_acquire")
     def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
         k = self.keys(key)
         args = [token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS]
@@ -118,6 +120,7 @@ class RedisBackend:
         pttl = int(value)
         return Attempt(fence=None, retry_after=pttl / 1000 if pttl > 0 else None)
 
+    @traced("wait")
     def wait(self, key: str, token: str, timeout: float) -> Attempt | bool:
         """BLPOP on our wake list; a pop means RELEASE already made the lock ours (the fence)."""
         block = max(0.01, min(timeout, self._block_cap))
@@ -171,10 +174,12 @@ class RedisBackend:
         with map_errors("abandon"):
             self._abandon(keys=self.keys(key).all4(), args=[token])
 
+    @traced("extend")
     def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         with map_errors("extend"):
             return int(self._extend(keys=[self.keys(key).lock], args=[token, ttl_ms])) == 1
 
+    @traced("release")
     def release(self, key: str, token: str) -> bool:
         with map_errors("release"):
             return int(self._release(keys=self.keys(key).all4(), args=[token])) != 0
