@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import select
@@ -267,7 +268,9 @@ class Doorbells:
         if sock is None:
             time.sleep(seconds)
             return
-        if select.select([sock], [], [], seconds)[0]:
+        poller = select.poll()  # not select.select: it fails on descriptors above 1023
+        poller.register(sock, select.POLLIN)
+        if poller.poll(math.ceil(max(0.0, seconds) * 1000)):
             drain(sock)
 
     def ring(self, token: str) -> None:
