@@ -141,9 +141,10 @@ def test_inspect_shows_label_fence_and_waiters_never_the_token(db: Path) -> None
 
 def test_fence_counter_survives_deleting_the_lock_row(db: Path) -> None:
     backend = SqliteBackend(db)
-    lock = fencelock.Lock("job", backend, ttl=30)
+    lock = fencelock.Lock("job", backend, ttl=30, label="batch-3")
     first = lock.acquire()
-    assert backend.force_release("job") is not None  # operator deletes the row under the holder
+    assert backend.force_release("job") == "batch-3"  # operator deletes the row under the holder
+    assert backend.force_release("job") is None  # nothing held any more
     second = lock.acquire(timeout=0)
     assert second.fence > first.fence
     assert backend.last_fence("job") == second.fence
@@ -214,6 +215,27 @@ def test_newcomer_cannot_barge_past_a_live_waiter_and_a_dead_waiter_loses_its_tu
     for b in (holder, ghost):
         b.close()
     newcomer.close()
+
+
+def test_release_rings_the_first_waiters_doorbell(db: Path) -> None:
+    holder, first, second = SqliteBackend(db), SqliteBackend(db), SqliteBackend(db)
+    assert holder.try_acquire("job", "h" * 32, 30_000, "h", False).fence is not None
+    assert first.try_acquire("job", "1" * 32, 30_000, "1", True).fence is None
+    assert second.try_acquire("job", "2" * 32, 30_000, "2", True).fence is None
+    bell1, bell2 = first.bells.listen("1" * 32), second.bells.listen("2" * 32)
+    assert bell1 is not None and bell2 is not None, "doorbells work on Linux"
+    assert holder.release("job", "h" * 32)
+    assert bell1.recv(16) == b"!", "the first waiter was woken"
+    with pytest.raises(BlockingIOError):
+        bell2.recv(16)  # the second was not: it is not its turn
+    assert first.try_acquire("job", "1" * 32, 30_000, "1", True).fence is not None
+    assert "1" * 32 not in first.bells._listening, "the granted waiter stopped listening"
+    first.abandon("job", "1" * 32)  # gives the lock up: the next in line is woken
+    assert bell2.recv(16) == b"!"
+    second.abandon("job", "2" * 32)
+    holder.bells.ring("0" * 32)  # nobody listens: nothing happens, nothing raises
+    for b in (holder, first, second):
+        b.close()
 
 
 def test_interrupted_transaction_does_not_keep_the_write_lock(db: Path) -> None:

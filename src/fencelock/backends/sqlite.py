@@ -646,12 +646,13 @@ class SqliteBackend:
         return 0 if row is None else int(row[0])
 
     def force_release(self, key: str) -> str | None:
-        """Operator's override: delete the lock row whatever its token. Returns the holder label."""
+        """Operator's override: delete the lock row whatever its token. Returns the holder's label,
+        or None when the lock was not held (an expired row is deleted too, silently)."""
 
         def body(conn: sqlite3.Connection, now: float) -> str | None:
             row = conn.execute(_SELECT_LOCK, (key,)).fetchone()
             conn.execute("DELETE FROM fencelock_lock WHERE name = ?", (key,))
-            return None if row is None else str(row[5])
+            return str(row[5]) if row is not None and self._live(row, now) else None
 
         return self._write("force release", body)
 
