@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -349,3 +350,34 @@ def test_lock_url_from_the_environment(server: RedisLockServer, name: str) -> No
     result = subprocess.run([*CLI, "status", name, "--json"], capture_output=True, text=True, timeout=WAIT, env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["held"] is False
+
+
+# -- other backends -------------------------------------------------------------------------------
+
+
+def test_run_status_release_on_sqlite(tmp_path: Path, name: str, procs: list[subprocess.Popen[str]]) -> None:
+    url = f"sqlite:///{tmp_path / 'locks.db'}"
+    ready = tmp_path / "ready"
+    code = (
+        "import os, time, pathlib\n"
+        f"pathlib.Path({str(ready)!r}).write_text(os.environ['FENCELOCK_FENCE'])\n"
+        "for _ in range(3000): time.sleep(0.02)\n"
+    )
+    holder = start_cli("run", name, "--lock", url, "--label", "sqlite-holder", "--", *py(code))
+    procs.append(holder)
+    wait_for(ready)
+    fence = int(ready.read_text())
+    data = json.loads(fencelock_cli("status", name, "--lock", url, "--json").stdout)
+    assert data["held"] and data["fence"] == fence and data["holder"] == "sqlite-holder"
+    done = fencelock_cli("release", name, "--lock", url, "--force", "--confirm", name)
+    assert done.returncode == 0, done.stderr
+    assert f"removed the lock held by sqlite-holder with fence {fence}" in done.stdout
+    _, err = holder.communicate(timeout=WAIT)
+    assert holder.returncode == EXIT_LEASE_LOST, err
+    assert "LEASE LOST" in err
+
+
+def test_release_on_a_backend_without_force_release_is_a_clear_usage_error(zookeeper_server: Any, name: str) -> None:
+    result = fencelock_cli("release", name, "--lock", zookeeper_server.url, "--force", "--confirm", name)
+    assert result.returncode == EXIT_USAGE
+    assert "cannot force-release" in result.stderr

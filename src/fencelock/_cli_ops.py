@@ -422,6 +422,9 @@ def release(
             force_release = getattr(lock.backend, "force_release", None)
             if not callable(force_release):
                 _fail(EXIT_USAGE, f"the {lock.backend.name} backend cannot force-release a lock")
+            # What we remove, as the backend describes it (backends return different things from
+            # force_release, and Redis's includes the holder's token, which we never print).
+            info = lock.inspect()
             removed = force_release(name)
         finally:
             lock.close()
@@ -429,18 +432,10 @@ def release(
         click.echo(f"{name}: was not held; nothing removed")
         log.warning("force release of %r: it was not held, nothing removed", name)
         return
-    fence, holder = _describe_removed(removed)
-    click.echo(f"{name}: removed the lock held by {holder or '?'} with fence {fence}")
+    fence = "?" if info is None else str(info.fence)
+    holder = "?" if info is None or not info.holder else info.holder
+    click.echo(f"{name}: removed the lock held by {holder} with fence {fence}")
     log.warning("force release of %r: removed the lock fence=%s holder=%s", name, fence, holder)
-
-
-def _describe_removed(value: str) -> tuple[str, str]:
-    """Fence and holder from a removed Redis value ``token:fence:label``; the token is dropped,
-    never printed or logged."""
-    parts = value.split(":", 2)
-    fence = parts[1] if len(parts) > 1 else "?"
-    holder = parts[2] if len(parts) > 2 else ""
-    return fence, holder
 
 
 COMMANDS = [run, status, release]
