@@ -44,9 +44,10 @@ newcomers cannot barge in. ``wait()`` looks with cheap reads (WAL readers never 
 and sleeps between looks with full-jitter exponential backoff, never longer than the holder's
 remaining lease or the timeout. The sleep is cut short by a doorbell: on Linux each waiter listens
 on an abstract unix datagram socket named after its token (no file; it vanishes with the process),
-and ``release``/``abandon`` ring the first waiter's after their commit. The doorbell is only a hint:
-where it cannot ring (another OS, another network namespace) the first waiter polls every
-``HEAD_POLL`` seconds instead, so correctness never depends on it. A waiter that stops polling
+and ``release``/``abandon`` ring the first waiter's after their commit. The doorbell is only a hint,
+correctness never depends on it: without one (not Linux) the first waiter polls every ``HEAD_POLL``
+seconds; a ring that cannot arrive (waiter in another network namespace) costs the first waiter at
+most ``HEAD_CAP``, its longest sleep. A waiter that stops polling
 (killed, paused) loses its turn ``REGISTRATION`` seconds after its last poll; until then a free lock
 may sit idle.
 
