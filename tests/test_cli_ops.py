@@ -265,6 +265,15 @@ def test_run_exit_codes_for_unreachable_bad_credentials_bad_usage_and_missing_co
     assert fencelock.Lock(name, server.url).inspect() is None, "released when the command could not start"
 
 
+def test_run_replicas_not_acknowledging_is_exit_unavailable(server: RedisLockServer, name: str) -> None:
+    # Our test server has no replica: WAIT 1 can never be satisfied.
+    url = f"{server.url}?wait_replicas=1&wait_timeout=0.05"
+    result = fencelock_cli("run", name, "--lock", url, "--", "true")
+    assert result.returncode == EXIT_UNAVAILABLE, result.stderr
+    assert "0 of 1 replica" in result.stderr
+    assert fencelock.Lock(name, server.url).inspect() is None, "the unconfirmed grant was given up"
+
+
 def test_run_help_documents_the_exit_codes() -> None:
     result = fencelock_cli("run", "--help")
     assert result.returncode == 0

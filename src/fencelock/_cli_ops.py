@@ -7,7 +7,8 @@ forwards signals, releases the lock when the command ends and returns the comman
 Exit codes of ``run`` (also shown by ``fencelock run --help``); any other code is the command's own:
 
     64  bad usage (unknown option, missing argument, bad URL, bad --confirm)
-    69  the lock server could not be reached (refused, timed out, TLS handshake failed)
+    69  the lock server could not be reached (refused, timed out, TLS handshake failed), or
+        its replicas did not acknowledge the grant (``wait_replicas``)
     75  the lock was not obtained within --timeout (someone else held it throughout)
     77  the lock server refused our credentials or the command (wrong password, missing ACL)
     79  the lease was lost while the command ran (with --kill-on-loss it was terminated)
@@ -47,6 +48,7 @@ from ._errors import (
     LockTimeout,
 )
 from ._sync.lock import Lease, Lock
+from .backends.redis import ReplicationUnconfirmed
 
 __all__ = [
     "COMMANDS",
@@ -77,7 +79,8 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 EXIT_CODES_HELP = """\b
 Exit status: the command's own, or
   64  bad usage (options, arguments, lock URL)
-  69  lock server unreachable (refused, timed out, TLS failed)
+  69  lock server unreachable (refused, timed out, TLS failed),
+      or its replicas did not acknowledge (wait_replicas)
   75  lock not obtained within --timeout
   77  credentials or ACL refused by the lock server
   79  lease lost while the command ran
@@ -113,6 +116,8 @@ def _exit_for(err: BaseException) -> int:
     """fencelock's error tree, mapped onto the documented exit codes."""
     if isinstance(err, LockTimeout):
         return EXIT_TIMEOUT
+    if isinstance(err, ReplicationUnconfirmed):  # replicas unreachable, not a permission problem
+        return EXIT_UNAVAILABLE
     if isinstance(err, (AuthenticationFailed, BackendRejected)):
         return EXIT_AUTH
     if isinstance(err, BackendUnavailable):
