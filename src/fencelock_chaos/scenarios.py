@@ -15,12 +15,14 @@ stretch a lease measured on the holder's monotonic clock): there, both runs must
 from __future__ import annotations
 
 import os
+import random
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .proxy import Proxy
 from .runner import Run, ScenarioError
 from .servers import ZooKeeper, zookeeper_usable
 
@@ -28,6 +30,7 @@ __all__ = ["SCENARIOS", "Scenario", "by_name"]
 
 LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 STALE = frozenset({"fence-order"})
+ZK_SESSION = 2.0  # s; the server (tickTime 200 ms) grants 0.4-4 s
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Scenario:
     files: int | None = None
     persistence: bool = False
     blocked: Callable[[], str | None] | None = None  # a reason it cannot run here, or None
+    off_informational: bool = False
 
 
 def _first_file(r: Run) -> str:
@@ -318,8 +322,9 @@ def zookeeper_session_expiry(r: Run) -> None:
     with ZooKeeper() as zk:
         r.notes.append(f"zookeeper pid {zk.process.pid if zk.process else '?'} on {zk.hosts}")
         proxy = r.proxy(("tcp", "127.0.0.1", zk.port), "A-zk")
-        url_a = f"zk://127.0.0.1:{proxy.port}/fencelock-chaos"
-        url_b = f"zk://{zk.hosts}/fencelock-chaos"
+        opts = f"?session_timeout={ZK_SESSION:g}&timeout=1"
+        url_a = f"zk://127.0.0.1:{proxy.port}{opts}"
+        url_b = f"zk://{zk.hosts}{opts}"
         r.consumer("A", lock_url=url_a, pause_before_write=3.0 * r.s.ttl, max_files=1)
         f = r.wait_window("A", timeout=60).file
         proxy.blackhole()
@@ -362,6 +367,124 @@ SCENARIOS: list[Scenario] = [
              zookeeper_session_expiry, STALE, "the session's lock node is deleted; the old holder writes late",
              blocked=_zk_blocked),
 ]
+
+
+def long_mix(duration: float, seed: int) -> Scenario:
+    """The long tier: four consumers behind their own proxies (lock and database), files arriving
+    in batches, and for ``duration`` seconds a seeded random sequence of faults, one at a time,
+    each healed before the next: SIGSTOP or SIGKILL (then a fresh consumer) of a consumer, its lock
+    link blackholed, its database link stalled, a held key PEXPIREd, the lock server paused or
+    restarted empty. Fencing on must pass; what fencing off breaks is reported, not required."""
+
+    def run(r: Run) -> None:
+        _long_mix(r, duration, seed)
+
+    return Scenario("long-mix", "L", f"seeded random fault mix for {duration:g}s (seed {seed})", run, frozenset(),
+                    "random: reported, not required", files=8, off_informational=True)
+
+
+def _long_mix(r: Run, duration: float, seed: int) -> None:
+    assert r.redis is not None
+    rng = random.Random(seed)
+    ttl = r.s.ttl
+    links: dict[str, tuple[Proxy, Proxy]] = {}
+    alive: list[str] = []
+    generation: dict[str, int] = {}
+
+    def start(slot: str) -> None:
+        generation[slot] = generation.get(slot, -1) + 1
+        proc = slot if generation[slot] == 0 else f"{slot}.{generation[slot]}"
+        lp, lurl = r.lock_proxy(f"{proc}-lock")
+        dp, durl = r.db_proxy(f"{proc}-db")
+        links[proc] = (lp, dp)
+        r.consumer(proc, lock_url=lurl, db_url=durl, pause_before_write=rng.choice([0.0, 0.0, 0.3, 0.8]),
+                   idle_exit=10.0)
+        alive.append(proc)
+
+    for slot in ("C1", "C2", "C3", "C4"):
+        start(slot)
+    end = time.monotonic() + duration
+    batch = 1
+    next_batch = time.monotonic() + 3.0
+    for _ in range(10_000):  # bounded; the clock ends it long before
+        now = time.monotonic()
+        if now >= end or now >= r.deadline - 60:
+            break
+        if now >= next_batch and batch < 30:
+            from .standin import produce_files
+
+            r.produced.update(produce_files(r.share, 3, r.s.lines, r.s.seed, prefix=f"b{batch:02d}", batch=batch))
+            batch += 1
+            next_batch = now + rng.uniform(2.0, 4.0)
+        for proc in list(alive):  # a consumer that went idle and exited gets a successor
+            if r.procs[proc].poll() is not None:
+                alive.remove(proc)
+                start(proc.split(".")[0])
+        fault = rng.choice(["sigstop", "sigkill", "partition", "db-delay", "pexpire", "pause-lock-server",
+                            "restart-empty", "none", "none"])
+        victim = rng.choice(alive)
+        try:
+            _one_fault(r, fault, victim, rng.uniform(1.2, 2.5) * ttl, links, rng)
+        except (ScenarioError, ProcessLookupError) as err:  # the victim exited by itself meanwhile
+            r.notes.append(f"{fault} on {victim} skipped: {err}")
+        if fault == "sigkill" and victim in alive:
+            alive.remove(victim)
+            start(victim.split(".")[0])
+        time.sleep(rng.uniform(0.3, 1.5))
+    r.notes.append(f"{batch} batches of files; {len(r.faults.entries)} fault log entries")
+    r.wait_all(timeout=90)
+
+
+def _one_fault(r: Run, fault: str, victim: str, hold: float, links: dict[str, tuple[Proxy, Proxy]],
+               rng: random.Random) -> None:
+    """Inject one fault of the long tier and heal it before returning."""
+    assert r.redis is not None
+    if fault == "sigstop":
+        r.sigstop(victim)
+        try:
+            time.sleep(hold)
+        finally:
+            r.sigcont(victim)
+    elif fault == "sigkill":
+        r.sigkill(victim, "long tier")
+    elif fault == "partition":
+        lp = links[victim][0]
+        lp.blackhole()
+        r.faults.start("partition", victim, "lock link blackholed")
+        try:
+            time.sleep(hold)
+        finally:
+            lp.heal()
+            r.faults.end("partition", victim)
+    elif fault == "db-delay":
+        links[victim][1].stall(hold)
+        r.faults.start("db-delay", victim, f"database link stalled {hold:.1f}s")
+        time.sleep(hold)
+        r.faults.end("db-delay", victim)
+    elif fault == "pexpire":
+        admin = r.admin()
+        try:
+            keys = sorted(admin.scan_iter(match="fencelock:*:lock", count=1000))
+            if keys:
+                key = rng.choice(keys)
+                ok = admin.pexpire(key, 1)
+                r.faults.point("pexpire", "lock-server", f"PEXPIRE {key!r} 1 -> {ok}")
+        finally:
+            admin.close()
+    elif fault == "pause-lock-server":
+        r.redis.pause()
+        r.faults.start("sigstop", "lock-server", "SIGSTOP redis-server")
+        try:
+            time.sleep(hold / 2)
+        finally:
+            r.redis.resume()
+            r.faults.end("sigstop", "lock-server", "SIGCONT")
+    elif fault == "restart-empty":
+        r.redis.kill()
+        (r.redis.dir / "dump.rdb").unlink(missing_ok=True)
+        r.redis.process = None
+        r.redis.start()
+        r.faults.point("restart-empty", "lock-server", "SIGKILL + start without data")
 
 
 def by_name(name: str) -> Scenario:

@@ -81,7 +81,7 @@ class Postgres:
              "--no-sync", "-E", "UTF8", "--locale=C"],
             check=True, capture_output=True, timeout=60, **self._run_as(),  # type: ignore[call-overload]
         )
-        log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        log = open(self.dir / "server.log", "wb")  # closed in stop()
         self._log = log
         self.process = subprocess.Popen(
             [str(PG_BIN / "postgres"), "-D", str(self.data), "-k", str(self.dir),
@@ -150,7 +150,7 @@ def zookeeper_usable() -> str | None:
     except ImportError:
         return "kazoo is not installed"
     try:
-        from fencelock.backends import zookeeper  # type: ignore[attr-defined]  # noqa: F401
+        from fencelock.backends import zookeeper  # noqa: F401
     except ImportError as err:
         return f"fencelock's ZooKeeper backend is not available yet: {err}"
     return None
@@ -178,7 +178,7 @@ class ZooKeeper:
             f"tickTime={self.tick_ms}\nminSessionTimeout={self.tick_ms * 2}\nadmin.enableServer=false\n"
             "4lw.commands.whitelist=ruok\nmaxClientCnxns=100\n"
         )
-        log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        log = open(self.dir / "server.log", "wb")  # closed in stop()
         self._log = log
         self.process = subprocess.Popen(
             ["java", "-Xmx128m", "-cp", f"/etc/zookeeper/conf:{ZK_JAR}",

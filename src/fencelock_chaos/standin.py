@@ -87,14 +87,16 @@ _SHOPS = "Padaria Real|SuperMart|Café Central|Uber *Trip|Lidl Sagt Danke|Bookin
 _CCY = ("USD", "EUR", "BRL", "GBP", "JPY")
 
 
-def produce_files(share: Path, files: int, lines: int, seed: int, prefix: str = "f") -> dict[str, list[str]]:
+def produce_files(share: Path, files: int, lines: int, seed: int, prefix: str = "f",
+                  batch: int = 0) -> dict[str, list[str]]:
     """Write ``files`` files of ``lines`` transactions (the demo's 8-field format) atomically
-    (temp file in ``.tmp/``, then rename). Returns file -> its TransactionIds. Same seed, same bytes."""
-    rng = random.Random(seed)
+    (temp file in ``.tmp/``, then rename). Returns file -> its TransactionIds. Same seed, same bytes.
+    Batches (``batch`` < 36, with their own ``prefix``) of one run never share a TransactionId."""
+    rng = random.Random(seed * 1000 + batch)
     tmp = share / ".tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     alphabet = string.ascii_uppercase + string.digits
-    run = "".join(rng.choice(alphabet) for _ in range(3))
+    run = "".join(random.Random(seed).choice(alphabet) for _ in range(2)) + alphabet[batch % 36]
     out: dict[str, list[str]] = {}
     counter = 0
     for i in range(files):
