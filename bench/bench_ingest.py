@@ -233,6 +233,8 @@ def main() -> int:
     ap.add_argument("--consumers", default="1,2,4", help="consumer counts to run (default 1,2,4)")
     ap.add_argument("--dbs", default="sqlite,postgresql", help="databases (default sqlite,postgresql)")
     ap.add_argument("--no-big-file", action="store_true", help="skip the one-big-file memory run")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds; each configuration keeps its median (rounds interleave configurations)")
     ap.add_argument("--timeout", type=float, default=600, help="bound for each run, seconds (default 600)")
     ap.add_argument("--work", type=Path, help="work folder (default: a temp dir, removed at the end)")
     args = ap.parse_args()
@@ -259,12 +261,17 @@ def main() -> int:
             else:
                 pg = pg or Postgres()
                 db = pg.url
-            print(f"{kind}: baseline ...", file=sys.stderr)
-            base = run_baseline(source, work, db, rows, args.timeout)
-            results.append(base)
-            for n in counts:
-                print(f"{kind}: {n} consumers ...", file=sys.stderr)
-                results.append(run_consumers(source, work, db, server.url, n, rows, args.timeout))
+            rounds: dict[str, list[Result]] = {}
+            for r in range(args.repeat):
+                print(f"{kind}: round {r + 1}: baseline ...", file=sys.stderr)
+                rounds.setdefault("base", []).append(run_baseline(source, work, db, rows, args.timeout))
+                for n in counts:
+                    print(f"{kind}: round {r + 1}: {n} consumers ...", file=sys.stderr)
+                    rounds.setdefault(str(n), []).append(
+                        run_consumers(source, work, db, server.url, n, rows, args.timeout))
+            for runs in rounds.values():
+                runs.sort(key=lambda x: x.seconds)
+                results.append(runs[len(runs) // 2])
             if not args.no_big_file and kind == args.dbs.split(",")[0]:
                 big = work / "big"
                 shutil.rmtree(big, ignore_errors=True)

@@ -109,7 +109,7 @@ def make_rows(rng: random.Random, run_prefix: str, first_counter: int, count: in
                 _luhn_complete(body),
             )
         )
-    base = 739_251  # 2025-01-01 as a proleptic ordinal; dates stay in 2025 whatever today is
+    base = 739_252  # 2025-01-01 as a proleptic ordinal; dates stay in 2025 whatever today is
     rows = []
     for i in range(count):
         n = first_counter + i
@@ -122,12 +122,12 @@ def make_rows(rng: random.Random, run_prefix: str, first_counter: int, count: in
             cents = max(cents, 100)
         if rng.random() < 0.02:
             cents = -cents  # refunds
-        day = _ordinal_to_yyyymmdd(base + rng.randrange(365))
+        day = _iso_date(base + rng.randrange(365))
         rows.append(Row(tx, p.owner, p.account, p.card, currency, cents, rng.choice(_MERCHANTS), day, i + 1))
     return rows
 
 
-def _ordinal_to_yyyymmdd(ordinal: int) -> str:
+def _iso_date(ordinal: int) -> str:
     import datetime as dt
 
     return dt.date.fromordinal(ordinal).isoformat()
