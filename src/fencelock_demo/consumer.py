@@ -363,7 +363,11 @@ class Consumer:
                 return "skipped"
             if res.bad:
                 h.record("write", "fail", name, lease.fence, rows=0, error=f"quarantined: {res.bad} bad lines")
-                share.quarantine(name, reasons)
+                try:
+                    share.quarantine(name, reasons)
+                except FileNotFoundError:  # moved meanwhile by a consumer whose lease was newer
+                    log.warning("%s: %s vanished before it could be quarantined", self.id, name)
+                    return "vanished"
                 reasons = None
                 self.stats.quarantined += 1
                 log.warning("%s: quarantined %s: %s", self.id, name, "; ".join(res.first_bad))

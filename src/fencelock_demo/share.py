@@ -135,23 +135,28 @@ class Share:
         leaves the file waiting (it is refused again, and the reason rewritten)."""
         reason.close()
         os.rename(reason.tmp_name, f"{QUARANTINE}/{name}.reason.txt", src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        reason.count = 0  # renamed: nothing left to discard
         os.rename(name, f"{QUARANTINE}/{name}", src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
 
 class ReasonFile:
-    """The reasons a file is refused, written as they are found (never all held in memory)."""
+    """The reasons a file is refused, written to disk as they are found (never all held in memory).
+    The temporary file is created at the first bad line: a good file costs nothing here."""
 
     def __init__(self, share: Share, name: str) -> None:
+        self.name = name
         self.tmp_name = f"{TMP}/.{name}.{os.getpid()}.reason"
-        self._fd = os.open(
-            self.tmp_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-            dir_fd=share.fd,
-        )
         self._share = share
+        self._fd = -1
         self.count = 0
-        os.write(self._fd, f"{name}: refused, no row of it was written. Bad lines:\n".encode())
 
     def add(self, line_no: int, reason: str) -> None:
+        if self._fd < 0:
+            self._fd = os.open(
+                self.tmp_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                dir_fd=self._share.fd,
+            )
+            os.write(self._fd, f"{self.name}: refused, no row of it was written. Bad lines:\n".encode())
         self.count += 1
         where = "file" if line_no == 0 else f"line {line_no}"
         os.write(self._fd, f"{where}: {reason}\n".encode())
@@ -163,7 +168,11 @@ class ReasonFile:
             self._fd = -1
 
     def discard(self) -> None:
-        self.close()
+        if self._fd < 0 and self.count == 0:
+            return
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         try:
             os.unlink(self.tmp_name, dir_fd=self._share.fd)
         except FileNotFoundError:
