@@ -173,6 +173,33 @@ def test_run_forwards_signals_to_the_command(
     assert fencelock.Lock(name, server.url).inspect() is None, "released after the command ended"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_waiting_ends_the_wait_and_leaves_the_queue(
+    server: RedisLockServer, name: str, tmp_path: Path, procs: list[subprocess.Popen[str]], signum: int
+) -> None:
+    lock = fencelock.Lock(name, server.url, label="holder-in-test")
+    lease = lock.acquire()
+    try:
+        started = tmp_path / "started"
+        waiter = start_cli("run", name, "--lock", server.url, "--timeout", "50", "--", "touch", str(started))
+        procs.append(waiter)
+        end = time.monotonic() + WAIT
+        while (info := lock.inspect()) is not None and info.waiters != 1:
+            assert time.monotonic() < end and waiter.poll() is None
+            time.sleep(0.02)
+        waiter.send_signal(signum)
+        _, err = waiter.communicate(timeout=WAIT)
+        assert waiter.returncode == 128 + signum, err
+        assert "while waiting for lock" in err and signal.Signals(signum).name in err
+        assert not started.exists(), "the command never ran"
+        info = lock.inspect()
+        assert info is not None and info.waiters == 0, "it left the queue"
+        assert info.fence == lease.fence and lease.held, "the holder is untouched"
+    finally:
+        lease.release()
+        lock.close()
+
+
 def test_run_lease_lost_terminates_the_command_and_says_so(
     server: RedisLockServer, name: str, tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:

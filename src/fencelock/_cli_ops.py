@@ -13,7 +13,8 @@ Exit codes of ``run`` (also shown by ``fencelock run --help``); any other code i
     77  the lock server refused our credentials or the command (wrong password, missing ACL)
     79  the lease was lost while the command ran (with --kill-on-loss it was terminated)
     126 the command could not be executed; 127 the command was not found
-    128+N the command was killed by signal N (as a shell reports it)
+    128+N the command was killed by signal N (as a shell reports it), or signal N arrived while
+          fencelock was still waiting for the lock (the command was not started)
 
 The command runs in its own process group (as under ``timeout(1)``): a signal that fencelock gets
 (SIGINT, SIGTERM, SIGHUP) is forwarded once to that whole group, and on a lost lease the whole
@@ -37,7 +38,7 @@ from typing import Any, NoReturn
 
 import click
 
-from ._core.params import DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_TTL
+from ._core.params import DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_TTL, default_label
 from ._errors import (
     AuthenticationFailed,
     BackendError,
@@ -237,9 +238,10 @@ def run(
     with _reported():
         if kill_grace < 0:
             _fail(EXIT_USAGE, "--kill-grace must be >= 0")
-        lock = Lock(name, _backend_spec(url, tls_ca, tls_cert, tls_key), ttl=ttl, timeout=timeout, label=label)
+        holder = label or default_label()
+        lock = Lock(name, _backend_spec(url, tls_ca, tls_cert, tls_key), ttl=ttl, timeout=timeout, label=holder)
         try:
-            code = _run_locked(lock, timeout, list(command), kill_on_loss, kill_grace)
+            code = _run_locked(lock, holder, timeout, list(command), kill_on_loss, kill_grace)
         finally:
             try:
                 lock.close()
@@ -248,38 +250,55 @@ def run(
     sys.exit(code)
 
 
-def _run_locked(lock: Lock, timeout: float, command: list[str], kill_on_loss: bool, grace: float) -> int:
+class _Interrupted(BaseException):
+    """A forwarded signal arrived while we were still waiting for the lock."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _run_locked(lock: Lock, holder: str, timeout: float, command: list[str], kill_on_loss: bool, grace: float) -> int:
     """Acquire, run, release; returns the exit status ``run`` documents."""
     received: list[int] = []
-    # Signals that arrive while we wait for the lock end the wait (KeyboardInterrupt-like), and
-    # the lock handle leaves nothing behind: see _acquire's cleanup.
-    lease = lock.acquire(timeout)
-    log.info("running %r under lock %r fence=%d", command[0], lock.name, lease.fence)
-    env = dict(os.environ)
-    env.update(
-        FENCELOCK_NAME=lock.name,
-        FENCELOCK_FENCE=str(lease.fence),
-        FENCELOCK_TOKEN=lease.token,
-    )
-    previous = {sig: signal.getsignal(sig) for sig in FORWARDED}
+    phase = ["acquiring"]  # then "starting" (record signals), then "running" (forward them)
     child: subprocess.Popen[bytes] | None = None
 
-    def forward(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if phase[0] == "acquiring":
+            # Ends the wait; the lock handle's cleanup leaves the queue (and passes on a lock that
+            # was handed to us meanwhile) before the exception reaches us.
+            raise _Interrupted(signum)
         received.append(signum)
         if child is not None:
             _signal_group(child, signum)
 
+    previous = {sig: signal.getsignal(sig) for sig in FORWARDED}
     for sig in FORWARDED:
-        signal.signal(sig, forward)
+        signal.signal(sig, on_signal)
     try:
+        try:
+            lease = lock.acquire(timeout)
+            phase[0] = "starting"
+        except _Interrupted as stop:
+            name = signal.Signals(stop.signum).name
+            _fail(128 + stop.signum, f"{name} while waiting for lock {lock.name!r}; not started")
+        log.info("running %r under lock %r fence=%d holder=%s", command[0], lock.name, lease.fence, holder)
+        env = dict(os.environ)
+        env.update(
+            FENCELOCK_NAME=lock.name,
+            FENCELOCK_FENCE=str(lease.fence),
+            FENCELOCK_TOKEN=lease.token,
+        )
         try:
             child = _spawn(command, env)
         except FileNotFoundError as err:
-            _release_quietly(lease)
+            _release_quietly(holder, lease)
             _fail(EXIT_NOT_FOUND, f"command not found: {command[0]} ({err.strerror})")
         except PermissionError as err:
-            _release_quietly(lease)
+            _release_quietly(holder, lease)
             _fail(EXIT_CANNOT_EXECUTE, f"cannot execute {command[0]}: {err.strerror}")
+        phase[0] = "running"
         for signum in received:  # arrived between acquire and Popen
             _signal_group(child, signum)
         lost_during = _supervise(child, lease, kill_on_loss, grace)
@@ -289,7 +308,7 @@ def _run_locked(lock: Lock, timeout: float, command: list[str], kill_on_loss: bo
     status = child.returncode
     code = 128 - status if status < 0 else status
     if lost_during is not None:
-        _release_quietly(lease)
+        _release_quietly(holder, lease)
         click.echo(
             f"fencelock: exiting with {EXIT_LEASE_LOST} (lease lost); the command's own status was {code}",
             err=True,
@@ -354,11 +373,11 @@ def _signal_group(child: subprocess.Popen[bytes], signum: int) -> None:
         child.send_signal(signum)
 
 
-def _release_quietly(lease: Lease) -> None:
+def _release_quietly(holder: str, lease: Lease) -> None:
     try:
         lease.release()
     except (LeaseLost, BackendError) as err:
-        log.info("release after loss of %r fence=%d: %s", lease.name, lease.fence, err)
+        log.info("release of %r fence=%d holder=%s after loss: %s", lease.name, lease.fence, holder, err)
 
 
 # -- status --------------------------------------------------------------------------------------
