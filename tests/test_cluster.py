@@ -100,6 +100,31 @@ def test_contention_and_handoff_on_a_cluster(cluster: RedisClusterServers, name:
         b.close()
 
 
+async def test_asyncio_cluster_client_with_handoff(cluster: RedisClusterServers, name: str) -> None:
+    import asyncio
+
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    import fencelock.aio
+
+    client = AsyncRedisCluster(host="127.0.0.1", port=cluster.alive_ports()[0], socket_timeout=5)
+    try:
+        lock = fencelock.aio.Lock(name, client, ttl=10)
+        first = await lock.acquire(timeout=0)
+        waiter = asyncio.create_task(fencelock.aio.Lock(name, client, ttl=10).acquire(timeout=WAIT))
+        end = time.monotonic() + WAIT
+        while (info := await lock.inspect()) is not None and info.waiters != 1:
+            assert time.monotonic() < end
+            await asyncio.sleep(0.01)
+        await first.release()
+        second = await asyncio.wait_for(waiter, WAIT)
+        assert second.fence > first.fence
+        await second.release()
+        assert await lock.inspect() is None
+    finally:
+        await client.aclose()
+
+
 def test_zz_failover_of_the_master_holding_a_lock(cluster: RedisClusterServers, name: str) -> None:
     """Kill the master that holds a lock; a replica takes over after the node timeout. The lease is
     shorter than that timeout, so no renewal can succeed before the holder's deadline: the holder
