@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import fencelock
+import fencelock.aio
 from fencelock.backends.redis import RedisKeys, ReplicationUnconfirmed
 from srv_sentinel import SERVICE, SentinelSetup
 
@@ -128,6 +129,23 @@ def test_wait_replicas_refuses_an_unacknowledged_handoff(setup: SentinelSetup, n
     assert len(outcome) == 1 and isinstance(outcome[0], ReplicationUnconfirmed), outcome
     with setup.server(setup.master_port) as master:
         assert master.get(RedisKeys("fencelock:", name).lock) is None, "given up, not left held"
+
+
+async def test_asyncio_sentinel_client_with_wait_replicas(setup: SentinelSetup, name: str) -> None:
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    from fencelock._async.redis import AsyncRedisBackend
+
+    sentinel = AsyncSentinel([("127.0.0.1", p) for p in setup.sentinel_ports], socket_timeout=2)
+    client = sentinel.master_for(SERVICE, socket_timeout=5)
+    try:
+        backend = AsyncRedisBackend(client, wait_replicas=1, wait_timeout=10)
+        async with fencelock.aio.Lock(name, backend, ttl=10) as lease:
+            with setup.server(setup.replica_port) as replica:
+                value = replica.get(RedisKeys("fencelock:", name).lock)
+            assert value is not None and value.startswith(lease.token + ":")
+    finally:
+        await client.aclose()
 
 
 def test_wait_replicas_is_validated() -> None:
