@@ -255,6 +255,30 @@ def test_interrupted_transaction_does_not_keep_the_write_lock(db: Path) -> None:
     backend.close()
 
 
+def _open_files(path: Path) -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return count
+
+
+def test_threads_that_come_and_go_reuse_connections(db: Path) -> None:
+    backend = SqliteBackend(db)
+    lock = fencelock.Lock("job", backend, ttl=5)
+
+    def once() -> None:
+        lock.acquire(timeout=30).release()
+
+    for _ in range(100):  # like renewer threads or short-lived workers: one after the other
+        t = threading.Thread(target=once)
+        t.start()
+        t.join(60)
+    assert _open_files(db) == 1, "one idle connection, not one per thread that ever called"
+    backend.close()
+    assert _open_files(db) == 0
+
+
 def test_forked_child_opens_its_own_connection(db: Path) -> None:
     backend = SqliteBackend(db)
     assert backend.try_acquire("parent", "p" * 32, 30_000, "p", False).fence is not None

@@ -59,9 +59,11 @@ last commits; then every holder died too, and the clock seed keeps the fences in
 An uncommitted transaction of a killed process is discarded by SQLite and its write lock freed by
 the kernel.
 
-Threads and processes: one connection per backend per thread (the statement cache makes every
-statement here a prepared one); a forked child opens its own (SQLite connections must not cross
-``fork()``). ``AsyncSqliteBackend`` runs the same calls with ``asyncio.to_thread``.
+Threads and processes: each call checks out a connection of its own from a small idle list and hands
+it back (one connection per concurrently calling thread, reused by threads that come and go; the
+statement cache makes every statement here a prepared one). A forked child opens its own (SQLite
+connections must not cross ``fork()``). ``AsyncSqliteBackend`` runs the same calls with
+``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -109,6 +111,9 @@ BACKOFF_CAP = 0.05
 is ``HEAD_CAP`` (a ring that could not be delivered costs it at most that)."""
 
 HEAD_CAP = 0.01
+
+MAX_IDLE = 8
+"""Idle connections kept per backend (more are closed when handed back)."""
 
 _EPSILON = 0.001
 """Float slack in the "deadline at most ttl ahead" check (both sides come from one clock)."""
@@ -328,9 +333,8 @@ class SqliteBackend:
         self.busy_timeout = _busy_timeout(busy_timeout)
         self._clock = clock
         self.boot = read_boot_id() if boot_id is None else boot_id
-        self._local = threading.local()
-        self._conns: list[tuple[int, sqlite3.Connection]] = []
-        self._conns_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._idle_pid = os.getpid()
         self._schema_ready = False
         self._closed = False
         self.bells = Doorbells()
@@ -345,18 +349,31 @@ class SqliteBackend:
 
     # -- connections -----------------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        """This thread's connection, opened (and the schema created) on first use."""
+    def _checkout(self) -> sqlite3.Connection:
+        """An idle connection of this process, or a new one. A connection is used by one thread at a
+        time and goes back to the idle list after each call, so threads that come and go (renewers,
+        executor workers) reuse connections instead of leaking one each."""
         if self._closed:
             raise BackendUnavailable(f"the SQLite lock backend for {self.path} was closed; make a new one")
-        pid = os.getpid()
-        cached: tuple[int, sqlite3.Connection] | None = getattr(self._local, "conn", None)
-        if cached is not None and cached[0] == pid:
-            conn = cached[1]
-            if conn.in_transaction:  # only after an interrupted rollback: never keep the write lock
+        if self._idle_pid != os.getpid():
+            # Forked: the parent's connections must not be used (nor closed) here; open our own.
+            self._idle, self._idle_pid = [], os.getpid()
+        try:
+            return self._idle.pop()  # atomic under the GIL
+        except IndexError:
+            return self._open()
+
+    def _checkin(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:  # only after an interrupted rollback: never keep the write lock
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            return conn
-        # A connection inherited through fork() is the parent's: leave it alone and open our own.
+        if self._closed or self._idle_pid != os.getpid() or len(self._idle) >= MAX_IDLE:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        else:
+            self._idle.append(conn)
+
+    def _open(self) -> sqlite3.Connection:
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
         except OSError as err:
@@ -370,7 +387,7 @@ class SqliteBackend:
                 self.path,
                 timeout=self.busy_timeout,
                 isolation_level=None,
-                check_same_thread=False,  # close() may run on another thread; SQLite is serialized
+                check_same_thread=False,  # handed between threads, one at a time
                 cached_statements=64,
             )
         except sqlite3.Error as err:
@@ -380,9 +397,6 @@ class SqliteBackend:
         except sqlite3.Error as err:
             conn.close()
             raise self._translate(err, "open") from err
-        self._local.conn = (pid, conn)
-        with self._conns_lock:
-            self._conns.append((pid, conn))
         return conn
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
@@ -421,24 +435,33 @@ class SqliteBackend:
         self._schema_ready = True
 
     def close(self) -> None:
-        """Close the connections this process opened (of every thread). Not while calls are running."""
+        """Close this process's connections (one in use by a running call closes when it ends)."""
         self._closed = True
-        pid = os.getpid()
-        with self._conns_lock:
-            conns, self._conns = self._conns, []
-        for owner, conn in conns:
-            if owner == pid:
+        idle, self._idle = self._idle, []
+        if self._idle_pid == os.getpid():
+            for conn in idle:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
         self.bells.close()
 
     # -- one place for transactions and error translation -----------------------------------------
 
+    def _run(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` on a checked-out connection, in autocommit mode (each write statement is its
+        own transaction); sqlite3 errors become fencelock's."""
+        conn = self._checkout()
+        try:
+            return fn(conn)
+        except sqlite3.Error as err:
+            raise self._translate(err, what) from err
+        finally:
+            self._checkin(conn)
+
     def _write(self, what: str, body: Callable[[sqlite3.Connection, float], T]) -> T:
         """Run ``body(conn, now)`` in one ``BEGIN IMMEDIATE`` transaction. ``now`` is read after the
         write lock is ours, so a long busy wait cannot make a lease look younger than it is."""
-        try:
-            conn = self._conn()
+
+        def transaction(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = body(conn, self._clock())
@@ -449,16 +472,17 @@ class SqliteBackend:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as err:
-            raise self._translate(err, what) from err
-        return result
+            return result
 
-    def _statement(self, what: str, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> sqlite3.Cursor:
-        """One statement in autocommit mode (a write statement is its own transaction)."""
-        try:
-            return self._conn().execute(sql, params)
-        except sqlite3.Error as err:
-            raise self._translate(err, what) from err
+        return self._run(what, transaction)
+
+    def _one(self, what: str, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> Any:
+        """The first row of one read statement (or None)."""
+        return self._run(what, lambda conn: conn.execute(sql, params).fetchone())
+
+    def _count(self, what: str, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> int:
+        """How many rows one write statement changed."""
+        return self._run(what, lambda conn: conn.execute(sql, params).rowcount)
 
     def _translate(self, err: sqlite3.Error, what: str) -> BackendError:
         """sqlite3's exceptions -> fencelock's tree, each with what to do about it."""
@@ -562,15 +586,13 @@ class SqliteBackend:
         """A read-only look (no write lock, never blocks on the writer in WAL mode): is it worth
         calling ``try_acquire`` now, are we first in line, and how long the holder has left."""
         now = self._clock()
-        try:
-            conn = self._conn()
-            row = conn.execute(_SELECT_LOCK, (key,)).fetchone()
-            if row is not None and self._live(row, now):
-                head = conn.execute(_SELECT_HEAD, (key,)).fetchone()
-                return False, head is not None and head[0] == token, float(row[3] - now)
-            head = conn.execute(_SELECT_HEAD, (key,)).fetchone()
-        except sqlite3.Error as err:
-            raise self._translate(err, "wait") from err
+
+        def look(conn: sqlite3.Connection) -> tuple[Any, Any]:
+            return conn.execute(_SELECT_LOCK, (key,)).fetchone(), conn.execute(_SELECT_HEAD, (key,)).fetchone()
+
+        row, head = self._run("wait", look)
+        if row is not None and self._live(row, now):
+            return False, head is not None and head[0] == token, float(row[3] - now)
         if head is None or head[0] == token:
             return True, True, None
         live = head[1] == self.boot and now < head[2] <= now + REGISTRATION + _EPSILON
@@ -594,7 +616,7 @@ class SqliteBackend:
         if not self.bells.enabled:
             return
         with contextlib.suppress(BackendError):
-            head = self._statement("wake", _SELECT_HEAD, (key,)).fetchone()
+            head = self._one("wake", _SELECT_HEAD, (key,))
             if head is not None:
                 self.bells.ring(str(head[0]))
 
@@ -624,26 +646,26 @@ class SqliteBackend:
 
     def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         params = {"name": key, "token": token, "ttl": ttl_ms / 1000, "boot": self.boot, "now": self._clock()}
-        return self._statement("extend", _EXTEND, params).rowcount == 1
+        return self._count("extend", _EXTEND, params) == 1
 
     def release(self, key: str, token: str) -> bool:
         params = {"name": key, "token": token, "boot": self.boot, "now": self._clock()}
-        released = self._statement("release", _RELEASE, params).rowcount == 1
+        released = self._count("release", _RELEASE, params) == 1
         if released:
             self.ring_first(key)
         return released
 
     def inspect(self, key: str) -> LockInfo | None:
         now = self._clock()
-        row = self._statement("inspect", _SELECT_LOCK, (key,)).fetchone()
+        row = self._one("inspect", _SELECT_LOCK, (key,))
         if row is None or not self._live(row, now):
             return None
-        waiters = self._statement("inspect", _COUNT_WAITERS, (key, self.boot, now)).fetchone()[0]
+        waiters = self._one("inspect", _COUNT_WAITERS, (key, self.boot, now))[0]
         return LockInfo(key, int(row[1]), str(row[5]), max(0.0, row[3] - now), int(waiters))
 
     def last_fence(self, key: str) -> int:
         """The last fence issued for ``key`` (0 when none): for tests and monitoring."""
-        row = self._statement("read fence", _SELECT_FENCE, (key,)).fetchone()
+        row = self._one("read fence", _SELECT_FENCE, (key,))
         return 0 if row is None else int(row[0])
 
     def force_release(self, key: str) -> str | None:
