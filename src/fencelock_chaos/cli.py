@@ -52,12 +52,15 @@ def chaos(names: tuple[str, ...], tier: str, seed: int, duration: float, out: Pa
     Debian's faketime (scenario 10), zookeeperd + kazoo (scenario 11).
     """
     from rich.console import Console
+    from rich.markup import escape
 
     from .report import summary_table, write_report
     from .runner import Settings, postgres, run_scenario
     from .scenarios import SCENARIOS, by_name, long_mix
 
-    console = Console(stderr=False)
+    console = Console()
+    if not console.is_terminal:  # CI logs: wide enough for the summary table
+        console = Console(width=150)
     settings = Settings(ttl=ttl, seed=seed, consumer=consumer)
     if tier == "long":
         picked = [long_mix(duration, seed)]
@@ -81,7 +84,7 @@ def chaos(names: tuple[str, ...], tier: str, seed: int, duration: float, out: Pa
                     state = "error: " + res.error if res.error else f"{len(res.violations)} violations"
                     console.print(f"   fencing {'on ' if res.fencing else 'off'}: {state} ({res.seconds:.1f}s)")
                     for viol in res.violations[:5]:
-                        console.print(f"     [dim]{viol}[/]", highlight=False)
+                        console.print(f"     [dim]{escape(str(viol))}[/]", highlight=False)
             if v.blocked:
                 console.print(f"   [yellow]blocked[/]: {v.blocked}")
             verdicts.append(v)

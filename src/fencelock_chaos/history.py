@@ -184,7 +184,7 @@ def read_events(paths: Iterable[str | os.PathLike[str]], *, tolerate_torn_tail: 
         if not path.exists():
             continue
         try:
-            events.extend(Event.from_json(d) for _, d in _lines(path))
+            events.extend([Event.from_json(d) for _, d in _lines(path)])  # all of the file, or none of it
         except ValueError:
             if not tolerate_torn_tail:
                 raise
