@@ -7,7 +7,8 @@
     .venv/bin/python bench/bench_onehost.py --dir /var/tmp --contended-dir /var/tmp
 
 Measures:
-  1. uncontended acquire+release of one lock, in each directory (ratios against ``filelock``)
+  1. uncontended acquire+release of one lock, in each directory (ratios against ``filelock``);
+     also fencelock's asyncio API, whose calls each run in a worker thread
   2. 4 processes contending for one lock with a 1 ms critical section (read-modify-write of a
      counter file inside it): acquisitions/s, wait p50/p99, handoff to a *different* worker
      p50/p99 and its share, fairness (min/max acquisitions per worker), lost counter updates
@@ -26,6 +27,7 @@ Not a test: no thresholds here.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import multiprocessing as mp
 import os
@@ -44,6 +46,7 @@ import filelock
 import portalocker
 
 import fencelock
+from fencelock import aio
 
 CTX = mp.get_context("spawn")
 
@@ -104,14 +107,31 @@ def rate(acquire: Callable[[], None], release: Callable[[], None], seconds: floa
             return n / (now - start)
 
 
+async def async_rate(lock: aio.Lock, seconds: float) -> float:
+    """fencelock.aio: each call runs in a worker thread (asyncio.to_thread)."""
+    n = 0
+    start = time.perf_counter()
+    end = start + seconds
+    while True:
+        for _ in range(20):
+            lease = await lock.acquire(timeout=60)
+            await lease.release()
+        n += 20
+        now = time.perf_counter()
+        if now >= end:
+            return n / (now - start)
+
+
 def uncontended(directory: Path, rounds: int, seconds: float) -> dict[str, float]:
     locks = {kind: make_lock(kind, directory, f"u-{kind.replace(' ', '-').replace('+', '-')}") for kind in UNCONTENDED}
     for acquire, release in locks.values():  # warm up: files created, connection open
         rate(acquire, release, 0.1)
-    results: dict[str, list[float]] = {k: [] for k in locks}
+    results: dict[str, list[float]] = {k: [] for k in [*locks, "fencelock.aio"]}
     for _ in range(rounds):
         for kind, (acquire, release) in locks.items():
             results[kind].append(rate(acquire, release, seconds))
+        alock = aio.Lock("u-aio", f"sqlite:///{directory}/fencelock.db", ttl=30, renew=False)
+        results["fencelock.aio"].append(asyncio.run(async_rate(alock, seconds)))
     return {k: statistics.median(v) for k, v in results.items()}
 
 

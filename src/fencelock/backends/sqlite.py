@@ -62,14 +62,16 @@ the kernel.
 Threads and processes: each call checks out a connection of its own from a small idle list and hands
 it back (one connection per concurrently calling thread, reused by threads that come and go; the
 statement cache makes every statement here a prepared one). A forked child opens its own (SQLite
-connections must not cross ``fork()``). ``AsyncSqliteBackend`` runs the same calls with
-``asyncio.to_thread``.
+connections must not cross ``fork()``). ``AsyncSqliteBackend`` runs the same calls in
+the default executor, as ``asyncio.to_thread`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import math
 import os
 import random
@@ -702,7 +704,10 @@ async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
     the thread (it cannot be stopped, and each call is bounded by the busy timeout) before passing
     the cancellation on: the lock's cleanup that follows (``abandon``) then sees what the call did,
     so a lock granted to a cancelled acquire is dropped, not left behind until its TTL."""
-    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    # What asyncio.to_thread does (default executor, caller's contextvars), minus the task it wraps
+    # around the future: the future alone is enough to shield.
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    task = asyncio.get_running_loop().run_in_executor(None, call)
     interrupted: BaseException | None = None
     while not task.done():
         try:
