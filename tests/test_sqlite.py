@@ -31,10 +31,14 @@ import pytest
 import fencelock
 from fencelock import aio
 from fencelock.backends.sqlite import (
+    BACKOFF_CAP,
+    HEAD_CAP,
+    HEAD_POLL,
     REGISTRATION,
     AsyncSqliteBackend,
     SqliteBackend,
     parse_sqlite_url,
+    poll_delay,
 )
 from servers import kill_pid
 
@@ -45,6 +49,15 @@ NOBODY = 65534
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "locks.db"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
 
 
 def url_of(path: Path, **query: str) -> str:
@@ -236,6 +249,51 @@ def test_release_rings_the_first_waiters_doorbell(db: Path) -> None:
     holder.bells.ring("0" * 32)  # nobody listens: nothing happens, nothing raises
     for b in (holder, first, second):
         b.close()
+
+
+def test_without_doorbells_a_waiter_still_gets_the_lock_by_polling(db: Path) -> None:
+    holder = fencelock.Lock("job", url_of(db), ttl=60, renew=False).acquire()
+    polling = SqliteBackend(db)
+    polling.bells.enabled = False  # as on an OS without abstract unix sockets
+    got: list[fencelock.Lease] = []
+    t = threading.Thread(target=lambda: got.append(fencelock.Lock("job", polling, ttl=60).acquire(timeout=60)))
+    t.start()
+    assert wait_for(lambda: polling.inspect("job") is not None and polling.inspect("job").waiters == 1)  # type: ignore[union-attr]
+    holder.release()
+    t.join(60)
+    assert got and got[0].fence > holder.fence
+    assert polling.bells._listening == {}, "no socket was bound"
+    got[0].release()
+    polling.close()
+
+
+@pytest.mark.parametrize("rung", [True, False])
+@pytest.mark.parametrize("first", [True, False])
+def test_poll_delay_never_exceeds_the_timeout_or_the_holders_lease(first: bool, rung: bool) -> None:
+    rng = random.Random(7)
+    for attempt in range(200):
+        left = rng.choice([0.0005, 0.003, 0.2, 30.0])
+        holder_left = rng.choice([None, 0.0004, 0.002, 10.0])
+        delay = poll_delay(attempt, first, holder_left, left, rung)
+        assert 0 < delay <= left
+        assert holder_left is None or delay <= max(0.0002, holder_left)
+        assert delay <= (BACKOFF_CAP if not first else HEAD_CAP if rung else HEAD_POLL)
+
+
+def test_wait_returns_when_its_timeout_passes_on_the_backends_clock(db: Path) -> None:
+    holder = SqliteBackend(db)
+    assert holder.try_acquire("job", "h" * 32, 60_000, "h", False).fence is not None
+    reads = itertools.count()
+    step = 0.05  # every clock read moves the waiter's clock on by 50 ms: no real waiting needed
+
+    def clock() -> float:
+        return time.monotonic() + step * next(reads)
+
+    waiter = SqliteBackend(db, clock=clock)
+    assert waiter.wait("job", "w" * 32, timeout=1.0) is False
+    assert next(reads) < 100, "wait kept looking after its timeout"
+    holder.close()
+    waiter.close()
 
 
 def test_interrupted_transaction_does_not_keep_the_write_lock(db: Path) -> None:

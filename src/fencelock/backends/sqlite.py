@@ -696,7 +696,7 @@ def poll_delay(attempt: int, first: bool, holder_left: float | None, left: float
         delay = random.uniform(0, min(cap, BACKOFF_BASE * 2 ** min(attempt, 16)))
     if holder_left is not None:
         delay = min(delay, holder_left)
-    return max(0.0002, min(delay, left))
+    return min(left, max(0.0002, delay))  # a floor against busy loops; never past the timeout
 
 
 async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
