@@ -109,10 +109,11 @@ lock next must notice a release fast."""
 
 BACKOFF_BASE = 0.002
 BACKOFF_CAP = 0.05
-"""Full-jitter backoff between looks: uniform in [0, min(CAP, BASE * 2**n)]. The first waiter's cap
-is ``HEAD_CAP`` (a ring that could not be delivered costs it at most that)."""
+"""Full-jitter backoff between looks: uniform in [0, min(CAP, BASE * 2**n)]."""
 
 HEAD_CAP = 0.01
+"""The first waiter's backoff cap when it has a doorbell: a ring that could not arrive costs it at
+most this."""
 
 MAX_IDLE = 8
 """Idle connections kept per backend (more are closed when handed back)."""
@@ -147,7 +148,7 @@ _SCHEMA = (
 
 # A lease row is live when it comes from this boot, has not reached its deadline, and its deadline
 # is not further ahead than its own ttl (which only a row written on another clock can be).
-_LIVE = "boot = :boot AND deadline > :now AND deadline <= :now + ttl + 0.001"
+_LIVE = f"boot = :boot AND deadline > :now AND deadline <= :now + ttl + {_EPSILON}"
 
 _SELECT_LOCK = "SELECT token, fence, boot, deadline, ttl, label FROM fencelock_lock WHERE name = ?"
 _SELECT_HEAD = "SELECT token, boot, alive FROM fencelock_waiter WHERE name = ? ORDER BY seq LIMIT 1"
@@ -587,12 +588,12 @@ class SqliteBackend:
     def probe(self, key: str, token: str) -> tuple[bool, bool, float | None]:
         """A read-only look (no write lock, never blocks on the writer in WAL mode): is it worth
         calling ``try_acquire`` now, are we first in line, and how long the holder has left."""
-        now = self._clock()
 
         def look(conn: sqlite3.Connection) -> tuple[Any, Any]:
             return conn.execute(_SELECT_LOCK, (key,)).fetchone(), conn.execute(_SELECT_HEAD, (key,)).fetchone()
 
         row, head = self._run("wait", look)
+        now = self._clock()  # after the read: a row written meanwhile is not "ahead of our clock"
         if row is not None and self._live(row, now):
             return False, head is not None and head[0] == token, float(row[3] - now)
         if head is None or head[0] == token:
@@ -658,8 +659,8 @@ class SqliteBackend:
         return released
 
     def inspect(self, key: str) -> LockInfo | None:
-        now = self._clock()
         row = self._one("inspect", _SELECT_LOCK, (key,))
+        now = self._clock()  # after the read, as in probe()
         if row is None or not self._live(row, now):
             return None
         waiters = self._one("inspect", _COUNT_WAITERS, (key, self.boot, now))[0]
