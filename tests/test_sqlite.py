@@ -703,3 +703,32 @@ async def test_async_cancelled_acquire_leaves_no_row(db: Path) -> None:
         assert await backend.inspect("job") is None, "a cancelled acquire left the lock held"
     await backend.aclose()
 
+
+
+async def test_async_cancel_before_the_threads_commit_still_leaves_no_row(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker thread cannot be stopped: if the cancelled caller did not wait for it, the lock's
+    # cleanup (abandon) would run first and the acquire would commit after it, leaving a held row.
+    backend = AsyncSqliteBackend(db)
+    entered = threading.Event()
+    real = backend.sync.try_acquire
+
+    def late(key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Any:
+        entered.set()
+        time.sleep(0.2)
+        return real(key, token, ttl_ms, label, queue)
+
+    monkeypatch.setattr(backend.sync, "try_acquire", late)
+    task = asyncio.create_task(aio.Lock("job", backend, ttl=60).acquire(timeout=5))
+    for _ in range(6000):
+        if entered.is_set():
+            break
+        await asyncio.sleep(0.01)
+    assert entered.is_set()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await backend.inspect("job") is None, "the acquire committed after its cleanup"
+    assert await backend.last_fence("job") > 0, "the acquire did commit (and was then undone)"
+    await backend.aclose()
