@@ -504,6 +504,7 @@ def shared_dir() -> Iterator[Path]:
     try:
         yield path
     finally:
+        path.chmod(0o755)  # a test may have made it read-only
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -573,12 +574,14 @@ def test_read_only_directory_is_a_clear_error(shared_dir: Path) -> None:
     path = shared_dir / "locks.db"
     _make_db(path)
     path.chmod(0o666)  # the file is writable, but its -wal/-shm cannot be created beside it
+    shared_dir.chmod(0o555)
     err = as_unprivileged(_attempt(url_of(path)))
     assert isinstance(err, fencelock.BackendRejected), err
     assert "director" in str(err) and str(path) in str(err)
 
 
 def test_missing_file_in_a_read_only_directory_is_a_clear_error(shared_dir: Path) -> None:
+    shared_dir.chmod(0o555)
     for path in (shared_dir / "new.db", shared_dir / "sub" / "new.db"):
         err = as_unprivileged(_attempt(url_of(path)))
         assert isinstance(err, fencelock.BackendRejected), err
