@@ -132,7 +132,7 @@ def test_a_holder_never_believes_past_its_deadline() -> None:
     # A (no renewal) reports its loss late, but its lease ended at acquire invoke + TTL = 1099 ms:
     # B's lease from 1200 ms does not overlap it.
     events = [ev(99, "A", "acquire", "invoke"), ev(100, "A", "acquire", "ok", fence=1),
-              ev(1500, "A", "lease-lost", "ok", fence=1)] + held("B", "a", 2, 1200, 1300)
+              ev(1500, "A", "lease-lost", "ok", fence=1), *held("B", "a", 2, 1200, 1300)]
     ls = leases(events, [], TTL)
     a = next(x for x in ls if x.proc == "A")
     assert a.end == 1099 * MS and a.ended_by == "deadline"
@@ -230,11 +230,11 @@ def test_a_failed_release_counts_as_the_loss_report() -> None:
 
 def test_check_reports_the_stale_write_of_a_paused_holder_with_fencing_off() -> None:
     # A pauses after its lease check; B takes over and writes; A's write lands after B's.
-    events = ([ev(99, "A", "acquire", "invoke"), ev(100, "A", "acquire", "ok", fence=1),
-               ev(110, "A", "write", "invoke", fence=1), ev(1099, "A", "lease-lost", "ok", fence=1)]
-              + held("B", "a", 2, 1200, 1400)
-              + [ev(2000, "A", "write", "ok", fence=1), ev(2001, "A", "release", "invoke", fence=1),
-                 ev(2002, "A", "release", "fail", fence=1)])
+    events = [ev(99, "A", "acquire", "invoke"), ev(100, "A", "acquire", "ok", fence=1),
+              ev(110, "A", "write", "invoke", fence=1), ev(1099, "A", "lease-lost", "ok", fence=1),
+              *held("B", "a", 2, 1200, 1400),
+              ev(2000, "A", "write", "ok", fence=1), ev(2001, "A", "release", "invoke", fence=1),
+              ev(2002, "A", "release", "fail", fence=1)]
     faults = [Fault(int(105 * MS), "hook-pause", "A", "start"), Fault(int(2000 * MS), "hook-pause", "A", "end")]
     storage = Storage(commits=[Commit(1, "a", 2, "B", 2), Commit(2, "a", 1, "A", 2)], row_counts={"T1": 1, "T2": 1})
     assert kinds(check(events, faults, storage, facts())) == {"fence-order"}

@@ -230,9 +230,9 @@ class Proxy:
                 if self._mode == "blackhole":
                     self.stats.dropped_bytes += len(data)
                     continue
+                self.stats.forwarded_bytes += len(data)  # counted before the peer can see it
                 dst.write(data)
                 await dst.drain()
-                self.stats.forwarded_bytes += len(data)
 
         send = asyncio.ensure_future(sender())
         try:
