@@ -181,6 +181,25 @@ def test_fences_still_grow_when_the_counter_file_is_lost(tmp_path: Path) -> None
     new.close()
 
 
+def test_a_deleted_lock_file_is_noticed_by_open_connections(db: Path) -> None:
+    a = SqliteBackend(db)
+    lock_a = fencelock.Lock("job", a, ttl=30, renew=False)
+    lease = lock_a.acquire()
+    for suffix in ("", "-wal", "-shm"):  # a cleaner removes the file while it is in use
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    b = SqliteBackend(db)
+    other = fencelock.Lock("job", b, ttl=30).acquire(timeout=0)  # a new, empty file
+    assert other.fence > lease.fence, "the clock floor keeps fences increasing"
+    with pytest.raises(fencelock.LeaseLost):
+        lease.extend()  # the old holder is told at its next renewal, not left in a ghost file
+    assert lock_a.try_acquire() is None, "and it now sees the same file as everyone else"
+    info = a.inspect("job")
+    assert info is not None and info.fence == other.fence
+    other.release()
+    a.close()
+    b.close()
+
+
 def test_rows_of_another_boot_count_as_expired(db: Path) -> None:
     before_reboot = SqliteBackend(db, boot_id="boot-before")
     stale = before_reboot.try_acquire("job", "a" * 32, 600_000, "old", False)

@@ -62,7 +62,10 @@ the kernel.
 Threads and processes: each call checks out a connection of its own from a small idle list and hands
 it back (one connection per concurrently calling thread, reused by threads that come and go; the
 statement cache makes every statement here a prepared one). A forked child opens its own (SQLite
-connections must not cross ``fork()``). ``AsyncSqliteBackend`` runs the same calls in
+connections must not cross ``fork()``). Each checkout compares the file at the path with the one the
+connections have open (one ``stat``): if it was deleted or replaced, they are dropped and the file at
+the path is opened, so nobody keeps locking in a deleted file that the others no longer see.
+``AsyncSqliteBackend`` runs the same calls in
 the default executor, as ``asyncio.to_thread`` does.
 """
 
@@ -184,6 +187,15 @@ def read_boot_id() -> str:
             return f.read().strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """Which file is at ``path`` now (device, inode); None when there is none (or it cannot be seen)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def parse_sqlite_url(url: str) -> tuple[str, float]:
@@ -338,6 +350,9 @@ class SqliteBackend:
         self.boot = read_boot_id() if boot_id is None else boot_id
         self._idle: list[sqlite3.Connection] = []
         self._idle_pid = os.getpid()
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) our connections have open
+        self._generation = 0  # bumped when the file at ``path`` was deleted or replaced
+        self._born: dict[int, int] = {}  # id(connection) -> generation it was opened in
         self._schema_ready = False
         self._closed = False
         self.bells = Doorbells()
@@ -360,21 +375,45 @@ class SqliteBackend:
             raise BackendUnavailable(f"the SQLite lock backend for {self.path} was closed; make a new one")
         if self._idle_pid != os.getpid():
             # Forked: the parent's connections must not be used (nor closed) here; open our own.
-            self._idle, self._idle_pid = [], os.getpid()
+            self._idle, self._idle_pid, self._born = [], os.getpid(), {}
+        if self._file_id is not None and self._file_id != _file_id(self.path):
+            # The lock file was deleted or replaced. Open connections would go on using the old inode,
+            # a lock universe nobody else sees; move to the file at the path instead. A holder's next
+            # renewal then finds its lease gone and is told; fences stay increasing (clock floor).
+            self._generation += 1
+            self._file_id, self._schema_ready = None, False
+            stale, self._idle = self._idle, []
+            for conn in stale:
+                self._discard(conn)
         try:
             return self._idle.pop()  # atomic under the GIL
         except IndexError:
-            return self._open()
+            pass
+        generation = self._generation
+        conn = self._open()
+        self._born[id(conn)] = generation
+        if self._file_id is None:
+            self._file_id = _file_id(self.path)
+        return conn
 
     def _checkin(self, conn: sqlite3.Connection) -> None:
         if conn.in_transaction:  # only after an interrupted rollback: never keep the write lock
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-        if self._closed or self._idle_pid != os.getpid() or len(self._idle) >= MAX_IDLE:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+        if (
+            self._closed
+            or self._idle_pid != os.getpid()
+            or len(self._idle) >= MAX_IDLE
+            or self._born.get(id(conn)) != self._generation
+        ):
+            self._discard(conn)
         else:
             self._idle.append(conn)
+
+    def _discard(self, conn: sqlite3.Connection) -> None:
+        self._born.pop(id(conn), None)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -443,8 +482,7 @@ class SqliteBackend:
         idle, self._idle = self._idle, []
         if self._idle_pid == os.getpid():
             for conn in idle:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
+                self._discard(conn)
         self.bells.close()
 
     # -- one place for transactions and error translation -----------------------------------------
