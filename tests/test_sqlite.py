@@ -117,7 +117,10 @@ def test_absolute_url_with_four_slashes_and_busy_timeout(tmp_path: Path) -> None
         "sqlite:///locks.db?busy_timeout=soon",
     ],
 )
-def test_bad_urls_are_configuration_errors_before_any_io(url: str, tmp_path: Path) -> None:
+def test_bad_urls_are_configuration_errors_before_any_io(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a relative path would create its file
     with pytest.raises(fencelock.ConfigurationError) as info:
         fencelock.Lock("job", url)
     assert "sqlite" in str(info.value).lower() or "busy_timeout" in str(info.value)
