@@ -836,4 +836,4 @@ class AsyncSqliteBackend:
         return no_loss_watch(key, token, callback)
 
     async def aclose(self) -> None:
-        self.sync.close()
+        await _off_loop(self.sync.close)  # the last close of a file checkpoints it: blocking I/O
