@@ -241,8 +241,11 @@ def fs_type(path: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_dirs = [tempfile.gettempdir()] + (["/dev/shm"] if os.path.isdir("/dev/shm") else [])
-    ap.add_argument("--dir", action="append", help="parent dir for the uncontended runs (repeatable; "
-                    f"default: {' and '.join(default_dirs)})")
+    ap.add_argument(
+        "--dir",
+        action="append",
+        help=f"parent dir for the uncontended runs (repeatable; default: {' and '.join(default_dirs)})",
+    )
     ap.add_argument("--contended-dir", default=tempfile.gettempdir(), help="parent dir for the contended runs")
     ap.add_argument("--quick", action="store_true", help="shorter rounds (about 25 s in all)")
     ap.add_argument("--workers", type=int, default=4)
@@ -258,21 +261,40 @@ def main() -> int:
             res = uncontended(directory, rounds, secs)
         base = res["filelock"]
         rows = [[k, f"{v:,.0f}", f"{v / base:.2f}x"] for k, v in res.items()]
-        title = (f"uncontended acquire+release, one lock, in {parent} ({fs_type(parent)}; "
-                 f"median of {rounds} interleaved rounds of {secs:g} s)")
+        title = (
+            f"uncontended acquire+release, one lock, in {parent} ({fs_type(parent)}; "
+            f"median of {rounds} interleaved rounds of {secs:g} s)"
+        )
         out.append(table(title, ["lock", "ops/s", "vs filelock"], rows))
         print(out[-1], flush=True)
     rows = []
     with bench_dir(args.contended_dir) as directory:
         for kind in CONTENDED:
             r = contended(kind, directory, args.workers, cont_secs)
-            rows.append([kind] + [f"{v:.0f}" if k in ("ops/s", "lost updates", "handoffs %") else f"{v:.2f}"
-                                  for k, v in r.items()])
+            rows.append(
+                [kind]
+                + [f"{v:.0f}" if k in ("ops/s", "lost updates", "handoffs %") else f"{v:.2f}" for k, v in r.items()]
+            )
             print(kind, {k: round(v, 2) for k, v in r.items()}, flush=True)
-    header = ["lock", "ops/s", "wait p50 ms", "wait p99 ms", "handoff p50 ms", "handoff p99 ms", "handoffs %",
-              "fairness", "lost updates"]
-    out.append(table(f"{args.workers} processes, one lock, 1 ms critical section, in {args.contended_dir} "
-                     f"({fs_type(args.contended_dir)}; {cont_secs:g} s each)", header, rows))
+    header = [
+        "lock",
+        "ops/s",
+        "wait p50 ms",
+        "wait p99 ms",
+        "handoff p50 ms",
+        "handoff p99 ms",
+        "handoffs %",
+        "fairness",
+        "lost updates",
+    ]
+    out.append(
+        table(
+            f"{args.workers} processes, one lock, 1 ms critical section, in {args.contended_dir} "
+            f"({fs_type(args.contended_dir)}; {cont_secs:g} s each)",
+            header,
+            rows,
+        )
+    )
     print("\n".join(out))
     return 0
 

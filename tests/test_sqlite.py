@@ -729,7 +729,6 @@ async def test_async_cancelled_acquire_leaves_no_row(db: Path) -> None:
     await backend.aclose()
 
 
-
 async def test_async_cancel_before_the_threads_commit_still_leaves_no_row(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

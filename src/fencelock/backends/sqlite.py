@@ -168,8 +168,7 @@ _ENQUEUE = (
 )
 _DEQUEUE = "DELETE FROM fencelock_waiter WHERE name = ? AND token = ?"
 _EXTEND = (
-    "UPDATE fencelock_lock SET deadline = :now + :ttl, ttl = :ttl "
-    f"WHERE name = :name AND token = :token AND {_LIVE}"
+    f"UPDATE fencelock_lock SET deadline = :now + :ttl, ttl = :ttl WHERE name = :name AND token = :token AND {_LIVE}"
 )
 _RELEASE = f"DELETE FROM fencelock_lock WHERE name = :name AND token = :token AND {_LIVE}"
 _DROP_OWN = "DELETE FROM fencelock_lock WHERE name = ? AND token = ?"
