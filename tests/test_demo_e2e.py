@@ -253,3 +253,24 @@ def test_demo_command_runs_and_checks(tmp_path: Path) -> None:
         assert db.execute("SELECT count(*) FROM demo_transactions").fetchone()[0] == 4 * 400  # one file is bad
     finally:
         db.close()
+
+
+def test_demo_stops_every_process_it_started_on_ctrl_c(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    proc = subprocess.Popen(
+        fencelock_cmd("demo", "--work", str(work), "--files", "200", "--lines", "2000", "--consumers", "2"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_history(work / "history.jsonl", lambda e: e["op"] == "write" and e["type"] == "ok", "a first write")
+        pids = json.loads((work / "pids.json").read_text())
+        os.kill(proc.pid, signal.SIGINT)  # the demo alone, as if Ctrl-C reached only it
+        code, out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            kill(proc)
+    assert code == 130, out
+    assert "stopping every process started" in out
+    for pid in [pids["producer"], pids["lock_server"], *pids["consumers"]]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -118,9 +118,9 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
 
 def _wipe(work: Path) -> None:
     """Remove what an earlier run left in the work folder (only our own names)."""
-    for name in ("share",  "logs"):
+    for name in ("share", "logs"):
         shutil.rmtree(work / name, ignore_errors=True)
-    for name in ("demo.db", "demo.db-wal", "demo.db-shm", "manifest.jsonl", "history.jsonl"):
+    for name in ("demo.db", "demo.db-wal", "demo.db-shm", "manifest.jsonl", "history.jsonl", "pids.json"):
         with contextlib.suppress(FileNotFoundError):
             (work / name).unlink()
 
@@ -183,6 +183,10 @@ def run_demo(cfg: DemoConfig) -> int:
                             "--fencing" if cfg.fencing else "--no-fencing"])
             for k in range(1, cfg.consumers + 1)
         ]
+        (work / "pids.json").write_text(json.dumps({
+            "demo": os.getpid(), "producer": producer.pid, "consumers": [c.pid for c in consumers],
+            "lock_server": server.pid if server is not None else None,
+        }))
         progress = Progress()
         hist = open(history, "rb")
         log_files.append(hist)

@@ -11,13 +11,16 @@ Tables (created on first use):
 
 A file is persisted in ONE transaction: ``begin()``, ``admit()`` (the fence check), a stream of
 ``add()`` batches, ``finish()`` (how many rows were new), ``record_file()``, ``commit()``. Any failure
-before ``commit`` is a ``rollback()``: nothing of the file is left behind.
+before ``commit`` is a ``rollback()``: nothing of the file is left behind. (SQLite runs the fence
+check at ``finish()``, first thing in its write transaction: see ``SqliteStore``.)
 
-SQLite: WAL mode, ``BEGIN IMMEDIATE`` (take the write lock at the start: no deadlock between
-two writers that both read first), ``synchronous=FULL`` (a commit survives power loss: the file is
-archived only after the commit, so a lost commit would lose rows). PostgreSQL: rows are streamed
-with COPY into a temporary table and moved with one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``:
-the same idempotent write as SQLite, several times faster than row-by-row inserts.
+Both engines stage a file's rows in a temporary table and move them with one
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. PostgreSQL: rows are streamed with COPY, several
+times faster than row-by-row inserts. SQLite: WAL mode; the stage is filled outside the write lock
+(SQLite has one writer for the whole database: others would wait for our parse), then
+``BEGIN IMMEDIATE`` (take the write lock at once: no deadlock between two writers that both read
+first) runs the fence check and the move; ``synchronous=FULL`` (a commit survives power loss: the
+file is archived only after the commit, so a lost commit would lose rows).
 """
 
 from __future__ import annotations
@@ -188,6 +191,7 @@ class SqliteStore(Store):
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self._inserted = 0
+        self._pending_fence: tuple[str, int] | None = None
 
     def setup(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -195,21 +199,45 @@ class SqliteStore(Store):
             self.conn.execute(stmt.format(date="TEXT"))
         fencing.create_table(self.conn, FENCE_TABLE)
         self.conn.execute("COMMIT")
+        # The stage lives in this connection's private temp database (a file, not RAM: a huge
+        # input file must not grow our memory). Writing it needs no lock on the shared database.
+        self.conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS demo_stage AS SELECT * FROM {TX_TABLE} WHERE 0")
+
+    # SQLite has one writer at a time for the whole database. Parsing a file inside the write
+    # transaction would make every other consumer wait for our parse, so the rows are staged first
+    # (no shared lock held), and the write transaction (BEGIN IMMEDIATE, fence check, one
+    # INSERT ... SELECT, ledger, COMMIT) only moves them. The fence check still runs in the same
+    # transaction as the rows it guards; it just comes after the parse instead of before it.
 
     def begin(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.rollback()
+        self._pending_fence = None
         self._inserted = 0
+        self.conn.execute("BEGIN")
+        self.conn.execute("DELETE FROM temp.demo_stage")
+
+    def admit(self, resource: str, fence: int) -> None:
+        self._pending_fence = (resource, fence)  # checked by finish(), inside the write transaction
 
     def add(self, rows: Sequence[Row], file: str, fence: int | None, consumer: str) -> None:
-        before = self.conn.total_changes  # rows skipped by DO NOTHING do not count as changes
         self.conn.executemany(
-            f"INSERT INTO {TX_TABLE} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (transaction_id) DO NOTHING",
+            f"INSERT INTO temp.demo_stage ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             _values(rows, file, fence, consumer),
         )
-        self._inserted += self.conn.total_changes - before
 
     def finish(self) -> int:
+        c = self.conn
+        c.execute("COMMIT")  # the stage only: the shared database was not written
+        c.execute("BEGIN IMMEDIATE")
+        if self._pending_fence is not None:
+            super().admit(*self._pending_fence)
+        before = c.total_changes  # rows skipped by DO NOTHING do not count as changes
+        c.execute(
+            f"INSERT INTO {TX_TABLE} ({_COLUMNS}) SELECT {_COLUMNS} FROM temp.demo_stage WHERE true "
+            "ON CONFLICT (transaction_id) DO NOTHING"
+        )
+        self._inserted = c.total_changes - before
+        c.execute("DELETE FROM temp.demo_stage")
         return int(self._inserted)
 
     def commit(self) -> None:
@@ -232,7 +260,9 @@ class PostgresStore(Store):
         import psycopg
 
         self.url = url
-        self.conn = psycopg.connect(url, autocommit=False, connect_timeout=10)
+        # A bounded connect unless the URL sets its own (a down server is an error, not a hang).
+        extra: dict[str, Any] = {} if "connect_timeout" in url else {"connect_timeout": 10}
+        self.conn = psycopg.connect(url, autocommit=False, **extra)
         self._staged = False
 
     def setup(self) -> None:
