@@ -20,7 +20,9 @@ writing would reopen the race between read and write that fencing exists to clos
   ``fence <= excluded.fence``, and looks at the row count. On PostgreSQL the statement locks the
   fence row until the caller's commit or rollback, so a concurrent writer for the same resource
   waits, then re-evaluates the condition against the committed value (READ COMMITTED). On SQLite
-  the statement takes the database's write lock, which serializes writers outright.
+  the statement takes the database's write lock, which serializes writers outright; open the
+  transaction with ``BEGIN IMMEDIATE`` (or make ``admit`` its first statement): a transaction that
+  read before it may otherwise get ``database is locked`` at once when it upgrades to a writer.
 
       with conn:                                  # the caller's transaction
           fencing.admit(conn, "file:a.tsv", lease.fence)   # StaleFence if a higher fence was accepted
