@@ -282,16 +282,18 @@ class Doorbells:
             if sock is not None:
                 sock.close()
 
-    def wait(self, token: str, seconds: float) -> None:
-        """Sleep up to ``seconds``, less if ``token``'s bell rings."""
+    def wait(self, token: str, seconds: float) -> bool:
+        """Sleep up to ``seconds``, less if ``token``'s bell rings; True if it rang."""
         sock = self.listen(token)
         if sock is None:
             time.sleep(seconds)
-            return
+            return False
         poller = select.poll()  # not select.select: it fails on descriptors above 1023
         poller.register(sock, select.POLLIN)
         if poller.poll(math.ceil(max(0.0, seconds) * 1000)):
             drain(sock)
+            return True
+        return False
 
     def ring(self, token: str) -> None:
         """Wake ``token``'s waiter if it listens; silently nothing otherwise."""
@@ -648,7 +650,8 @@ class SqliteBackend:
             left = end - self._clock()
             if ready or left <= 0:
                 return False
-            self.bells.wait(token, poll_delay(attempt, first, holder_left, left, rung))
+            if self.bells.wait(token, poll_delay(attempt, first, holder_left, left, rung)):
+                return False  # rung: the lock was just freed for us, try at once (no look first)
         return False
 
     def ring_first(self, key: str) -> None:
@@ -808,6 +811,7 @@ class AsyncSqliteBackend:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(loop.sock_recv(bell, 16), delay)
                 drain(bell)
+                return False  # rung: try at once
         return False
 
     async def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
