@@ -488,7 +488,7 @@ def test_server_going_down_is_backend_unavailable(name: str) -> None:
     server = ZooKeeperServer(Path(tempfile.mkdtemp(prefix="fl-zk-down-")))
     server.start()
     try:
-        url = f"zk://127.0.0.1:{server.port}/?timeout=0.5&session_timeout=5"
+        url = f"zk://127.0.0.1:{server.port}/?timeout=2&session_timeout=5"
         lock = fencelock.Lock(name, url, ttl=5)
         lease = lock.acquire(timeout=10)
         server.stop()

@@ -64,6 +64,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import threading
 import time
@@ -324,6 +325,7 @@ class _Core:
         self.next_wake = 0.0
         self.closed = False
         self._started = False
+        self.pid = os.getpid()
         client.add_listener(self.on_state)
         if client.connected:
             self.connected.set()
@@ -664,6 +666,8 @@ class _Core:
         with self.cv:
             self.closed = True
             self.cv.notify_all()
+        if os.getpid() != self.pid:
+            return  # a forked child: the client's threads and session belong to the parent
         self.client.remove_listener(self.on_state)
         if not self.owns_client:
             return
@@ -845,24 +849,95 @@ def _check_client(client: Any) -> None:
         raise ConfigurationError(f"expected a kazoo KazooClient, got {type(client).__name__}")
 
 
+# One core (client, session, janitor thread, bookkeeping) per client: a lock per file in the demo
+# would otherwise open a ZooKeeper session and three threads per file. Locks made from the same URL
+# in one process share the client fencelock creates for it; locks given the same KazooClient share
+# one core for it. Tokens keep their nodes apart; the last backend closed stops the core.
+_cores_mutex = threading.Lock()
+_cores_owner = 0  # thread id holding _cores_mutex (see _detach_from_gc)
+_cores: dict[tuple[Any, ...], list[Any]] = {}  # key -> [core, number of backends using it]
+
+
+def _attach_core(key: tuple[Any, ...], make: Callable[[], _Core]) -> _Core:
+    global _cores_owner
+    with _cores_mutex:
+        _cores_owner = threading.get_ident()
+        try:
+            entry = _cores.get(key)
+            if entry is None or entry[0].closed:
+                entry = _cores[key] = [make(), 0]
+            entry[1] += 1
+            return entry[0]  # type: ignore[no-any-return]
+        finally:
+            _cores_owner = 0
+
+
+def _detach_core(key: tuple[Any, ...], core: _Core, from_gc: bool) -> None:
+    global _cores_owner
+    with _cores_mutex:
+        _cores_owner = threading.get_ident()
+        try:
+            entry = _cores.get(key)
+            if entry is not None and entry[0] is core:
+                entry[1] -= 1
+                if entry[1] > 0:
+                    return
+                del _cores[key]
+        finally:
+            _cores_owner = 0
+    core.shutdown(from_gc)
+
+
+def _detach_from_gc(key: tuple[Any, ...], core: _Core) -> None:
+    """Finalizer of a backend dropped without close(). The collector can run it anywhere, also in
+    this very thread while it holds ``_cores_mutex`` (inside ``_attach_core``): then detach from
+    another thread instead of deadlocking on our own lock."""
+    if _cores_owner != threading.get_ident():
+        _detach_core(key, core, True)
+        return
+    with contextlib.suppress(RuntimeError):  # interpreter shutting down: the process exit closes all
+        threading.Thread(target=_detach_core, args=(key, core, True), daemon=True).start()
+
+
 class _Base:
     name = "zookeeper"
+    _core: _Core
+    _finalizer: weakref.finalize[[tuple[Any, ...], _Core], _Base]
 
-    def __init__(
-        self,
-        client: Any,
-        *,
-        root: str = DEFAULT_ROOT,
-        timeout: float = DEFAULT_TIMEOUT,
-        owns_client: bool = False,
-        acl: Any = None,
-    ) -> None:
+    def __init__(self, client: Any, *, root: str = DEFAULT_ROOT, timeout: float = DEFAULT_TIMEOUT) -> None:
         _check_client(client)
         if not timeout > 0:
             raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self._core = _Core(client, root=root, timeout=timeout, owns_client=owns_client, acl=acl)
-        # stops the janitor (and our own client) when the backend is dropped without close()
-        self._finalizer = weakref.finalize(self, self._core.shutdown, True)
+        _check_root(root)
+        self._attach(
+            ("client", id(client), root, timeout),
+            lambda: _Core(client, root=root, timeout=timeout, owns_client=False, acl=None),
+        )
+
+    def _attach(self, key: tuple[Any, ...], make: Callable[[], _Core]) -> None:
+        self._core = _attach_core(key, make)
+        # detaches (stopping the janitor, and our own client, with the last user) when the backend
+        # is dropped without close()
+        self._finalizer = weakref.finalize(self, _detach_from_gc, key, self._core)
+
+    @classmethod
+    def _from_url(cls, url: str) -> Any:
+        settings = parse_zk_url(url)
+
+        def make() -> _Core:
+            client, acl = _make_client(settings)
+            return _Core(client, root=settings.root, timeout=settings.timeout, owns_client=True, acl=acl)
+
+        backend = cls.__new__(cls)
+        backend._attach(("url", os.getpid(), url), make)
+        return backend
+
+    def _detach(self) -> Callable[[], None] | None:
+        found = self._finalizer.detach()
+        if found is None:
+            return None
+        _, _, (key, core) = found[:3]
+        return lambda: _detach_core(key, core, False)
 
     @property
     def client(self) -> Any:
@@ -883,9 +958,9 @@ class ZooKeeperBackend(_Base):
 
     @classmethod
     def from_url(cls, url: str) -> ZooKeeperBackend:
-        settings = parse_zk_url(url)
-        client, acl = _make_client(settings)
-        return cls(client, root=settings.root, timeout=settings.timeout, owns_client=True, acl=acl)
+        """A backend on the client fencelock keeps for ``url`` in this process (created on first use)."""
+        backend: ZooKeeperBackend = cls._from_url(url)
+        return backend
 
     def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
         return _run_sync(self._core, self._core.try_acquire(key, token, ttl_ms, label, queue), "acquire")
@@ -909,8 +984,9 @@ class ZooKeeperBackend(_Base):
         return _run_sync(self._core, self._core.inspect(key), "inspect")
 
     def close(self) -> None:
-        if self._finalizer.detach() is not None:
-            self._core.shutdown()
+        detach = self._detach()
+        if detach is not None:
+            detach()
 
 
 class AsyncZooKeeperBackend(_Base):
@@ -919,9 +995,9 @@ class AsyncZooKeeperBackend(_Base):
 
     @classmethod
     def from_url(cls, url: str) -> AsyncZooKeeperBackend:
-        settings = parse_zk_url(url)
-        client, acl = _make_client(settings)
-        return cls(client, root=settings.root, timeout=settings.timeout, owns_client=True, acl=acl)
+        """A backend on the client fencelock keeps for ``url`` in this process (created on first use)."""
+        backend: AsyncZooKeeperBackend = cls._from_url(url)
+        return backend
 
     async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
         return await _run_async(self._core, self._core.try_acquire(key, token, ttl_ms, label, queue), "acquire")
@@ -945,6 +1021,7 @@ class AsyncZooKeeperBackend(_Base):
         return await _run_async(self._core, self._core.inspect(key), "inspect")
 
     async def aclose(self) -> None:
-        if self._finalizer.detach() is not None:
+        detach = self._detach()
+        if detach is not None:
             # kazoo's stop() joins its threads: do it off the loop
-            await asyncio.to_thread(self._core.shutdown)
+            await asyncio.to_thread(detach)
