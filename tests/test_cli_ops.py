@@ -413,6 +413,29 @@ def test_run_status_release_on_sqlite(tmp_path: Path, name: str, procs: list[sub
     assert "LEASE LOST" in err
 
 
+def test_run_and_status_on_zookeeper(
+    zookeeper_server: Any, name: str, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    url = zookeeper_server.url
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    code = (
+        "import os, time, pathlib\n"
+        f"pathlib.Path({str(ready)!r}).write_text(os.environ['FENCELOCK_FENCE'])\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.02)\n"
+    )
+    holder = start_cli("run", name, "--lock", url, "--label", "zk-holder", "--", *py(code))
+    procs.append(holder)
+    wait_for(ready)
+    fence = int(ready.read_text())
+    data = json.loads(fencelock_cli("status", name, "--lock", url, "--json").stdout)
+    assert data["held"] and data["fence"] == fence and data["holder"] == "zk-holder"
+    assert data["backend"] == "zookeeper"
+    go.touch()
+    assert holder.wait(WAIT) == 0
+    after = json.loads(fencelock_cli("status", name, "--lock", url, "--json").stdout)
+    assert after["held"] is False
+
+
 def test_release_on_a_backend_without_force_release_is_a_clear_usage_error(zookeeper_server: Any, name: str) -> None:
     result = fencelock_cli("release", name, "--lock", zookeeper_server.url, "--force", "--confirm", name)
     assert result.returncode == EXIT_USAGE

@@ -75,6 +75,23 @@ def test_tls_with_the_users_own_client(tls_server: TlsRedis, pki: Pki, name: str
         client.close()
 
 
+async def test_tls_with_the_asyncio_api(tls_server: TlsRedis, name: str) -> None:
+    import fencelock.aio
+
+    lock = fencelock.aio.Lock(name, tls_server.url_with(), ttl=5)
+    try:
+        async with lock as lease:
+            assert lease.fence > 0
+        wrong = fencelock.aio.Lock(name, tls_server.url_with(ca=tls_server.pki.other_ca), ttl=5)
+        try:
+            with pytest.raises(fencelock.BackendUnavailable, match="certificate verify failed"):
+                await wrong.acquire(timeout=1)
+        finally:
+            await wrong.aclose()
+    finally:
+        await lock.aclose()
+
+
 def test_tls_with_the_wrong_ca_fails_clearly(tls_server: TlsRedis, pki: Pki, name: str) -> None:
     lock = fencelock.Lock(name, tls_server.url_with(ca=pki.other_ca), ttl=5)
     try:
