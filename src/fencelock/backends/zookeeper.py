@@ -22,24 +22,30 @@ Fence: the holder's node **creation zxid** (``czxid``). Every write to an ensemb
 (epoch << 32 | counter) that grows strictly across the ensemble's whole history and survives
 leader changes, so a node created later has a larger czxid, whatever its path. The sequence
 suffix would not do: it is the parent's child counter and restarts at 0 when the parent is deleted
-and recreated (an operator cleaning up, or container-node cleanup), which would hand out fences
-lower than ones already used. The holder is always the oldest live node, so fences grow in the
+and recreated (an operator cleaning up empty parents), which would hand out fences lower than ones
+already used. The holder is always the oldest live node, so fences grow in the
 order the lock is held. czxids stay below 2**53 (exact in JSON and Lua) for 2**21 leader epochs.
 
 Lease and session. A node lives as long as its session, so a lease cannot be vouched for past
 the session timeout: ``max_lease`` is that timeout (the lock shortens longer TTLs to it). The
-deadline is measured from before the request that granted or extended it; ZooKeeper restarts the
-session's timer only when that request arrives, so a holder paused past its session timeout finds
-its lease expired on its own clock before it can write. Session states map to the lease through
+deadline is measured from before the request that granted or extended it was sent; the server
+restarts the session's timer when that request arrives, later, so the session outlives the lease,
+and a holder paused past its session timeout finds its lease expired on its own clock before it
+can write. Session states map to the lease through
 ``watch_loss``: SUSPENDED (connection lost, session maybe alive) -> ``"doubt"``; CONNECTED again
 with the same session -> ``"held"``; LOST (expired or closed) or reconnected with a new session
 -> ``"lost"``. ``extend`` checks that our node still exists and is owned by our live session.
 
 TTL on the server's side. ZooKeeper has no expiry for an ephemeral node while its session lives,
 but a lease must free the lock when it runs out unrenewed (renewal off, renewer stopped, lease
-dropped). A per-backend janitor thread deletes the node of a lease whose TTL has passed (measured
-from a moment no earlier than the holder's own clock started it, so it always ends after the
-holder stopped trusting it), and retries deletions that failed while disconnected.
+dropped). A janitor thread (one per client) deletes the node of a lease whose TTL has passed
+(measured from a moment no earlier than the holder's own clock started it, so it always ends after
+the holder stopped trusting it), and retries deletions that failed while disconnected.
+
+Sharing. All locks made from the same URL in one process share one ``KazooClient`` (one session,
+one janitor), and all locks given the same ``KazooClient`` share its bookkeeping: a lock per file
+costs no new session. Tokens keep their nodes apart; the last backend closed (or collected) stops
+what fencelock started.
 
 Connection. ``zk://[user:password@]host:port[,host:port...][/chroot][?options]``; user/password
 become kazoo digest auth (``auth_data``) and the nodes get a digest ACL for that identity only.
@@ -257,7 +263,8 @@ class _Call:
 
 @dataclass(frozen=True, slots=True)
 class _Watch:
-    """Watch ``path``; the result is True when it was deleted or changed within ``timeout``."""
+    """Watch ``path``; the result is True when it was deleted or changed within ``timeout``.
+    An empty ``path`` only pauses for ``timeout`` (nothing to watch) and gives False."""
 
     path: str
     timeout: float
@@ -467,7 +474,8 @@ class _Core:
     def wait(self, key: str, token: str, timeout: float) -> Steps[bool]:
         node = self.nodes.get((key, token))
         if node is None or node.pred is None:
-            return False
+            # nothing to watch (our node kept vanishing): pause as asked, then try again
+            return bool((yield _Watch("", min(timeout, 0.05))))
         # True when the node before us went away: ``claim`` then checks whether we are first.
         return bool((yield _Watch(node.pred, timeout)))
 
@@ -724,6 +732,9 @@ def _run_sync(core: _Core, steps: Steps[T], what: str) -> T:
 def _watch_sync(core: _Core, op: _Watch) -> bool:
     from kazoo.protocol.states import EventType
 
+    if not op.path:
+        time.sleep(max(0.0, op.timeout))
+        return False
     fired = threading.Event()
     kind: list[str] = []
 
@@ -794,6 +805,9 @@ def _future(ares: Any) -> asyncio.Future[Any]:
 async def _watch_async(core: _Core, op: _Watch) -> bool:
     from kazoo.protocol.states import EventType
 
+    if not op.path:
+        await asyncio.sleep(max(0.0, op.timeout))
+        return False
     loop = asyncio.get_running_loop()
     fired: asyncio.Future[bool] = loop.create_future()
 
