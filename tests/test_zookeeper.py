@@ -317,6 +317,25 @@ def test_node_holds_the_label_never_the_token(zk: ZooKeeperLockServer, name: str
     lock.close()
 
 
+def test_operator_force_release_hands_the_lock_to_the_next_waiter(zk: ZooKeeperLockServer, name: str) -> None:
+    lost: list[str] = []
+    holder_lock = fencelock.Lock(name, zk.url, ttl=0.9, label="stuck-worker", on_lost=lambda le: lost.append("x"))
+    holder = holder_lock.acquire(timeout=10)
+    waiter = fencelock.Lock(name, zk.url, ttl=5)
+    got: list[fencelock.Lease] = []
+    t = threading.Thread(target=lambda: got.append(waiter.acquire(timeout=30)))
+    t.start()
+    assert wait_until(lambda: len(zk.children(name)) == 2, 10)
+    assert ZooKeeperBackend.from_url(zk.url).force_release(name) == "stuck-worker"
+    t.join(30)
+    assert got and got[0].fence > holder.fence, "the queue moves on at once"
+    assert holder.lost_event.wait(10) and lost, "the old holder learns at its next renewal"
+    got[0].release()
+    assert ZooKeeperBackend.from_url(zk.url).force_release(name) is None, "free: nothing removed"
+    holder_lock.close()
+    waiter.close()
+
+
 # -- waiting -----------------------------------------------------------------------------------
 
 

@@ -581,6 +581,25 @@ class _Core:
             return LockInfo(key, int(stat.czxid), label, None, len(order) - 1)
         return None
 
+    def force_release(self, key: str) -> Steps[str | None]:
+        """Operator's override: delete the holder's node whoever it is; returns its holder label
+        (None when free). Its holder learns at its next renewal; the next waiter gets the lock."""
+        from kazoo.exceptions import NoNodeError
+
+        parent = self.parent(key)
+        for _ in range(3):
+            order = yield from self._queue(parent)
+            if not order:
+                return None
+            path = f"{parent}/{order[0]}"
+            try:
+                data, _ = yield _Call("get", (path,))
+                yield _Call("delete", (path,))
+            except NoNodeError:
+                continue  # released meanwhile: look at the new holder
+            return (data or b"").decode("utf-8", "replace")
+        return None
+
     # -- loss events -------------------------------------------------------------------------
 
     def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe:
@@ -997,6 +1016,10 @@ class ZooKeeperBackend(_Base):
     def inspect(self, key: str) -> LockInfo | None:
         return _run_sync(self._core, self._core.inspect(key), "inspect")
 
+    def force_release(self, key: str) -> str | None:
+        """Operator's override (``fencelock release --force``): delete the holder's node."""
+        return _run_sync(self._core, self._core.force_release(key), "force release")
+
     def close(self) -> None:
         detach = self._detach()
         if detach is not None:
@@ -1033,6 +1056,10 @@ class AsyncZooKeeperBackend(_Base):
 
     async def inspect(self, key: str) -> LockInfo | None:
         return await _run_async(self._core, self._core.inspect(key), "inspect")
+
+    async def force_release(self, key: str) -> str | None:
+        """Operator's override: delete the holder's node."""
+        return await _run_async(self._core, self._core.force_release(key), "force release")
 
     async def aclose(self) -> None:
         detach = self._detach()
