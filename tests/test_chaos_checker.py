@@ -71,7 +71,7 @@ def test_fence_order_catches_a_lower_fence_committed_after_a_higher_one() -> Non
     storage = Storage(commits=[Commit(1, "a", 2, "B"), Commit(2, "a", 1, "A", 200)])
     vs = check_fence_order(storage)
     assert kinds(vs) == {"fence-order"}
-    assert vs[0].proc == "A" and vs[0].resource == "a" and "200 rows" in vs[0].detail
+    assert vs[0].proc == "A" and vs[0].resource == "a" and "stale holder's write of 200 rows" in vs[0].detail
 
 
 def test_fence_order_accepts_rising_and_equal_fences_and_other_resources() -> None:

@@ -213,7 +213,7 @@ def check_fence_order(storage: Storage) -> list[Violation]:
             out.append(Violation(
                 "fence-order",
                 f"write #{c.seq} by {c.writer} with fence {c.fence} applied after fence {prev[0]} "
-                f"of {prev[1]} ({c.rows} rows overwritten by a stale holder)",
+                f"of {prev[1]}: a stale holder's write of {c.rows} rows was accepted",
                 c.resource, c.writer))
         if prev is None or c.fence >= prev[0]:
             highest[c.resource] = (c.fence, c.writer)

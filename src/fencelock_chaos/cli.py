@@ -40,8 +40,10 @@ Exit status:
 @click.option("--ttl", type=click.FloatRange(0.5, 30), default=1.5, show_default=True, help="Lease length (s).")
 @click.option("--only", type=click.Choice(["both", "on", "off"]), default="both", show_default=True,
               help="Run fencing on, off, or both.")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the measured table (scenario, violations off / on) as Markdown here.")
 def chaos(names: tuple[str, ...], tier: str, seed: int, duration: float, out: Path, consumer: str, ttl: float,
-          only: str) -> None:
+          only: str, markdown: Path | None) -> None:
     """Run the demo system (lock server, PostgreSQL, competing consumers) under injected faults,
     record a history, check it, and draw a timeline.
 
@@ -54,7 +56,7 @@ def chaos(names: tuple[str, ...], tier: str, seed: int, duration: float, out: Pa
     from rich.console import Console
     from rich.markup import escape
 
-    from .report import summary_table, write_report
+    from .report import markdown_table, summary_table, write_report
     from .runner import Settings, postgres, run_scenario
     from .scenarios import SCENARIOS, by_name, long_mix
 
@@ -90,6 +92,8 @@ def chaos(names: tuple[str, ...], tier: str, seed: int, duration: float, out: Pa
             verdicts.append(v)
     summary_table(verdicts, console)
     page = write_report(verdicts, out / "timeline.html")
+    if markdown is not None:
+        markdown.write_text(markdown_table(verdicts), encoding="utf-8")
     console.print(f"timeline: {page}  ({time.monotonic() - started:.0f}s in all)")
     failed = [v for v in verdicts if not v.blocked and not _passed(v, modes)]
     sys.exit(1 if failed else 0)

@@ -402,7 +402,8 @@ def _long_mix(r: Run, duration: float, seed: int) -> None:
         lp, lurl = r.lock_proxy(f"{proc}-lock")
         dp, durl = r.db_proxy(f"{proc}-db")
         links[proc] = (lp, dp)
-        r.consumer(proc, lock_url=lurl, db_url=durl, pause_before_write=rng.choice([0.0, 0.0, 0.3, 0.8]),
+        # a pause after the lease check on most files, so that faults often land between check and write
+        r.consumer(proc, lock_url=lurl, db_url=durl, pause_before_write=rng.choice([0.0, 0.5, 1.0, 2.0]),
                    idle_exit=10.0)
         alive.append(proc)
 
@@ -425,8 +426,8 @@ def _long_mix(r: Run, duration: float, seed: int) -> None:
             if r.procs[proc].poll() is not None:
                 alive.remove(proc)
                 start(proc.split(".")[0])
-        fault = rng.choice(["sigstop", "sigkill", "partition", "db-delay", "pexpire", "pause-lock-server",
-                            "restart-empty", "none", "none"])
+        fault = rng.choice(["sigstop", "sigstop", "sigkill", "partition", "db-delay", "pexpire", "pexpire",
+                            "pause-lock-server", "restart-empty", "none"])
         victim = rng.choice(alive)
         try:
             _one_fault(r, fault, victim, rng.uniform(1.2, 2.5) * ttl, links, rng)
