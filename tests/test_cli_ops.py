@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -434,6 +435,45 @@ def test_run_and_status_on_zookeeper(
     assert holder.wait(WAIT) == 0
     after = json.loads(fencelock_cli("status", name, "--lock", url, "--json").stdout)
     assert after["held"] is False
+
+
+def test_run_reports_a_lease_in_doubt_on_zookeeper(
+    zookeeper_server: Any, name: str, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    """ZooKeeper stops answering (SIGSTOP): the holder's connection is suspended and its lease in
+    doubt; `run` says so on stderr and, once it resolves, says how (recovered, or lost: exit 79)."""
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    code = (
+        "import time, pathlib\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.02)\n"
+    )
+    runner = start_cli("run", name, "--lock", zookeeper_server.url, "--no-kill-on-loss", "--", *py(code))
+    procs.append(runner)
+    wait_for(ready)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(runner.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    zookeeper_server.pause()
+    try:
+        end = time.monotonic() + WAIT
+        while not any("in doubt:" in line for line in lines):
+            assert time.monotonic() < end and runner.poll() is None, lines
+            time.sleep(0.02)
+    finally:
+        zookeeper_server.resume()
+    end = time.monotonic() + WAIT
+    while not any("no longer in doubt" in line or "LEASE LOST" in line for line in lines):
+        assert time.monotonic() < end, lines
+        time.sleep(0.02)
+    go.touch()
+    runner.wait(WAIT)
+    reader.join(WAIT)
+    text = "".join(lines)
+    if "LEASE LOST" in text:
+        assert runner.returncode == EXIT_LEASE_LOST, text
+    else:
+        assert "no longer in doubt" in text and runner.returncode == 0, text
 
 
 def test_release_on_a_backend_without_force_release_is_a_clear_usage_error(zookeeper_server: Any, name: str) -> None:

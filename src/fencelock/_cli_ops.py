@@ -334,10 +334,21 @@ def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def _supervise(child: subprocess.Popen[bytes], lease: Lease, kill_on_loss: bool, grace: float) -> str | None:
-    """Wait for the command to end; on a lost lease, report it (and kill). Returns the loss reason."""
+    """Wait for the command to end; on a lost lease, report it (and kill). Returns the loss reason.
+
+    A lease *in doubt* (ZooKeeper: connection suspended, the session may still live) is reported
+    but not acted on: it either recovers or becomes a loss."""
     lost: str | None = None
     kill_at: float | None = None
+    doubt: str | None = None
     while child.poll() is None:
+        now_doubt = lease.in_doubt
+        if lost is None and now_doubt != doubt:
+            if now_doubt is not None:
+                click.echo(f"fencelock: lease on {lease.name!r} (fence {lease.fence}) in doubt: {now_doubt}", err=True)
+            else:
+                click.echo(f"fencelock: lease on {lease.name!r} (fence {lease.fence}) no longer in doubt", err=True)
+            doubt = now_doubt
         if lost is None and lease.lost_event.wait(0.05):
             lost = lease.lost_reason or "lost"
             action = "terminating the command (SIGTERM)" if kill_on_loss else "the command keeps running"
