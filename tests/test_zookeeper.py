@@ -558,6 +558,22 @@ def test_bad_url_is_a_configuration_error(url: str) -> None:
         fencelock.Lock("x", url)
 
 
+def test_digest_credentials_protect_the_lock_nodes(zk: ZooKeeperLockServer, name: str) -> None:
+    import uuid
+
+    root = f"/fl-auth-{uuid.uuid4().hex[:8]}"  # its own root: the ACL must not reach other tests' nodes
+    good = fencelock.Lock(name, f"zk://alice:s3cret@{zk.hosts}/?root={root}", ttl=5)
+    with good as lease:
+        acl, _ = good.backend.client.get_acls(f"{root}/{encode_name(name)}")
+        assert [a.id.scheme for a in acl] == ["digest"] and acl[0].id.id.startswith("alice:")
+        intruder = fencelock.Lock(name, f"zk://alice:wrong@{zk.hosts}/?root={root}", ttl=5)
+        with pytest.raises(fencelock.BackendRejected, match="permission"):
+            intruder.acquire(timeout=1)
+        assert good.inspect() is not None and good.inspect().fence == lease.fence  # type: ignore[union-attr]
+        intruder.close()
+    good.close()
+
+
 def test_url_options_reach_kazoo() -> None:
     s = parse_zk_url(
         "zk://al%40ice:p%3Ass@h1:2181,h2:2182/apps/locks?session_timeout=7&root=/l&use_ssl=true&ca=/ca.pem"

@@ -610,6 +610,10 @@ class _Core:
         else:
             getter = lambda: callback  # noqa: E731
         watch = _LossWatch(key, token, node.session if node is not None else self.session_id(), getter)
+        if len(self.watches) > 1024:  # leases dropped without release leave dead entries: prune them
+            for wid, w in list(self.watches.items()):
+                if w.callback() is None:
+                    self.watches.pop(wid, None)
         self.watches[id(watch)] = watch
         # a state change between the grant and now would have been missed: report it
         if not self.client.connected:
