@@ -574,6 +574,21 @@ def test_digest_credentials_protect_the_lock_nodes(zk: ZooKeeperLockServer, name
     good.close()
 
 
+def test_chroot_from_the_url_is_used_and_must_exist(zk: ZooKeeperLockServer, name: str) -> None:
+    import uuid
+
+    chroot = f"/apps-{uuid.uuid4().hex[:8]}/locks"
+    lock = fencelock.Lock(name, f"zk://{zk.hosts}{chroot}?session_timeout=4", ttl=5)
+    with pytest.raises(fencelock.BackendRejected, match="chroot"):
+        lock.acquire(timeout=1)
+    zk.admin.ensure_path(chroot)
+    with lock as lease:
+        (child,) = zk.admin.get_children(f"{chroot}{lock_parent(ZK_ROOT, name)}")
+        assert token_tag(lease.token) in child
+        assert zk.admin.exists(zk.lock_path(name)) is None, "nothing outside the chroot"
+    lock.close()
+
+
 def test_url_options_reach_kazoo() -> None:
     s = parse_zk_url(
         "zk://al%40ice:p%3Ass@h1:2181,h2:2182/apps/locks?session_timeout=7&root=/l&use_ssl=true&ca=/ca.pem"

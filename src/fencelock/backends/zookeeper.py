@@ -52,7 +52,8 @@ become kazoo digest auth (``auth_data``) and the nodes get a digest ACL for that
 Options: ``session_timeout`` (s, default 10), ``timeout`` (s: longest wait for one request or
 for a connection, default 3), ``root`` (default ``/fencelock``), and kazoo's TLS settings passed
 through: ``use_ssl``, ``verify_certs``, ``check_hostname`` (true/false), ``ca``, ``certfile``,
-``keyfile``, ``keyfile_password``. A user's own ``KazooClient`` is used as is and never stopped
+``keyfile``, ``keyfile_password``. The chroot must exist (fencelock creates its root inside
+it, as every ZooKeeper client does). A user's own ``KazooClient`` is used as is and never stopped
 by us (start it yourself). Every request is bounded by ``timeout``; a server that is down or
 silent becomes ``BackendUnavailable`` within it, never a hang.
 
@@ -434,7 +435,14 @@ class _Core:
                 # after a cancelled caller's ``abandon`` had already looked for the node.
                 if attempt == 2:
                     raise
-                yield _Call("ensure_path", (node.parent,), {"acl": self.acl})
+                try:
+                    yield _Call("ensure_path", (node.parent,), {"acl": self.acl})
+                except NoNodeError as err:
+                    # kazoo creates nodes inside the chroot only, never the chroot itself
+                    raise BackendRejected(
+                        f"zookeeper refused to create {node.parent!r}: the chroot "
+                        f"{self.client.chroot or '/'!r} does not exist; create it first"
+                    ) from err
         node.name = path.rsplit("/", 1)[1]
         node.czxid = int(stat.czxid)
         node.session = int(stat.ephemeralOwner)
