@@ -8,14 +8,37 @@ Debian's redis-server with TLS on a free loopback port (plus its private unix so
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from fencelock.embedded import EmbeddedRedis
 
 DEBIAN_REDIS = "/usr/bin/redis-server"
+
+T = TypeVar("T")
+
+
+def private_dir(tag: str) -> Path:
+    """A short, fresh directory name (unix socket paths are limited to ~107 bytes)."""
+    return Path(f"/tmp/fl-{tag}-{os.getpid()}-{time.monotonic_ns() % 1000000}")
+
+
+def start_with_retries(start: Callable[[], T], attempts: int = 3) -> T:
+    """Start servers on ports picked free a moment earlier; another process on this shared machine
+    may take one in between, so try again (with new ports) a few times."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)

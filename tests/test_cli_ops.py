@@ -3,6 +3,7 @@ redis-server (Debian's, on a private unix socket with a password; see servers.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -59,6 +60,34 @@ def wait_for(path: Path, timeout: float = WAIT) -> None:
         time.sleep(0.02)
 
 
+def read_written(path: Path, timeout: float = WAIT) -> str:
+    """The text a command wrote to ``path`` (write_text creates the file before it writes)."""
+    end = time.monotonic() + timeout
+    while not (path.exists() and path.read_text()):
+        assert time.monotonic() < end, f"nothing written to {path}"
+        time.sleep(0.02)
+    return path.read_text()
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of every process below ``pid`` (from /proc), so a test can stop the commands that
+    `fencelock run` started in their own process groups."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 @pytest.fixture
 def procs() -> Iterator[list[subprocess.Popen[str]]]:
     """Processes a test starts; killed by pid at the end whatever happened."""
@@ -66,7 +95,15 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
     yield started
     for proc in started:
         if proc.poll() is None:
-            proc.kill()
+            below = descendants(proc.pid)
+            proc.terminate()  # fencelock forwards it to its command, then exits
+            try:
+                proc.wait(WAIT / 2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            for pid in below:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         proc.communicate(timeout=WAIT)
 
 
@@ -108,8 +145,7 @@ def test_run_holds_the_lock_while_the_command_runs_and_status_shows_it(
     )
     holder = start_cli("run", name, "--lock", server.url, "--label", "ops-test:1", "--", *py(code))
     procs.append(holder)
-    wait_for(ready)
-    fence = int(ready.read_text())
+    fence = int(read_written(ready))
 
     shown = fencelock_cli("status", name, "--lock", server.url, "--json")
     assert shown.returncode == 0, shown.stderr
@@ -402,8 +438,7 @@ def test_run_status_release_on_sqlite(tmp_path: Path, name: str, procs: list[sub
     )
     holder = start_cli("run", name, "--lock", url, "--label", "sqlite-holder", "--", *py(code))
     procs.append(holder)
-    wait_for(ready)
-    fence = int(ready.read_text())
+    fence = int(read_written(ready))
     data = json.loads(fencelock_cli("status", name, "--lock", url, "--json").stdout)
     assert data["held"] and data["fence"] == fence and data["holder"] == "sqlite-holder"
     done = fencelock_cli("release", name, "--lock", url, "--force", "--confirm", name)
@@ -426,8 +461,7 @@ def test_run_and_status_on_zookeeper(
     )
     holder = start_cli("run", name, "--lock", url, "--label", "zk-holder", "--", *py(code))
     procs.append(holder)
-    wait_for(ready)
-    fence = int(ready.read_text())
+    fence = int(read_written(ready))
     data = json.loads(fencelock_cli("status", name, "--lock", url, "--json").stdout)
     assert data["held"] and data["fence"] == fence and data["holder"] == "zk-holder"
     assert data["backend"] == "zookeeper"
@@ -476,7 +510,54 @@ def test_run_reports_a_lease_in_doubt_on_zookeeper(
         assert "no longer in doubt" in text and runner.returncode == 0, text
 
 
-def test_release_on_a_backend_without_force_release_is_a_clear_usage_error(zookeeper_server: Any, name: str) -> None:
-    result = fencelock_cli("release", name, "--lock", zookeeper_server.url, "--force", "--confirm", name)
-    assert result.returncode == EXIT_USAGE
-    assert "cannot force-release" in result.stderr
+def test_release_on_zookeeper(zookeeper_server: Any, name: str) -> None:
+    """Removes the lock where the ZooKeeper backend offers an operator override; otherwise says
+    clearly that it cannot (the backend is another engineer's and may gain the override)."""
+    from fencelock.backends.zookeeper import ZooKeeperBackend
+
+    lock = fencelock.Lock(name, zookeeper_server.url, label="zk-victim")
+    lease = lock.acquire()
+    try:
+        result = fencelock_cli("release", name, "--lock", zookeeper_server.url, "--force", "--confirm", name)
+        if hasattr(ZooKeeperBackend, "force_release"):
+            assert result.returncode == 0, result.stderr
+            assert f"removed the lock held by zk-victim with fence {lease.fence}" in result.stdout
+            assert lock.inspect() is None
+            assert lease.wait_lost(WAIT), "the holder is told (its node is gone)"
+        else:
+            assert result.returncode == EXIT_USAGE
+            assert "cannot force-release" in result.stderr
+    finally:
+        with contextlib.suppress(fencelock.LeaseError):
+            lease.release()
+        lock.close()
+
+
+class _WithoutForceRelease:
+    """A backend that has every primitive but no operator override."""
+
+    name = "no-override"
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "force_release":
+            raise AttributeError(attr)
+        return getattr(self._inner, attr)
+
+
+def test_release_on_a_backend_without_force_release_is_a_clear_usage_error(
+    server: RedisLockServer, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from fencelock import _cli_ops
+    from fencelock.cli import main
+
+    monkeypatch.setattr(
+        _cli_ops, "_backend_spec", lambda url, *tls: _WithoutForceRelease(fencelock.RedisBackend.from_url(url))
+    )
+    result = CliRunner().invoke(main, ["release", name, "--lock", server.url, "--force", "--confirm", name])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "the no-override backend cannot force-release a lock" in result.output

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from redis.cluster import RedisCluster
@@ -14,14 +13,14 @@ from redis.cluster import RedisCluster
 import fencelock
 from fencelock.backends.redis import RedisKeys
 from srv_cluster import NODE_TIMEOUT_MS, RedisClusterServers
+from srv_tls import private_dir, start_with_retries
 
 WAIT = 60.0
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers(Path(f"/tmp/fl-cluster-{time.monotonic_ns() % 1000000}"))
-    servers.start()
+    servers = start_with_retries(lambda: RedisClusterServers(private_dir("cluster")).start())
     try:
         yield servers
     finally:

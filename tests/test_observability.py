@@ -9,7 +9,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +28,7 @@ import fencelock
 import fencelock.aio
 from fencelock.backends.redis import RedisKeys
 from fencelock.embedded import EmbeddedRedis
-from srv_tls import free_port
+from srv_tls import free_port, private_dir
 
 WAIT = 60.0
 
@@ -37,8 +36,7 @@ WAIT = 60.0
 @pytest.fixture(scope="module")
 def server() -> Iterator[EmbeddedRedis]:
     """A private server: the log test pauses it."""
-    directory = Path(f"/tmp/fl-obs-{time.monotonic_ns() % 1000000}")
-    shutil.rmtree(directory, ignore_errors=True)
+    directory = private_dir("obs")
     srv = EmbeddedRedis("/usr/bin/redis-server", directory=directory)
     srv.start()
     try:

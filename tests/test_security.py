@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -19,7 +18,7 @@ import fencelock
 from fencelock._cli_ops import EXIT_UNAVAILABLE
 from fencelock.backends.redis import RedisKeys
 from fencelock.embedded import EmbeddedRedis
-from srv_tls import DEBIAN_REDIS, Pki, TlsRedis, make_pki
+from srv_tls import DEBIAN_REDIS, Pki, TlsRedis, make_pki, private_dir, start_with_retries
 
 WAIT = 60.0
 
@@ -31,9 +30,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def tls_server(pki: Pki) -> Iterator[TlsRedis]:
-    directory = Path(f"/tmp/fl-tls-{id(pki) % 100000}")
-    shutil.rmtree(directory, ignore_errors=True)
-    server = TlsRedis(pki, directory)
+    directory = private_dir("tls")
+    server = start_with_retries(lambda: TlsRedis(pki, directory))
     try:
         yield server
     finally:
@@ -158,8 +156,7 @@ def minimal_acl(without: str | None = None) -> list[str]:
 
 @pytest.fixture(scope="module")
 def acl_server() -> Iterator[EmbeddedRedis]:
-    directory = Path(f"/tmp/fl-acl-{time.monotonic_ns() % 1000000}")
-    shutil.rmtree(directory, ignore_errors=True)
+    directory = private_dir("acl")
     server = EmbeddedRedis(DEBIAN_REDIS, directory=directory, password="admin-pass")
     server.start()
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -14,14 +13,14 @@ import fencelock
 import fencelock.aio
 from fencelock.backends.redis import RedisKeys, ReplicationUnconfirmed
 from srv_sentinel import SERVICE, SentinelSetup
+from srv_tls import private_dir, start_with_retries
 
 WAIT = 60.0
 
 
 @pytest.fixture(scope="module")
 def setup() -> Iterator[SentinelSetup]:
-    servers = SentinelSetup(Path(f"/tmp/fl-sentinel-{time.monotonic_ns() % 1000000}"))
-    servers.start()
+    servers = start_with_retries(lambda: SentinelSetup(private_dir("sentinel")).start())
     try:
         yield servers
     finally:
