@@ -227,6 +227,46 @@ def test_connection_loss_past_the_session_timeout_loses_the_lease(
     contender.close()
 
 
+def test_a_waiter_cut_off_leaves_no_node_behind_once_it_reconnects(
+    zk: ZooKeeperLockServer, proxy: TcpProxy, name: str
+) -> None:
+    holder_lock = fencelock.Lock(name, zk.url, ttl=30)
+    holder = holder_lock.acquire(timeout=10)
+    waiter_lock = fencelock.Lock(name, proxied_url(proxy, session_timeout=8))
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            waiter_lock.acquire(timeout=30)
+        except BaseException as err:
+            errors.append(err)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    assert wait_until(lambda: len(zk.children(name)) == 2, 10), "the waiter is queued"
+    session = waiter_lock.backend.client.client_id[0]
+    proxy.cut()
+    try:
+        t.join(30)
+        # it could neither wait nor delete its node (abandon failed): its session still lives...
+        assert errors and isinstance(errors[0], fencelock.BackendUnavailable)
+        assert len(zk.children(name)) == 2
+    finally:
+        proxy.restore()
+    # ...and once it is back, the janitor deletes the node it left in the queue
+    assert wait_until(lambda: len(zk.children(name)) == 1, 15)
+    cid = waiter_lock.backend.client.client_id
+    assert cid is not None and cid[0] == session, "same session: ZooKeeper did not delete the node for us"
+    holder.release()
+    third = fencelock.Lock(name, zk.url, ttl=5)
+    lease = third.try_acquire()
+    assert lease is not None, "nobody may be stuck in front of us"
+    lease.release()
+    holder_lock.close()
+    waiter_lock.close()
+    third.close()
+
+
 def _paused_holder(url: str, name: str, ready: Any, go: Any, out: Any) -> None:
     lock = fencelock.Lock(name, url)
     lease = lock.acquire(timeout=10)
@@ -501,6 +541,13 @@ def test_no_server_is_backend_unavailable_not_a_hang(name: str) -> None:
         lock.acquire(timeout=60)
     assert time.monotonic() - started < 30, "bounded by the backend timeout, not the 60 s acquire timeout"
     lock.close()
+
+
+async def test_async_no_server_is_backend_unavailable(name: str) -> None:
+    lock = aio.Lock(name, f"zk://127.0.0.1:{free_port()}/?timeout=0.5", ttl=5)
+    with pytest.raises(fencelock.BackendUnavailable):
+        await lock.acquire(timeout=60)
+    await lock.aclose()
 
 
 def test_server_going_down_is_backend_unavailable(name: str) -> None:

@@ -328,6 +328,7 @@ class _Core:
         self.nodes: dict[tuple[str, str], _Node] = {}
         self.watches: dict[int, _LossWatch] = {}
         self.connected = threading.Event()
+        self.connect_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         self.cv = threading.Condition()
         self.janitor: threading.Thread | None = None
         self.next_wake = 0.0
@@ -361,6 +362,11 @@ class _Core:
 
         if state == KazooState.CONNECTED:
             self.connected.set()
+            with self.mutex:
+                waiters, self.connect_waiters = self.connect_waiters, set()
+            for loop, fut in waiters:
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_settle_none, fut)
             session = self.session_id()
             for w in list(self.watches.values()):
                 if w.session == session:
@@ -392,6 +398,24 @@ class _Core:
             self.watches.pop(id(watch), None)
         if callback is not None:
             self.client.handler.dispatch_callback(Callback("fencelock", callback, (state, reason)))
+
+    async def wait_connected(self) -> bool:
+        """asyncio twin of ``connected.wait(timeout)``: no thread is held while we wait."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (loop, fut)
+        with self.mutex:
+            self.connect_waiters.add(entry)
+        try:
+            if self.connected.is_set():  # connected between the caller's check and our entry
+                return True
+            await asyncio.wait_for(fut, self.timeout)
+            return True
+        except asyncio.TimeoutError:
+            return self.connected.is_set()
+        finally:
+            with self.mutex:
+                self.connect_waiters.discard(entry)
 
     def session_id(self) -> int:
         cid = self.client.client_id
@@ -542,9 +566,16 @@ class _Core:
         with self.mutex:
             if node.reaping or node.expires is None or node.expires <= started:
                 return False  # ran out: the janitor deletes it (or did)
+            # Stretched before asking, so the janitor cannot delete the node while the answer is on
+            # its way (we would then report a lease that no longer exists as extended).
             previous = node.expires
             node.expires = max(previous, started + ttl_ms / 1000.0)
-        stat = yield _Call("exists", (node.path,))
+        try:
+            stat = yield _Call("exists", (node.path,))
+        except BaseException:
+            with self.mutex:  # not extended after all: the lease ends when it would have
+                node.expires = previous
+            raise
         if stat is None or int(stat.ephemeralOwner) != node.session or node.session != self.session_id():
             self.forget(k, node)
             return False
@@ -731,13 +762,16 @@ def _stop_client(client: Any) -> None:
 
 
 def _run_sync(core: _Core, steps: Steps[T], what: str) -> T:
-    """Drive ``steps`` with blocking kazoo calls, each bounded by ``core.timeout``."""
+    """Drive ``steps`` with blocking kazoo calls, each bounded by ``core.timeout``.
+
+    Errors go into the generator (so its cleanup runs, e.g. ``abandon`` handing its node to the
+    janitor) and come out translated. While disconnected, a request waits (bounded) for the
+    connection instead of being queued inside kazoo, where it could run much later.
+    """
     from kazoo.exceptions import KazooException
 
     core.ensure_started()
     with map_errors(what):
-        if not core.connected.is_set() and not core.connected.wait(core.timeout):
-            raise core.not_connected()
         reply: Any = None
         error: BaseException | None = None
         try:
@@ -748,13 +782,15 @@ def _run_sync(core: _Core, steps: Steps[T], what: str) -> T:
                     return stop.value  # type: ignore[no-any-return]
                 reply, error = None, None
                 try:
+                    if not core.connected.is_set() and not core.connected.wait(core.timeout):
+                        raise core.not_connected()
                     if isinstance(op, _Watch):
                         reply = _watch_sync(core, op)
                     else:
                         reply = getattr(core.client, op.method + "_async")(*op.args, **op.kwargs).get(
                             timeout=core.timeout
                         )
-                except (KazooException, OSError, core.client.handler.timeout_exception) as err:
+                except (KazooException, OSError, BackendUnavailable, core.client.handler.timeout_exception) as err:
                     error = err
         finally:
             steps.close()
@@ -782,15 +818,12 @@ def _watch_sync(core: _Core, op: _Watch) -> bool:
 
 
 async def _run_async(core: _Core, steps: Steps[T], what: str) -> T:
-    """Drive ``steps`` with kazoo's async results bridged to asyncio futures (no thread blocks)."""
+    """Drive ``steps`` with kazoo's async results bridged to asyncio futures (no thread blocks);
+    otherwise exactly as ``_run_sync``."""
     from kazoo.exceptions import KazooException
 
     core.ensure_started()
     with map_errors(what):
-        if not core.connected.is_set():
-            # rare (first use, outage): a worker thread waits on the flag, the loop stays free
-            if not await asyncio.to_thread(core.connected.wait, core.timeout):
-                raise core.not_connected()
         reply: Any = None
         error: BaseException | None = None
         try:
@@ -801,15 +834,22 @@ async def _run_async(core: _Core, steps: Steps[T], what: str) -> T:
                     return stop.value  # type: ignore[no-any-return]
                 reply, error = None, None
                 try:
+                    if not core.connected.is_set() and not await core.wait_connected():
+                        raise core.not_connected()
                     if isinstance(op, _Watch):
                         reply = await _watch_async(core, op)
                     else:
                         ares = getattr(core.client, op.method + "_async")(*op.args, **op.kwargs)
                         reply = await asyncio.wait_for(_future(ares), core.timeout)
-                except (KazooException, OSError) as err:
+                except (KazooException, OSError, BackendUnavailable, asyncio.TimeoutError) as err:
                     error = err
         finally:
             steps.close()
+
+
+def _settle_none(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _future(ares: Any) -> asyncio.Future[Any]:
