@@ -247,6 +247,22 @@ def test_every_command_of_the_minimal_acl_is_needed(acl_server: EmbeddedRedis, n
     assert "Redis ACL" in str(rejected[0]), "the message points at the ACL documentation"
 
 
+def test_wait_replicas_needs_the_wait_command_too(acl_server: EmbeddedRedis, name: str) -> None:
+    # The ACL server has no replica, so WAIT itself answers 0: refused grant, not a permission error.
+    # (redis-py checks a pipeline's scripts with SCRIPT EXISTS first, hence that one too.)
+    set_user(acl_server, "fl-wait", [*minimal_acl(), "+wait", "+script|exists"])
+    set_user(acl_server, "fl-nowait", [*minimal_acl(), "+script|exists"])
+    for user, expected in (("fl-wait", "0 of 1 replica"), ("fl-nowait", "no permissions to run the 'wait'")):
+        client = user_client(acl_server, user)
+        try:
+            backend = fencelock.RedisBackend(client, wait_replicas=1, wait_timeout=0.05)
+            with pytest.raises(fencelock.BackendRejected, match=expected):
+                fencelock.Lock(name, backend).acquire(timeout=0)
+            assert fencelock.Lock(name, client).inspect() is None, "no grant left behind"
+        finally:
+            client.close()
+
+
 def test_a_user_without_evalsha_gets_a_clear_error_at_first_use(acl_server: EmbeddedRedis, name: str) -> None:
     set_user(acl_server, "fl-noeval", [*minimal_acl(without="evalsha"), "-eval"])
     client = user_client(acl_server, "fl-noeval")
