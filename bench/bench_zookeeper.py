@@ -97,6 +97,9 @@ def uncontended(hosts: str, seconds: float, rounds: int) -> dict[str, float]:
 
 
 def _worker(kind: str, hosts: str, ready: Any, go: Any, seconds: float, work: float, out: Any) -> None:
+    import logging
+
+    logging.getLogger("kazoo").setLevel(logging.ERROR)
     waits: list[float] = []
     if kind == "fencelock":
         import fencelock
@@ -172,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.seconds <= 10 or not 1 <= args.rounds <= 3 or not 1 <= args.workers <= 8:
         parser.error("keep the run bounded: --seconds in (0, 10], --rounds 1..3, --workers 1..8")
 
+    import logging
+
     from srv_zookeeper import ZooKeeperServer
+
+    logging.getLogger("kazoo").setLevel(logging.ERROR)  # its reconnect chatter at shutdown
 
     directory = Path(tempfile.mkdtemp(prefix="fl-zk-bench-"))
     server = ZooKeeperServer(directory)

@@ -40,6 +40,13 @@ def wait_until(predicate: Any, timeout: float, step: float = 0.01) -> bool:
     return bool(predicate())
 
 
+def zkb(lock: fencelock.Lock) -> ZooKeeperBackend:
+    """The lock's backend, typed: the ZooKeeper one."""
+    backend = lock.backend
+    assert isinstance(backend, ZooKeeperBackend)
+    return backend
+
+
 @pytest.fixture
 def zk(zookeeper_server: ZooKeeperLockServer) -> ZooKeeperLockServer:
     return zookeeper_server
@@ -134,7 +141,7 @@ def proxied_url(proxy: TcpProxy, session_timeout: float) -> str:
 def record_events(lock: fencelock.Lock, lease: fencelock.Lease) -> list[str]:
     """Subscribe to the backend's own session events for ``lease`` (beside the lease's)."""
     events: list[str] = []
-    lock.backend.watch_loss(lease.name, lease.token, lambda state, reason: events.append(state))
+    zkb(lock).watch_loss(lease.name, lease.token, lambda state, reason: events.append(state))
     return events
 
 
@@ -151,7 +158,7 @@ def test_session_expiry_while_holding_frees_the_lock_and_tells_the_holder(zk: Zo
     assert contender.try_acquire() is None
     # Expire the session the way kazoo's own test harness does: a second client takes over the
     # session (same id and password) and closes it; ZooKeeper deletes its ephemeral nodes.
-    session_id, password = holder_lock.backend.client.client_id
+    session_id, password = zkb(holder_lock).client.client_id
     thief = KazooClient(hosts=zk.hosts, client_id=(session_id, password), timeout=2)
     thief.start(timeout=10)
     thief.stop()
@@ -177,7 +184,7 @@ def test_short_connection_loss_puts_the_lease_in_doubt_then_back(
     lock = fencelock.Lock(name, proxied_url(proxy, session_timeout=6), ttl=6)
     lease = lock.acquire(timeout=10)
     events = record_events(lock, lease)
-    session_before = lock.backend.client.client_id[0]
+    session_before = zkb(lock).client.client_id[0]
     proxy.cut()
     try:
         assert wait_until(lambda: lease.in_doubt is not None, 10), "SUSPENDED must put the lease in doubt"
@@ -189,7 +196,7 @@ def test_short_connection_loss_puts_the_lease_in_doubt_then_back(
         proxy.restore()
     # reconnected within the session timeout: same session, same node, the lease holds again
     assert wait_until(lambda: lease.in_doubt is None and lease.held, 10)
-    assert lock.backend.client.client_id[0] == session_before
+    assert zkb(lock).client.client_id[0] == session_before
     assert events[:1] == ["doubt"] and "held" in events and "lost" not in events
     assert not lease.lost
     lease.extend()
@@ -244,7 +251,7 @@ def test_a_waiter_cut_off_leaves_no_node_behind_once_it_reconnects(
     t = threading.Thread(target=wait)
     t.start()
     assert wait_until(lambda: len(zk.children(name)) == 2, 10), "the waiter is queued"
-    session = waiter_lock.backend.client.client_id[0]
+    session = zkb(waiter_lock).client.client_id[0]
     proxy.cut()
     try:
         t.join(30)
@@ -255,7 +262,7 @@ def test_a_waiter_cut_off_leaves_no_node_behind_once_it_reconnects(
         proxy.restore()
     # ...and once it is back, the janitor deletes the node it left in the queue
     assert wait_until(lambda: len(zk.children(name)) == 1, 15)
-    cid = waiter_lock.backend.client.client_id
+    cid = zkb(waiter_lock).client.client_id
     assert cid is not None and cid[0] == session, "same session: ZooKeeper did not delete the node for us"
     holder.release()
     third = fencelock.Lock(name, zk.url, ttl=5)
@@ -308,7 +315,7 @@ def test_holder_paused_past_its_session_learns_it_lost_before_writing(zk: ZooKee
 
 def test_max_lease_is_the_session_timeout(zk: ZooKeeperLockServer, name: str) -> None:
     lock = fencelock.Lock(name, zk.url_with(session_timeout=2), ttl=60)
-    assert lock.backend.max_lease == 2
+    assert zkb(lock).max_lease == 2
     assert lock.ttl == 2, "a lease cannot be vouched for past its session"
     lock.close()
 
@@ -318,7 +325,7 @@ def test_unrenewed_lease_frees_the_lock_while_the_session_lives(zk: ZooKeeperLoc
     lease = lock.acquire(timeout=5)
     assert wait_until(lambda: not zk.children(name), 10), "the janitor deletes the node of an ended lease"
     assert lease.lost
-    assert lock.backend.client.connected, "the session itself is fine"
+    assert zkb(lock).client.connected, "the session itself is fine"
     lock.close()
 
 
@@ -464,7 +471,7 @@ def test_a_users_own_kazoo_client_is_used_and_never_stopped(zk: ZooKeeperLockSer
     client.start(timeout=10)
     try:
         lock = fencelock.Lock(name, client, ttl=5)
-        assert lock.backend.client is client
+        assert zkb(lock).client is client
         with lock as lease:
             assert zk.children(name)
             info = lock.inspect()
@@ -611,7 +618,7 @@ def test_digest_credentials_protect_the_lock_nodes(zk: ZooKeeperLockServer, name
     root = f"/fl-auth-{uuid.uuid4().hex[:8]}"  # its own root: the ACL must not reach other tests' nodes
     good = fencelock.Lock(name, f"zk://alice:s3cret@{zk.hosts}/?root={root}", ttl=5)
     with good as lease:
-        acl, _ = good.backend.client.get_acls(f"{root}/{encode_name(name)}")
+        acl, _ = zkb(good).client.get_acls(f"{root}/{encode_name(name)}")
         assert [a.id.scheme for a in acl] == ["digest"] and acl[0].id.id.startswith("alice:")
         intruder = fencelock.Lock(name, f"zk://alice:wrong@{zk.hosts}/?root={root}", ttl=5)
         with pytest.raises(fencelock.BackendRejected, match="permission"):

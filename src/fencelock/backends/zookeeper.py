@@ -323,6 +323,8 @@ class _Core:
         self.timeout = timeout
         self.owns_client = owns_client
         self.acl = acl
+        # the timeout we ask the server for (kazoo has no public accessor, nor one for the
+        # negotiated value: see "Assumptions" above)
         self.session_timeout = float(client._session_timeout) / 1000.0
         self.mutex = threading.Lock()
         self.nodes: dict[tuple[str, str], _Node] = {}
