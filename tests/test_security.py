@@ -249,9 +249,9 @@ def test_every_command_of_the_minimal_acl_is_needed(acl_server: EmbeddedRedis, n
 
 def test_wait_replicas_needs_the_wait_command_too(acl_server: EmbeddedRedis, name: str) -> None:
     # The ACL server has no replica, so WAIT itself answers 0: refused grant, not a permission error.
-    # (redis-py checks a pipeline's scripts with SCRIPT EXISTS first, hence that one too.)
-    set_user(acl_server, "fl-wait", [*minimal_acl(), "+wait", "+script|exists"])
-    set_user(acl_server, "fl-nowait", [*minimal_acl(), "+script|exists"])
+    # set_user flushes the scripts, so the NOSCRIPT reload path runs here too.
+    set_user(acl_server, "fl-wait", [*minimal_acl(), "+wait"])
+    set_user(acl_server, "fl-nowait", minimal_acl())
     for user, expected in (("fl-wait", "0 of 1 replica"), ("fl-nowait", "no permissions to run the 'wait'")):
         client = user_client(acl_server, user)
         try:

@@ -144,11 +144,23 @@ class AsyncRedisBackend:
         """Run ``script`` then ``WAIT`` in one pipeline: WAIT counts only the writes sent on its own
         connection, so both must travel on the same one. Raises ``ReplicationUnconfirmed`` when a
         grant (a reply carrying a fence) was acknowledged by too few replicas."""
+        from redis.exceptions import NoScriptError
+
         with map_errors(what):
-            pipe = self.client.pipeline(transaction=False)
-            await script(keys=keys, args=args, client=pipe)
-            pipe.wait(self.wait_replicas, self._wait_ms)
-            reply, acked = await pipe.execute()
+            for attempt in (1, 2):
+                # EVALSHA queued by hand: a Script given a pipeline would add a SCRIPT EXISTS round
+                # trip (and ACL permission) to every grant. A server without the script (restart,
+                # flush) answers NOSCRIPT: load it once and send again.
+                pipe = self.client.pipeline(transaction=False)
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.wait(self.wait_replicas, self._wait_ms)
+                try:
+                    reply, acked = await pipe.execute()
+                    break
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+                    await self.client.script_load(script.script)
         granted = reply is not None and (not isinstance(reply, list) or int(reply[0]) == 1)
         if granted and int(acked) < self.wait_replicas:
             raise ReplicationUnconfirmed(key, int(acked), self.wait_replicas, self._wait_ms / 1000)
