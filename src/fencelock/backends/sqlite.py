@@ -244,8 +244,8 @@ class Doorbells:
 
     A waiter listens on the abstract unix datagram socket ``\\0fencelock-wake-<token>`` while it
     waits; ``ring(token)`` sends it one byte. Abstract names need no file and disappear when their
-    socket is closed or the process dies. Anyone on the host could ring: a spurious ring only causes
-    one extra look at the lock.
+    socket is closed or the process dies. Anyone on the host could ring: a spurious ring only costs
+    one refused attempt.
     """
 
     enabled = sys.platform.startswith("linux")
