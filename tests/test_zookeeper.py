@@ -493,6 +493,37 @@ def test_a_users_client_that_was_never_started_is_a_clear_error(zk: ZooKeeperLoc
     assert not client.connected, "we never start (or stop) a user's client"
 
 
+def test_a_forked_child_gets_its_own_client_for_the_same_url(zk: ZooKeeperLockServer, name: str) -> None:
+    lock = fencelock.Lock(name, zk.url, ttl=5)
+    lease = lock.acquire(timeout=10)
+    pid = os.fork()
+    if pid == 0:  # child: the parent's client has no threads here; a new one must be made
+        code = 3
+        try:
+            child = fencelock.Lock(name + ":child", zk.url, ttl=5)
+            code = 1 if zkb(child).client is zkb(lock).client else 0
+            if code == 0:
+                with child:
+                    pass
+                code = 2 if fencelock.Lock(name, zk.url, ttl=5).try_acquire() is not None else 0
+        finally:
+            os._exit(code)
+    status = 0
+    for _ in range(3000):  # bounded: 30 s
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(status) == 0, "own client; locks work; the parent's lock is still held"
+    assert lease.held
+    lease.release()
+    lock.close()
+
+
 # -- asyncio -----------------------------------------------------------------------------------
 
 

@@ -735,11 +735,11 @@ class _Core:
     def shutdown(self, from_gc: bool = False) -> None:
         """Stop the janitor and our listener; stop the client only if it is ours (which closes
         its session, so ZooKeeper deletes its nodes at once)."""
+        if os.getpid() != self.pid:
+            return  # a forked child: the client, its threads, session and our locks are the parent's
         with self.cv:
             self.closed = True
             self.cv.notify_all()
-        if os.getpid() != self.pid:
-            return  # a forked child: the client's threads and session belong to the parent
         self.client.remove_listener(self.on_state)
         if not self.owns_client:
             return
@@ -973,6 +973,18 @@ def _detach_core(key: tuple[Any, ...], core: _Core, from_gc: bool) -> None:
         finally:
             _cores_owner = 0
     core.shutdown(from_gc)
+
+
+def _after_fork_in_child() -> None:
+    # The parent's cores stay the parent's (their keys carry its pid, their shutdown does nothing in
+    # a child); a lock another thread held at fork time would never be released here.
+    global _cores_mutex, _cores_owner
+    _cores_mutex = threading.Lock()
+    _cores_owner = 0
+    _cores.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _detach_from_gc(key: tuple[Any, ...], core: _Core) -> None:
