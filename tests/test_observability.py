@@ -251,5 +251,4 @@ def test_log_records_carry_name_and_fence_and_never_the_token(
             assert token not in everything, f"token leaked in {message!r}"
         assert repr(name) in message, message
         assert any(f"fence={f}" in message for f in fences), message
-    holder_records = [m for m in messages if "acquired" in m or " lost: " in m]
-    assert holder_records and all("holder=obs-holder" in m for m in holder_records)
+    assert messages and all("holder=obs-holder" in m for m in messages), "every record names the holder"

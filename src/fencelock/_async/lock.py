@@ -328,7 +328,7 @@ class AsyncLease:
         backend = self._lock._backend
         # Shielded: a cancellation while the release is in flight must not leave the key behind.
         ok = await _compat.shielded(lambda: backend.release(self.name, self.token))
-        log.debug("released %r fence=%d ok=%s", self.name, self.fence, ok)
+        log.debug("released %r fence=%d holder=%s ok=%s", self.name, self.fence, self._lock._params.label, ok)
         if not ok:
             reason = was_lost or "expired before release; the lock was not ours any more, so nothing was deleted"
             if was_lost is None:
@@ -407,7 +407,13 @@ class AsyncLease:
             self._mark_lost(reason or "the backend session ended")
         elif state == "doubt":
             self._doubt = reason or "the connection to the lock server is suspended"
-            log.warning("lease on %r fence=%d in doubt: %s", self.name, self.fence, self._doubt)
+            log.warning(
+                "lease on %r fence=%d holder=%s in doubt: %s",
+                self.name,
+                self.fence,
+                self._lock._params.label,
+                self._doubt,
+            )
         elif state == "held":
             self._doubt = None
 
@@ -427,7 +433,9 @@ class AsyncLease:
             try:
                 callback(self)
             except Exception:
-                log.exception("on_lost callback for %r raised", self.name)
+                log.exception(
+                    "on_lost callback for %r fence=%d holder=%s raised", self.name, self.fence, self._lock._params.label
+                )
         # Last, so that whoever wakes on the event finds the callback already done.
         with self._mutex:
             event = self._lost_event
@@ -466,7 +474,9 @@ async def _renew_loop(ref: Callable[[], AsyncLease | None], stopper: _compat.Asy
         try:
             ok = await lease._lock._backend.extend(lease.name, lease.token, params.ttl_ms)
         except BackendError as err:
-            log.warning("renewing %r fence=%d failed, will retry: %s", lease.name, lease.fence, err)
+            log.warning(
+                "renewing %r fence=%d holder=%s failed, will retry: %s", lease.name, lease.fence, params.label, err
+            )
             instruments.renewed(lease.name, "error")
             next_due = max(0.001, min(interval / 4, lease._deadline - clock()))
             del lease
