@@ -30,6 +30,7 @@ import pytest
 
 import fencelock
 from fencelock import aio
+from fencelock.backends import sqlite as sqlite_backend
 from fencelock.backends.sqlite import (
     BACKOFF_CAP,
     HEAD_CAP,
@@ -137,7 +138,8 @@ def test_resolver_gives_the_async_backend_to_aio(db: Path) -> None:
 # -- leases, fences, labels --------------------------------------------------------------------
 
 
-def test_inspect_shows_label_fence_and_waiters_never_the_token(db: Path) -> None:
+def test_inspect_shows_label_fence_and_waiters_never_the_token(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_backend, "REGISTRATION", 60.0)  # the queued waiter stays live
     url = url_of(db)
     lock = fencelock.Lock("job", url, ttl=30, label="worker-7")
     lease = lock.acquire()
@@ -232,7 +234,25 @@ def test_a_deadline_further_ahead_than_its_ttl_counts_as_expired(db: Path) -> No
     after_reboot.close()
 
 
-def test_newcomer_cannot_barge_past_a_live_waiter_and_a_dead_waiter_loses_its_turn(db: Path) -> None:
+def test_newcomer_cannot_barge_past_a_live_waiter(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_backend, "REGISTRATION", 60.0)  # the waiter stays live all test long
+    holder, waiter = SqliteBackend(db), SqliteBackend(db)
+    assert holder.try_acquire("job", "h" * 32, 30_000, "holder", False).fence is not None
+    assert waiter.try_acquire("job", "w" * 32, 30_000, "waiter", True).fence is None  # queued
+    assert holder.release("job", "h" * 32)
+    newcomer = fencelock.Lock("job", url_of(db), ttl=30)
+    assert newcomer.try_acquire() is None, "the lock is free, but a live waiter came first"
+    assert waiter.try_acquire("job", "w" * 32, 30_000, "waiter", True).fence is not None
+    assert waiter.release("job", "w" * 32)
+    lease = newcomer.try_acquire()
+    assert lease is not None, "nobody waits any more"
+    lease.release()
+    for b in (holder, waiter):
+        b.close()
+    newcomer.close()
+
+
+def test_a_dead_waiter_loses_its_turn(db: Path) -> None:
     holder = SqliteBackend(db)
     assert holder.try_acquire("job", "h" * 32, 30_000, "holder", False).fence is not None
     ghost = SqliteBackend(db)  # queues, then never polls again (as if killed)
@@ -242,17 +262,18 @@ def test_newcomer_cannot_barge_past_a_live_waiter_and_a_dead_waiter_loses_its_tu
     assert ghost_alive <= time.monotonic() + REGISTRATION
     assert holder.release("job", "h" * 32)
     newcomer = fencelock.Lock("job", url_of(db), ttl=30)
-    assert newcomer.try_acquire() is None, "the lock is free, but a live waiter came first"
     lease = newcomer.acquire(timeout=60)
-    assert time.monotonic() >= ghost_alive  # not before the ghost's turn lapsed
-    assert holder.inspect("job") is not None and holder.inspect("job").waiters == 0  # type: ignore[union-attr]
+    assert time.monotonic() >= ghost_alive, "not before the ghost's turn lapsed"
+    info = holder.inspect("job")
+    assert info is not None and info.waiters == 0, "the ghost was dropped from the queue"
     lease.release()
     for b in (holder, ghost):
         b.close()
     newcomer.close()
 
 
-def test_release_rings_the_first_waiters_doorbell(db: Path) -> None:
+def test_release_rings_the_first_waiters_doorbell(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_backend, "REGISTRATION", 60.0)  # waiters that do not poll stay live
     holder, first, second = SqliteBackend(db), SqliteBackend(db), SqliteBackend(db)
     assert holder.try_acquire("job", "h" * 32, 30_000, "h", False).fence is not None
     assert first.try_acquire("job", "1" * 32, 30_000, "1", True).fence is None
