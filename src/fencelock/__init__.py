@@ -22,6 +22,7 @@ from ._errors import (
     LeaseLost,
     LockTimeout,
     NotHeld,
+    ReplicationUnconfirmed,
     StaleFence,
 )
 from ._sync.lock import Lease, Lock
@@ -48,6 +49,7 @@ __all__ = [
     "LockTimeout",
     "NotHeld",
     "RedisBackend",
+    "ReplicationUnconfirmed",
     "StaleFence",
     "__version__",
 ]

@@ -11,6 +11,7 @@
           ├── BackendUnavailable                the server could not be reached within the bounded time
           ├── AuthenticationFailed              the server refused our credentials
           └── BackendRejected                   the server answered, but refused the command (ACL, read-only...)
+               └── ReplicationUnconfirmed       Redis granted, but too few replicas acknowledged (wait_replicas)
 
 Why one root: callers catch ``FenceLockError`` and know they caught only ours. Why no ``False`` for a
 down server: ``False`` looks like contention, and a caller that retries on contention would spin
@@ -31,6 +32,7 @@ __all__ = [
     "LeaseLost",
     "LockTimeout",
     "NotHeld",
+    "ReplicationUnconfirmed",
     "StaleFence",
 ]
 
@@ -110,3 +112,21 @@ class AuthenticationFailed(BackendError):
 
 class BackendRejected(BackendError):
     """The backend answered but refused the command (missing ACL permission, read-only replica...)."""
+
+
+class ReplicationUnconfirmed(BackendRejected):
+    """The master granted the lock, but fewer replicas than asked acknowledged it in time: a failover
+    now could lose the lock (and hand it to a second owner), so the grant is given up."""
+
+    def __init__(self, name: str, acked: int, wanted: int, timeout: float) -> None:
+        super().__init__(name, acked, wanted, timeout)
+        self.name = name
+        self.acked = acked
+        self.wanted = wanted
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return (
+            f"lock {self.name!r}: only {self.acked} of {self.wanted} replica(s) acknowledged the grant "
+            f"within {self.timeout:g} s (WAIT); the lock was given up, since a failover could lose it"
+        )

@@ -47,6 +47,7 @@ from .._errors import (
     BackendRejected,
     BackendUnavailable,
     ConfigurationError,
+    ReplicationUnconfirmed,
 )
 
 __all__ = [
@@ -274,24 +275,6 @@ _OUR_PARAMS = {"prefix", "wait_replicas", "wait_timeout"}
 
 DEFAULT_WAIT_TIMEOUT = 1.0
 """Seconds a grant waits for ``wait_replicas`` acknowledgements (``WAIT``) when none is given."""
-
-
-class ReplicationUnconfirmed(BackendRejected):
-    """The master granted the lock, but fewer replicas than asked acknowledged it in time: a failover
-    now could lose the lock (and hand it to a second owner), so the grant is given up."""
-
-    def __init__(self, name: str, acked: int, wanted: int, timeout: float) -> None:
-        super().__init__(name, acked, wanted, timeout)
-        self.name = name
-        self.acked = acked
-        self.wanted = wanted
-        self.timeout = timeout
-
-    def __str__(self) -> str:
-        return (
-            f"lock {self.name!r}: only {self.acked} of {self.wanted} replica(s) acknowledged the grant "
-            f"within {self.timeout:g} s (WAIT); the lock was given up, since a failover could lose it"
-        )
 
 
 def check_wait_replicas(client: Any, replicas: Any, timeout: Any) -> tuple[int, int]:
