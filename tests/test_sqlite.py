@@ -661,7 +661,7 @@ def _hold_write_lock(path: Path) -> sqlite3.Connection:
 
 def test_database_locked_past_the_busy_timeout_is_a_clear_error_within_bounded_time(db: Path) -> None:
     _make_db(db)
-    lock = fencelock.Lock("job", url_of(db, busy_timeout="0.2"), ttl=5)
+    lock = fencelock.Lock("job", url_of(db, busy_timeout="0.2"), ttl=60)  # outlives any stall
     lease = lock.acquire()
     other = _hold_write_lock(db)
     outcome: list[BaseException | None] = []
