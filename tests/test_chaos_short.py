@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fencelock_chaos.checker import Storage
 from fencelock_chaos.runner import RunResult, Settings, Verdict, postgres, run_scenario
 from fencelock_chaos.scenarios import SCENARIOS, Scenario
 from fencelock_chaos.servers import Postgres
@@ -54,7 +55,7 @@ def test_scenario_verdicts(scenario: Scenario, pg: Postgres, tmp_path: Path) -> 
 
 
 def test_verdict_fails_a_fencing_off_run_that_shows_nothing() -> None:
-    empty = RunResult("x", False, [], [], [], __import__("fencelock_chaos.checker").checker.Storage(), {}, 0, 1, 0.0)
+    empty = RunResult("x", False, [], [], [], Storage(), {}, 0, 1, 0.0)
     v = Verdict("x", "1", "t", frozenset({"fence-order"}), on=empty, off=empty)
     assert v.ok_on and not v.ok_off and not v.passed
     assert Verdict("x", "1", "t", frozenset(), on=empty, off=empty).passed

@@ -271,6 +271,22 @@ class Run:
                              lambda e: e.proc == proc and e.op == "write" and e.file == file
                              and e.type in ("ok", "fail", "unknown"), timeout)
 
+    def ensure_not_written(self, proc: str, file: str) -> None:
+        """The fault must strike before ``proc``'s write: if its write already has a result (the
+        machine was too slow for the hook's margin), say so instead of passing vacuously."""
+        for e in self.events():
+            if e.proc == proc and e.op == "write" and e.file == file and e.type != "invoke":
+                raise ScenarioError(f"struck too late: {proc}'s write on {file} had already ended ({e.type})")
+
+    def ensure_successor_first(self, successor: str, stale: str, file: str) -> None:
+        """The successor's write must have ended before the stale holder's (what the scenario
+        arranges); if the machine was too slow for that, say so instead of passing vacuously."""
+        evs = self.events()
+        ok = [e.t for e in evs if e.proc == successor and e.op == "write" and e.file == file and e.type == "ok"]
+        res = [e.t for e in evs if e.proc == stale and e.op == "write" and e.file == file and e.type != "invoke"]
+        if not ok or not res or min(ok) > min(res):
+            raise ScenarioError(f"out of order: {successor}'s write on {file} did not end before {stale}'s")
+
     def wait_exit(self, proc: str, timeout: float | None = None) -> int | None:
         p = self.procs[proc]
         try:

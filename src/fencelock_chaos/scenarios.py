@@ -48,6 +48,12 @@ class Scenario:
     off_informational: bool = False
 
 
+def _hook(r: Run) -> float:
+    """How long a victim sits between its lease check and its write: past its lease, with room
+    for the successor's interpreter to start and take over on a loaded machine."""
+    return max(2.5 * r.s.ttl, r.s.ttl + 4.0)
+
+
 def _first_file(r: Run) -> str:
     return sorted(r.produced)[0]
 
@@ -55,9 +61,10 @@ def _first_file(r: Run) -> str:
 def sigstop_holder(r: Run) -> None:
     """1. A (renewing) is frozen with SIGSTOP after its lease check, past its lease; B takes the
     file over and finishes it; A is resumed and goes on to write with its old fence."""
-    r.consumer("A", pause_before_write=1.0, max_files=1)
+    r.consumer("A", pause_before_write=2.0, max_files=1)
     f = r.wait_window("A").file
     r.sigstop("A")
+    r.ensure_not_written("A", f)
     r.consumer("B")
     r.wait_op("B", "write", "ok", f)
     time.sleep(r.s.ttl / 2)
@@ -69,12 +76,14 @@ def sigstop_holder(r: Run) -> None:
 def pause_check_then_write(r: Run) -> None:
     """2. A (no renewal: the post's fixed lease) passes ``ensure_held()``, then stalls in the test
     hook between the check and the write for two TTLs; B takes over; A writes anyway."""
-    r.consumer("A", renew=False, pause_before_write=2.5 * r.s.ttl, max_files=1)
+    r.consumer("A", renew=False, pause_before_write=_hook(r), max_files=1)
     f = r.wait_window("A").file
-    r.faults.start("hook-pause", "A", f"--pause-before-write {2.5 * r.s.ttl:g}s after ensure_held()")
+    r.ensure_not_written("A", f)
+    r.faults.start("hook-pause", "A", f"--pause-before-write {_hook(r):g}s after ensure_held()")
     r.consumer("B")
     r.wait_op("B", "write", "ok", f)
     r.wait_write_result("A", f)
+    r.ensure_successor_first("B", "A", f)
     r.faults.end("hook-pause", "A")
     r.wait_all()
 
@@ -83,14 +92,16 @@ def delayed_db_write(r: Run) -> None:
     """3. A's database link goes through the proxy; right after A's lease check the proxy stalls
     A's traffic to PostgreSQL for two TTLs, so its write lands after its (non-renewed) lease."""
     proxy, db = r.db_proxy("A-db")
-    r.consumer("A", db_url=db, renew=False, pause_before_write=0.5, max_files=1)
+    r.consumer("A", db_url=db, renew=False, pause_before_write=1.5, max_files=1)
     f = r.wait_window("A").file
-    stall = 2 * r.s.ttl + 1
+    stall = _hook(r) + 1
     proxy.stall(stall)
+    r.ensure_not_written("A", f)
     r.faults.start("db-delay", "A", f"proxy holds A's PostgreSQL traffic for {stall:g}s")
     r.consumer("B")
     r.wait_op("B", "write", "ok", f)
     res = r.wait_write_result("A", f)
+    r.ensure_successor_first("B", "A", f)
     r.faults.end("db-delay", "A", f"A's write: {res.type}; proxy delayed {proxy.stats.delayed_chunks} chunks")
     if proxy.stats.delayed_chunks == 0:
         raise ScenarioError("the proxy delayed nothing: A's write did not go through it")
@@ -101,13 +112,15 @@ def cut_from_lock_server(r: Run) -> None:
     """4. A's lock link goes through the proxy; after A's lease check the proxy blackholes it, so
     A's renewals vanish and its lease runs out, while A still reaches the database."""
     proxy, lock = r.lock_proxy("A-lock")
-    r.consumer("A", lock_url=lock, pause_before_write=2.5 * r.s.ttl, max_files=1)
+    r.consumer("A", lock_url=lock, pause_before_write=_hook(r), max_files=1)
     f = r.wait_window("A").file
     proxy.blackhole()
+    r.ensure_not_written("A", f)
     r.faults.start("partition", "A", "A <-> lock server blackholed (proxy), database reachable")
     r.consumer("B")
     r.wait_op("B", "write", "ok", f)
     r.wait_write_result("A", f)
+    r.ensure_successor_first("B", "A", f)
     proxy.heal()
     r.faults.end("partition", "A", f"healed; {proxy.stats.dropped_bytes} bytes swallowed")
     if proxy.stats.dropped_bytes == 0:
@@ -118,7 +131,7 @@ def cut_from_lock_server(r: Run) -> None:
 def pause_lock_server(r: Run) -> None:
     """5. The lock server is frozen (SIGSTOP) for two TTLs while A holds a lease and writes."""
     assert r.redis is not None and r.redis.pid is not None
-    r.consumer("A", pause_before_write=1.0, max_files=1)
+    r.consumer("A", pause_before_write=2.0, max_files=1)
     f = r.wait_window("A").file
     from .runner import _wait_state
 
@@ -138,7 +151,7 @@ def pause_lock_server(r: Run) -> None:
 def pexpire_lock_key(r: Run) -> None:
     """6. The lock key expires early on the server (``PEXPIRE key 1`` from outside: what a jump of
     the server's clock does), while A is between its check and its write; B takes the file."""
-    r.consumer("A", pause_before_write=2.5 * r.s.ttl, max_files=1)
+    r.consumer("A", pause_before_write=_hook(r), max_files=1)
     f = r.wait_window("A").file
     admin = r.admin()
     try:
@@ -148,9 +161,11 @@ def pexpire_lock_key(r: Run) -> None:
     r.faults.point("pexpire", "lock-server", f"PEXPIRE {r.lock_keys(f).lock} 1 -> {ok}")
     if not ok:
         raise ScenarioError("PEXPIRE found no lock key to expire")
+    r.ensure_not_written("A", f)
     r.consumer("B")
     r.wait_op("B", "write", "ok", f)
     r.wait_write_result("A", f)
+    r.ensure_successor_first("B", "A", f)
     r.wait_all()
 
 
@@ -181,7 +196,7 @@ def _restart(r: Run, snapshot: bool) -> None:
         finally:
             admin.close()
         r.notes.append("snapshot taken after one earlier lease on every file")
-    r.consumer("A", pause_before_write=2.5 * r.s.ttl, max_files=1)
+    r.consumer("A", pause_before_write=_hook(r), max_files=1)
     inv = r.wait_window("A")
     f = inv.file
     fence_key = r.lock_keys(f).fence
@@ -201,9 +216,11 @@ def _restart(r: Run, snapshot: bool) -> None:
                    f"fence counter of {f} now {after!r}, A holds fence {inv.fence}")
     if not snapshot and after is not None:
         raise ScenarioError("the restarted server still had the fence counter: not an empty restart")
+    r.ensure_not_written("A", f)
     r.consumer("B")
     r.wait_op("B", "write", "ok", f)
     r.wait_write_result("A", f)
+    r.ensure_successor_first("B", "A", f)
     r.wait_all()
 
 
@@ -221,20 +238,23 @@ def restart_snapshot(r: Run) -> None:
 def sigkill_consumer(r: Run) -> None:
     """8. A is killed (SIGKILL) mid-file, before its write; C is killed between its commit and the
     archive of its file; B then finishes everything, C's file a second time."""
-    r.consumer("A", pause_before_write=1.0, max_files=1)
-    r.wait_window("A")
+    r.consumer("A", pause_before_write=2.0, max_files=1)
+    fa = r.wait_window("A").file
     r.sigkill("A", "mid-file (after the lease check, before the write)")
-    r.consumer("C", pause_before_archive=1.5, max_files=1)
+    r.ensure_not_written("A", fa)
+    r.consumer("C", pause_before_archive=2.5, max_files=1)
     ok = r.wait_for("C write ok", lambda e: e.proc == "C" and e.op == "write" and e.type == "ok")
     r.sigkill("C", f"between the commit of {ok.file} and its archive")
+    if not (r.share / ok.file).exists():
+        raise ScenarioError(f"struck too late: C had already archived {ok.file}")
     r.consumer("B")
     r.wait_all()
 
 
 def storage_race(r: Run) -> None:
-    """9. Two writers race at the storage with fences N and N' > N: the holder of N' opens its
-    transaction first and holds it; N's writer (its lease already over) arrives while N' is still
-    open and waits for it. The fence check must refuse N once N' commits."""
+    """9. Two writers race at the storage with fences N and N' > N: the holder of N' writes first and
+    holds its transaction open; N's writer (its lease already over) arrives while N' is still open
+    and waits on the same rows. The fence check must refuse N once N' commits."""
     from fencelock import Lock
 
     from .history import HistoryWriter
@@ -259,17 +279,20 @@ def storage_race(r: Run) -> None:
         hw2.record("acquire", "invoke", file=f)
         l2 = lock2.acquire()
         hw2.record("acquire", "ok", file=f, fence=l2.fence)
-        start = time.monotonic_ns() + int(1.5e9)  # both interpreters are up by then
+        staged = r.dir / "w2.staged"
         common = [sys.executable, "-m", "fencelock_chaos.standin", "write", "--share", str(r.share), "--file", f,
                   "--db", r.dsn, "--fencing" if r.fencing else "--no-fencing", "--via", r.kind()]
+        # w2 writes first and holds its transaction open for a second; w1 starts only once w2's write
+        # is in that open transaction (an ordering, not a timing: a slow machine cannot swap them)
         r.spawn("w2", [*common, "--fence", str(l2.fence), "--history", str(r.hist_dir / "w2.jsonl"),
-                       "--start-at", str(start), "--hold", "1.0", "--id", "w2"])
+                       "--staged-file", str(staged), "--hold", "1.0", "--id", "w2"])
         r.spawn("w1", [*common, "--fence", str(l1.fence), "--history", str(r.hist_dir / "w1.jsonl"),
-                       "--start-at", str(start + int(0.3e9)), "--id", "w1"])
-        r.faults.start("race", "w1", f"w2 (fence {l2.fence}) opens its transaction first and holds it 1 s; "
-                       f"w1 (fence {l1.fence}, lease over) writes 0.3 s later")
+                       "--after-file", str(staged), "--id", "w1"])
+        r.faults.start("race", "w1", f"w2 (fence {l2.fence}) writes first and holds its transaction 1 s; "
+                       f"w1 (fence {l1.fence}, lease over) writes once w2's rows are in")
         r.wait_write_result("w2", f)
         r.wait_write_result("w1", f)
+        r.ensure_successor_first("w2", "w1", f)
         r.faults.end("race", "w1")
         r.wait_all()
         hw2.record("release", "invoke", file=f, fence=l2.fence)
@@ -330,13 +353,15 @@ def zookeeper_session_expiry(r: Run) -> None:
         opts = f"?session_timeout={ZK_SESSION:g}&timeout=1"
         url_a = f"zk://127.0.0.1:{proxy.port}{opts}"
         url_b = f"zk://{zk.hosts}{opts}"
-        r.consumer("A", lock_url=url_a, pause_before_write=3.0 * r.s.ttl, max_files=1)
+        r.consumer("A", lock_url=url_a, pause_before_write=_hook(r) + 2, max_files=1)
         f = r.wait_window("A", timeout=60).file
         proxy.blackhole()
+        r.ensure_not_written("A", f)
         r.faults.start("partition", "A", "A <-> ZooKeeper blackholed past the session timeout")
         r.consumer("B", lock_url=url_b)
         r.wait_op("B", "write", "ok", f, timeout=60)
         r.wait_write_result("A", f, timeout=60)
+        r.ensure_successor_first("B", "A", f)
         proxy.heal()
         r.faults.end("partition", "A")
         r.wait_all()

@@ -176,7 +176,7 @@ class _Renewer:
 
 
 def _write(conn: Any, rows: Sequence[Row], file: str, fence: int, consumer: str, fencing_on: bool,
-           hold: float = 0.0) -> None:
+           hold: float = 0.0, staged: Path | None = None) -> None:
     """One transaction for the whole file: the fence check first, rows, ledger row, commit."""
     from fencelock import fencing
 
@@ -195,6 +195,8 @@ def _write(conn: Any, rows: Sequence[Row], file: str, fence: int, consumer: str,
                 "fence = excluded.fence, consumer = excluded.consumer",
                 (file, len(rows), sum(r[5] for r in rows), fence, consumer),
             )
+        if staged is not None:
+            staged.touch()
         if hold > 0:
             _sleep(hold)
 
@@ -335,13 +337,15 @@ def _process(path: Path, archive: Path, lease: Any, conn: Any, hist: Any, proc_i
 @click.option("--db", "db_url", required=True)
 @click.option("--history", type=click.Path(path_type=Path), required=True)
 @click.option("--fencing/--no-fencing", default=True)
-@click.option("--start-at", type=int, required=True, help="CLOCK_MONOTONIC ns at which to begin the write")
+@click.option("--after-file", type=click.Path(path_type=Path), help="begin the write once this file exists")
+@click.option("--staged-file", type=click.Path(path_type=Path),
+              help="create this file once the write is in the open transaction (before --hold and COMMIT)")
 @click.option("--hold", type=float, default=0.0, help="seconds to hold the transaction open before COMMIT")
 @click.option("--via", type=click.Choice(["demo", "standin"]), default="demo",
               help="whose write path: the demo's store (fencelock_demo.consumer.ingest) or the stand-in's")
 @click.option("--id", "proc_id", required=True)
-def write(share: Path, name: str, fence: int, db_url: str, history: Path, fencing: bool, start_at: int,
-          hold: float, via: str, proc_id: str) -> None:
+def write(share: Path, name: str, fence: int, db_url: str, history: Path, fencing: bool, after_file: Path | None,
+          staged_file: Path | None, hold: float, via: str, proc_id: str) -> None:
     """One fenced write of one file at a given instant (two of these race at the storage)."""
     from .history import HistoryWriter
 
@@ -358,6 +362,8 @@ def write(share: Path, name: str, fence: int, db_url: str, history: Path, fencin
 
             def run() -> None:
                 ingest(store, lambda: [data], name, fence, proc_id, check_fence=fencing)
+                if staged_file is not None:
+                    staged_file.touch()
                 if hold > 0:  # the transaction is open: the fence row and the ledger row are locked
                     _sleep(hold)
                 store.commit()
@@ -369,13 +375,15 @@ def write(share: Path, name: str, fence: int, db_url: str, history: Path, fencin
             conn = psycopg.connect(db_url, autocommit=True, connect_timeout=10)
 
             def run() -> None:
-                _write(conn, rows, name, fence, proc_id, fencing, hold=hold)
+                _write(conn, rows, name, fence, proc_id, fencing, hold=hold, staged=staged_file)
 
             closer = conn.close
         try:
-            wait = (start_at - time.monotonic_ns()) / 1e9
-            if 0 < wait < 60:
-                _sleep(wait)
+            if after_file is not None:
+                for _ in range(6000):  # at most 60 s
+                    if after_file.exists():
+                        break
+                    _sleep(0.01)
             hist.record("write", "invoke", file=name, fence=fence, rows=len(rows))
             try:
                 run()
