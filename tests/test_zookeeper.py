@@ -422,6 +422,39 @@ def test_waiters_in_other_processes_are_served_in_arrival_order(zk: ZooKeeperLoc
     holder_lock.close()
 
 
+def test_each_waiter_watches_only_its_predecessor(zk: ZooKeeperLockServer, name: str) -> None:
+    # Locks from one URL in one process share a KazooClient, so its watch table shows every
+    # waiter's watch: one per node, on the node just before it (a release wakes one waiter).
+    holder_lock = fencelock.Lock(name, zk.url, ttl=30)
+    holder = holder_lock.acquire(timeout=10)
+    client = zkb(holder_lock).client
+    got: list[int] = []
+
+    def take(lock: fencelock.Lock, i: int) -> None:
+        lease = lock.acquire(timeout=30)
+        got.append(i)
+        lease.release()
+
+    threads = []
+    for i in range(3):
+        t = threading.Thread(target=take, args=(fencelock.Lock(name, zk.url, ttl=30), i))
+        t.start()
+        threads.append(t)
+        assert wait_until(lambda i=i: len(zk.children(name)) == i + 2, 10)
+    parent = zk.lock_path(name)
+    queue = [f"{parent}/{c}" for c in zk.children(name)]
+
+    def watched() -> dict[str, int]:
+        return {p: len(w) for p, w in list(client._data_watchers.items()) if p.startswith(parent + "/") and w}
+
+    assert wait_until(lambda: watched() == {p: 1 for p in queue[:-1]}, 10), watched()
+    holder.release()
+    for t in threads:
+        t.join(30)
+    assert got == [0, 1, 2]
+    holder_lock.close()
+
+
 def test_a_waiter_that_gives_up_leaves_the_queue(zk: ZooKeeperLockServer, name: str) -> None:
     holder_lock = fencelock.Lock(name, zk.url, ttl=30)
     holder = holder_lock.acquire(timeout=10)
