@@ -132,7 +132,23 @@ class ZooKeeperServer:
         proc.wait(10)
 
     def pause(self) -> None:
+        """SIGSTOP the JVM and return once every one of its threads has stopped: kill() only
+        queues the signal, and a thread busy on the other core can still answer a request."""
         os.kill(self.pid, signal.SIGSTOP)
+        end = time.monotonic() + 5
+        while time.monotonic() < end and not self._all_stopped():
+            time.sleep(0.001)
+
+    def _all_stopped(self) -> bool:
+        try:
+            tasks = os.listdir(f"/proc/{self.pid}/task")
+            states = []
+            for tid in tasks:
+                with open(f"/proc/{self.pid}/task/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            return False
+        return all(state in ("T", "t") for state in states)
 
     def resume(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
