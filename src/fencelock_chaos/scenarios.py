@@ -292,7 +292,8 @@ def storage_race(r: Run) -> None:
                        f"w1 (fence {l1.fence}, lease over) writes once w2's rows are in")
         r.wait_write_result("w2", f)
         r.wait_write_result("w1", f)
-        r.ensure_successor_first("w2", "w1", f)
+        # no check of the history's order here: w1 is unblocked by w2's COMMIT, so the two result
+        # lines race by microseconds; the handshake already puts w1's transaction after w2's rows
         r.faults.end("race", "w1")
         r.wait_all()
         hw2.record("release", "invoke", file=f, fence=l2.fence)
