@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -622,7 +623,8 @@ async def test_async_no_server_is_backend_unavailable(name: str) -> None:
 
 
 def test_server_going_down_is_backend_unavailable(name: str) -> None:
-    server = ZooKeeperServer(Path(tempfile.mkdtemp(prefix="fl-zk-down-")))
+    directory = Path(tempfile.mkdtemp(prefix="fl-zk-down-"))
+    server = ZooKeeperServer(directory)
     server.start()
     try:
         url = f"zk://127.0.0.1:{server.port}/?timeout=2&session_timeout=5"
@@ -640,6 +642,7 @@ def test_server_going_down_is_backend_unavailable(name: str) -> None:
         lock.close()
     finally:
         server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_paused_server_is_backend_unavailable(zk: ZooKeeperLockServer, name: str) -> None:
