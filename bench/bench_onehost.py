@@ -31,6 +31,7 @@ import asyncio
 import itertools
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import sqlite3
 import statistics
@@ -180,8 +181,17 @@ def contended(kind: str, directory: Path, workers: int, seconds: float) -> dict[
         for _ in procs:
             ready.get(timeout=60)  # every worker imported and made its lock
         start.set()
-        for _ in procs:
-            pid, events = out.get(timeout=seconds + 90)
+        give_up = time.monotonic() + seconds + 60
+        while len(per_worker) < len(procs):
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"{kind}: workers did not report within {seconds + 60:g} s")
+            try:
+                pid, events = out.get(timeout=0.5)
+            except queue.Empty:
+                dead = [p.pid for p in procs if p.exitcode not in (None, 0)]
+                if dead:  # a worker raised (its traceback is on stderr): stop now, not at the timeout
+                    raise RuntimeError(f"{kind}: worker(s) {dead} failed") from None
+                continue
             per_worker[pid] = events
     finally:
         for p in procs:
