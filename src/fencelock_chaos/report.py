@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .checker import Lease, Violation, leases
-from .history import Event, FaultWindow, fault_windows
+from .history import FaultWindow, fault_windows
 from .runner import RunResult, Verdict
 
 __all__ = ["markdown_table", "render_html", "render_run_svg", "summary_table", "write_report"]
@@ -302,9 +302,6 @@ def summary_table(verdicts: Sequence[Verdict], console: Console | None = None) -
         console.print(table)
     return table
 
-
-def events_of(res: RunResult, proc: str) -> list[Event]:
-    return [e for e in res.events if e.proc == proc]
 
 
 def _refused(res: RunResult) -> int:
