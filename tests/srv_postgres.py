@@ -55,10 +55,18 @@ class PostgresServer:
         return f"postgresql://postgres@/{DB_NAME}?host={self.dir}"
 
     def start(self) -> PostgresServer:
+        """initdb, launch, create the test database."""
         self._run_as_postgres(
             [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]
         )
-        log = open(self.dir / "server.log", "wb")
+        self.launch()
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"CREATE DATABASE {DB_NAME}")
+        return self
+
+    def launch(self) -> None:
+        """Start the server on the existing data directory; return once it accepts connections."""
+        log = open(self.dir / "server.log", "ab")
         self.process = subprocess.Popen(
             [str(PG_BIN / "postgres"), "-D", str(self.data), "-k", str(self.dir), "-c", "listen_addresses=",
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
@@ -72,25 +80,28 @@ class PostgresServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"postgres exited: {(self.dir / 'server.log').read_text()[-2000:]}")
             try:
-                with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=2) as conn:
-                    conn.execute(f"CREATE DATABASE {DB_NAME}")
-                return self
+                with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=2):
+                    return
             except psycopg.OperationalError:
                 if time.monotonic() > end:
                     self.stop()
                     raise
                 time.sleep(0.05)
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the server by its pid ("fast" shutdown: sessions are rolled back), keep the data."""
         proc = self.process
         if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGINT)  # "fast" shutdown: roll back sessions, exit
+            os.kill(proc.pid, signal.SIGINT)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         self.process = None
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -274,3 +274,34 @@ def test_demo_stops_every_process_it_started_on_ctrl_c(tmp_path: Path) -> None:
     for pid in [pids["producer"], pids["lock_server"], *pids["consumers"]]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_consumer_survives_a_database_restart(tmp_path: Path, valkey: EmbeddedRedis) -> None:
+    """PostgreSQL goes down while a consumer holds a file: that write fails (nothing committed), the
+    consumer keeps its files, retries the connection with backoff, and once the server is back
+    ingests everything exactly once."""
+    from srv_postgres import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        share, hist = tmp_path / "share", tmp_path / "h.jsonl"
+        produce(ProducerConfig(share, files=3, lines=300, seed=31, manifest=tmp_path / "m.jsonl"))
+        proc = start_consumer(share, valkey.url, server.url, "c", hist, "--pause-before-write", "3",
+                              "--idle-exit", "1")
+        try:
+            wait_history(hist, lambda e: e["op"] == "acquire" and e["type"] == "ok", "the first lock")
+            server.halt()  # during the pause: the write will find the connection gone
+            failed = wait_history(hist, lambda e: e["op"] == "write" and e["type"] == "fail", "the failed write")
+            server.launch()
+            code, out = finish(proc)
+        finally:
+            if proc.poll() is None:
+                kill(proc)
+        assert code == 0, out
+        assert "database connection restored" in out
+        assert "1 database errors" in out
+        assert failed["fence"] is not None and failed["error"]  # e.g. "AdminShutdown: terminating connection..."
+        assert not str(failed["error"]).startswith(("StaleFence", "quarantined"))
+        assert_exactly_once(server.url, manifest(tmp_path / "m.jsonl"), share)
+    finally:
+        server.stop()

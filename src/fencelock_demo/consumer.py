@@ -83,12 +83,13 @@ class Stats:
     stale: int = 0
     lost: int = 0
     skipped: int = 0
+    db_errors: int = 0
 
     def line(self, who: str) -> str:
         return (
             f"consumer {who}: {self.done} files done, {self.quarantined} quarantined, {self.rows} rows "
             f"({self.inserted} new), {self.busy} busy locks, {self.stale} stale-fence refusals, "
-            f"{self.lost} leases lost, {self.skipped} skipped"
+            f"{self.lost} leases lost, {self.skipped} skipped, {self.db_errors} database errors"
         )
 
 
@@ -241,6 +242,8 @@ class Consumer:
         self.backend = RecordingBackend(inner, self.history)
         self.stats = Stats()
         self.skip_until: dict[str, float] = {}  # files we could not read, and when to look again
+        self._db_broken = False
+        self._db_backoff = cfg.poll
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -286,8 +289,33 @@ class Consumer:
             self.stats.skipped += 1
         self.skip_until[name] = time.monotonic() + 30.0
 
+    def _db_failed(self, err: BaseException) -> None:
+        """The database failed mid-file (server restarted, connection cut...): the transaction is
+        gone, so nothing of the file was written, or the commit's outcome is unknown (then a later
+        idempotent re-ingest settles it). Drop the connection; reconnect before the next file."""
+        self.stats.db_errors += 1
+        log.warning("%s: database error, will reconnect: %s: %s", self.id, type(err).__name__, err)
+        with contextlib.suppress(Exception):
+            self.store.close()
+        self._db_broken = True
+
+    def _reconnect(self) -> bool:
+        try:
+            store = open_store(self.cfg.db)
+            store.setup()
+        except Exception as err:  # the driver's errors, whatever the driver
+            log.warning("%s: database still unavailable (retry in %.1f s): %s", self.id, self._db_backoff, err)
+            time.sleep(self._db_backoff)
+            self._db_backoff = min(5.0, self._db_backoff * 2)
+            return False
+        self.store, self._db_broken, self._db_backoff = store, False, self.cfg.poll
+        log.warning("%s: database connection restored", self.id)
+        return True
+
     def try_file(self, name: str) -> str:
         cfg, h = self.cfg, self.history
+        if self._db_broken and not self._reconnect():
+            return "busy"  # no lock taken: nothing to do until the database is back
         lock = fencelock.Lock(
             f"file:{name}", self.backend, ttl=cfg.ttl, renew=cfg.renew, label=self.id, on_lost=self._on_lost
         )
@@ -361,6 +389,10 @@ class Consumer:
                 h.record("write", "fail", name, lease.fence, error=f"{type(err).__name__}: {err}")
                 self._skip(name, f"unreadable: {err}", logging.WARNING)
                 return "skipped"
+            except self.store.errors as err:
+                h.record("write", "fail", name, lease.fence, error=f"{type(err).__name__}: {err}")
+                self._db_failed(err)
+                return "db-error"
             if res.bad:
                 h.record("write", "fail", name, lease.fence, rows=0, error=f"quarantined: {res.bad} bad lines")
                 try:
@@ -374,10 +406,12 @@ class Consumer:
                 return "quarantined"
             try:
                 self.store.commit()
-            except Exception as err:
-                # The commit may or may not have happened: idempotent re-ingest settles it later.
+            except self.store.errors as err:
+                # The commit may or may not have happened: the file stays, and an idempotent
+                # re-ingest settles it later.
                 h.record("write", "unknown", name, lease.fence, rows=res.rows, error=f"{type(err).__name__}: {err}")
-                raise
+                self._db_failed(err)
+                return "db-error"
             h.record("write", "ok", name, lease.fence, rows=res.rows)
             self.stats.done += 1
             self.stats.rows += res.rows

@@ -96,6 +96,8 @@ class Store:
 
     dialect = "base"
     conn: Any
+    errors: tuple[type[BaseException], ...] = ()
+    """The driver's exceptions: a lost connection or a failed statement (the consumer survives them)."""
 
     def setup(self) -> None:
         raise NotImplementedError
@@ -183,6 +185,7 @@ def _values(rows: Iterable[Row], file: str, fence: int | None, consumer: str) ->
 
 class SqliteStore(Store):
     dialect = "sqlite"
+    errors = (sqlite3.Error,)
 
     def __init__(self, path: str, busy_timeout: float = 120.0) -> None:
         self.path = path
@@ -260,6 +263,7 @@ class PostgresStore(Store):
         import psycopg
 
         self.url = url
+        self.errors = (psycopg.Error,)
         # A bounded connect unless the URL sets its own (a down server is an error, not a hang).
         extra: dict[str, Any] = {} if "connect_timeout" in url else {"connect_timeout": 10}
         self.conn = psycopg.connect(url, autocommit=False, **extra)
