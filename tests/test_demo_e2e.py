@@ -25,6 +25,8 @@ from fencelock_demo.producer import ProducerConfig, produce
 from fencelock_demo.store import open_store
 from srv_postgres import postgres_url  # noqa: F401
 
+pytestmark = pytest.mark.slow  # real processes and servers: seconds each
+
 WAIT = 120.0  # bound for any wait in these tests (the machine is shared)
 
 

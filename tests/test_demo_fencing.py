@@ -22,6 +22,8 @@ from fencelock.embedded import EmbeddedRedis
 from fencelock_demo.producer import ProducerConfig, produce
 from test_demo_e2e import finish, history, ledger, manifest, per_file, start_consumer, wait_history
 
+pytestmark = pytest.mark.slow  # real processes and servers: seconds each
+
 
 @pytest.fixture(scope="module")
 def valkey() -> Iterator[EmbeddedRedis]:
