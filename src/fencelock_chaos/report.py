@@ -62,9 +62,11 @@ def render_run_svg(res: RunResult) -> str:
     t0 = min([res.start_t] + [e.t for e in events] + [w.start for w in windows])
     t1 = max([res.end_t] + [e.t for e in events])
     span = max(t1 - t0, 1)
+    server_faults = [w for w in windows if _server(w)]
+    top = TOP + (24 if server_faults else 0)  # room for up to three rows of lock-server labels
     procs = sorted({e.proc for e in events} | {w.target for w in windows if not _server(w)})
     lane = {p: i for i, p in enumerate(procs)}
-    height = TOP + LANE_H * max(1, len(procs)) + 40
+    height = top + LANE_H * max(1, len(procs)) + 40
     files = sorted(res.produced) or sorted({e.file for e in events if e.file})
     colour = {f: PALETTE[i % len(PALETTE)] for i, f in enumerate(files)}
     plot_w = WIDTH - LEFT - RIGHT
@@ -73,7 +75,7 @@ def render_run_svg(res: RunResult) -> str:
         return LEFT + (t - t0) / span * plot_w
 
     def y(proc: str) -> float:
-        return TOP + lane.get(proc, 0) * LANE_H
+        return top + lane.get(proc, 0) * LANE_H
 
     out: list[str] = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" '
@@ -86,7 +88,7 @@ def render_run_svg(res: RunResult) -> str:
     step = 1 if seconds <= 12 else 2 if seconds <= 30 else 5 if seconds <= 80 else 20
     for k in range(int(seconds // step) + 1):
         xx = x(t0 + int(k * step * 1e9))
-        out.append(f'<line x1="{xx:.1f}" y1="{TOP - 6}" x2="{xx:.1f}" y2="{height - 30}" stroke="#eee"/>')
+        out.append(f'<line x1="{xx:.1f}" y1="{top - 6}" x2="{xx:.1f}" y2="{height - 30}" stroke="#eee"/>')
         out.append(f'<text x="{xx:.1f}" y="{height - 16}" text-anchor="middle" fill="#666">{k * step}s</text>')
     for p in procs:
         yy = y(p)
@@ -164,20 +166,23 @@ def render_run_svg(res: RunResult) -> str:
             xx = x(e.t)
             out.append(f'<path d="M{xx - 5:.1f},{yy + 4} L{xx + 5:.1f},{yy + 4} L{xx:.1f},{yy + 12} Z" fill="#000">'
                        f'<title>lease on {_esc(e.file)} reported lost: {_esc(e.error)}</title></path>')
-    # faults on the lock server: across every lane
-    for w in windows:
-        if not _server(w):
-            continue
+    # faults on the lock server: across every lane; labels in up to three rows, never overlapping
+    row_ends = [float("-inf")] * 3
+    for w in server_faults:
         col = FAULT_COLOURS.get(w.fault, "#d62728")
         end = w.end if w.end is not None else t1
         if end - w.start > span / 400:
-            out.append(f'<rect x="{x(w.start):.1f}" y="{TOP - 8}" width="{x(end) - x(w.start):.1f}" '
-                       f'height="{height - TOP - 22}" fill="{col}" opacity="0.10">'
+            out.append(f'<rect x="{x(w.start):.1f}" y="{top - 8}" width="{x(end) - x(w.start):.1f}" '
+                       f'height="{height - top - 22}" fill="{col}" opacity="0.10">'
                        f'<title>{_esc(w.detail)}</title></rect>')
-        out.append(f'<line x1="{x(w.start):.1f}" y1="{TOP - 8}" x2="{x(w.start):.1f}" y2="{height - 30}" '
+        out.append(f'<line x1="{x(w.start):.1f}" y1="{top - 8}" x2="{x(w.start):.1f}" y2="{height - 30}" '
                    f'stroke="{col}" stroke-width="2" stroke-dasharray="6 3"><title>{_esc(w.detail)}</title></line>')
-        out.append(f'<text x="{x(w.start) + 3:.1f}" y="{TOP - 12}" fill="{col}" font-weight="bold">'
-                   f'⚡ lock server: {_esc(_fault_label(w))}</text>')
+        label = "⚡ " + ("lock server SIGSTOP" if w.fault == "sigstop" else _fault_label(w))
+        free = next((i for i, r_end in enumerate(row_ends) if r_end < x(w.start)), None)
+        if free is not None:  # else the label stays in the tooltip
+            row_ends[free] = x(w.start) + 3 + 6.5 * len(label)
+            out.append(f'<text x="{x(w.start) + 3:.1f}" y="{top - 12 - 12 * free}" fill="{col}" '
+                       f'font-weight="bold">{_esc(label)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 
@@ -190,7 +195,8 @@ def _fault_label(w: FaultWindow) -> str:
     return {
         "sigstop": "SIGSTOP", "partition": "cut off from lock server", "db-delay": "DB link delayed",
         "hook-pause": "paused after lease check", "clock-jump": "wall clock +1h", "race": "racing write",
-        "pexpire": "PEXPIRE lock key", "restart-empty": "restart, no data", "restart-snapshot": "restart, old snapshot",
+        "pexpire": "PEXPIRE lock key", "restart-empty": "lock server restarted, no data",
+        "restart-snapshot": "lock server restarted, old snapshot",
     }.get(w.fault, w.fault)
 
 
