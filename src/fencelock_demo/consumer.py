@@ -31,6 +31,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -50,6 +51,14 @@ from .store import Store, open_store
 __all__ = ["ConsumerConfig", "IngestResult", "Stats", "ingest", "run_consumer", "run_workers"]
 
 log = logging.getLogger("fencelock_demo.consumer")
+
+_never_set = threading.Event()
+
+
+def _sleep(seconds: float) -> None:
+    """``time.sleep`` that also works under libfaketime: with FAKETIME_DONT_FAKE_MONOTONIC=1,
+    libfaketime 0.9.10 makes ``time.sleep`` fail with EINVAL, ``Event.wait`` does not."""
+    _never_set.wait(max(0.0, seconds))
 
 BATCH = 2000
 
@@ -281,7 +290,7 @@ class Consumer:
             if not did:
                 if cfg.idle_exit is not None and time.monotonic() - idle_since >= cfg.idle_exit:
                     return
-                time.sleep(cfg.poll * random.uniform(0.5, 1.5))
+                _sleep(cfg.poll * random.uniform(0.5, 1.5))
 
     def _skip(self, name: str, why: str, level: int) -> None:
         if name not in self.skip_until:
@@ -305,7 +314,7 @@ class Consumer:
             store.setup()
         except Exception as err:  # the driver's errors, whatever the driver
             log.warning("%s: database still unavailable (retry in %.1f s): %s", self.id, self._db_backoff, err)
-            time.sleep(self._db_backoff)
+            _sleep(self._db_backoff)
             self._db_backoff = min(5.0, self._db_backoff * 2)
             return False
         self.store, self._db_broken, self._db_backoff = store, False, self.cfg.poll
@@ -325,7 +334,7 @@ class Consumer:
         except BackendError as err:
             h.record("acquire", "fail", name, error=f"{type(err).__name__}: {err}")
             log.warning("%s: lock server error for %s: %s", self.id, name, err)
-            time.sleep(cfg.poll)
+            _sleep(cfg.poll)
             return "busy"
         if lease is None:
             h.record("acquire", "fail", name, error="busy")
@@ -371,10 +380,10 @@ class Consumer:
                 log.warning("%s: %s: %s", self.id, name, err)
                 return "lost"
             if cfg.pause_before_write > 0:
-                time.sleep(cfg.pause_before_write)  # test hook: the lease may run out right here
+                _sleep(cfg.pause_before_write)  # test hook: the lease may run out right here
             reasons = share.reason_writer(name)
             h.record("write", "invoke", name, lease.fence)
-            mid = (lambda: time.sleep(cfg.pause_mid_write)) if cfg.pause_mid_write > 0 else None
+            mid = (lambda: _sleep(cfg.pause_mid_write)) if cfg.pause_mid_write > 0 else None
             try:
                 res = ingest(
                     self.store, lambda: Share.chunks(fd), name, lease.fence, self.id,
@@ -417,7 +426,7 @@ class Consumer:
             self.stats.rows += res.rows
             self.stats.inserted += res.inserted
             if cfg.pause_after_commit > 0:
-                time.sleep(cfg.pause_after_commit)  # test hook: die here, and the file stays
+                _sleep(cfg.pause_after_commit)  # test hook: die here, and the file stays
             try:
                 if cfg.archive:
                     share.archive(name)
