@@ -418,7 +418,11 @@ def status(name: str, url: str, tls_ca: str | None, tls_cert: str | None, tls_ke
     if info is None:
         click.echo(f"{name}: free (backend {data['backend']})")
     else:
-        left = "no expiry" if info.ttl_remaining is None else f"{info.ttl_remaining:.3f} s left"
+        left = (
+            "ends with the holder's session or lease (not known to others)"
+            if info.ttl_remaining is None
+            else f"{info.ttl_remaining:.3f} s left"
+        )
         waiters = "unknown" if info.waiters is None else str(info.waiters)
         click.echo(f"{name}: held by {info.holder or '?'}, fence {info.fence}, {left}, waiters {waiters}")
     if last_fence is not None:

@@ -38,6 +38,9 @@ def main(verbose: int) -> None:
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if verbose == 0:
+        # kazoo warns on every dropped connection; fencelock reports what matters (doubt, loss)
+        logging.getLogger("kazoo").setLevel(logging.ERROR)
 
 
 def _load_commands() -> None:
