@@ -456,3 +456,67 @@ def test_wrong_password_is_a_clear_error(lock_server: Any, name: str) -> None:
     lock = fencelock.Lock(name, lock_server.url_with_password("wrong"), ttl=5)
     with pytest.raises(fencelock.AuthenticationFailed):
         lock.acquire(timeout=1)
+
+
+def test_a_shared_lock_object_never_releases_another_threads_lease(lock_server: Any, name: str) -> None:
+    # Thread A's lease expires inside its `with` block; thread B, using the same Lock object, takes
+    # the lock. When A leaves its block it must be told (LeaseLost) and must not release B's lease.
+    lock = fencelock.Lock(name, lock_server.url, ttl=0.4, renew=False)
+    b_inside = threading.Event()
+    a_done = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def a() -> None:
+        try:
+            with lock as lease:
+                outcome["a_fence"] = lease.fence
+                assert b_inside.wait(20)
+        except fencelock.LeaseLost as err:
+            outcome["a_error"] = err
+        finally:
+            a_done.set()
+
+    def b() -> None:
+        with lock as lease:  # waits until A's lease has run out
+            outcome["b_fence"] = lease.fence
+            b_inside.set()
+            assert a_done.wait(20)
+            outcome["b_held_after_a_left"] = lock.inspect()
+            outcome["b_lease_held"] = lease.held
+
+    ta = threading.Thread(target=a)
+    ta.start()
+    time.sleep(0.1)
+    tb = threading.Thread(target=b)
+    tb.start()
+    ta.join(30)
+    tb.join(30)
+    assert isinstance(outcome.get("a_error"), fencelock.LeaseLost), "A must learn it lost the lock"
+    assert outcome["b_fence"] > outcome["a_fence"]
+    info = outcome["b_held_after_a_left"]
+    assert info is not None and info.fence == outcome["b_fence"], "A's exit must not release B's lock"
+
+
+async def test_async_tasks_sharing_a_lock_object_keep_their_own_leases(lock_server: Any, name: str) -> None:
+    lock = aio.Lock(name, lock_server.url, ttl=0.4, renew=False)
+    b_inside = asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def a() -> None:
+        with pytest.raises(fencelock.LeaseLost):
+            async with lock as lease:
+                seen["a"] = lease.fence
+                await asyncio.wait_for(b_inside.wait(), 20)
+
+    async def b() -> None:
+        await asyncio.sleep(0.1)
+        async with lock as lease:
+            seen["b"] = lease.fence
+            b_inside.set()
+            await asyncio.sleep(0.3)  # A leaves its block meanwhile
+            info = await lock.inspect()
+            assert info is not None and info.fence == lease.fence
+
+    await asyncio.wait_for(asyncio.gather(a(), b()), 30)
+    assert seen["b"] > seen["a"]
+    await lock.aclose()

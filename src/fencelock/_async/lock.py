@@ -8,6 +8,7 @@ wait, when a lease ends, when to renew and how the holder is told that it lost t
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -81,7 +82,12 @@ class AsyncLock:
         self._on_lost = on_lost
         self._cancel_on_loss = cancel_on_loss
         self._clock = clock
-        self._held: list[AsyncLease] = []
+        # Leases entered with ``with lock`` by *this* thread or task: a Lock shared by several
+        # threads/tasks must never pop another's lease (one whose lease expired inside the block
+        # would otherwise release its successor's lock on exit).
+        self._held: contextvars.ContextVar[tuple[AsyncLease, ...]] = contextvars.ContextVar(
+            "fencelock_held", default=()
+        )
 
     @property
     def name(self) -> str:
@@ -171,7 +177,7 @@ class AsyncLock:
 
     async def __aenter__(self) -> AsyncLease:
         lease = await self.acquire()
-        self._held.append(lease)
+        self._held.set((*self._held.get(), lease))
         return lease
 
     async def __aexit__(
@@ -180,8 +186,11 @@ class AsyncLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        lease = self._held.pop()
-        await lease.__aexit__(exc_type, exc, tb)
+        stack = self._held.get()
+        if not stack:
+            raise NotHeld(f"leaving a `with` block of lock {self.name!r} that this thread/task did not enter")
+        self._held.set(stack[:-1])
+        await stack[-1].__aexit__(exc_type, exc, tb)
 
     async def aclose(self) -> None:
         """Close connections that fencelock opened for this lock (never a client you passed in)."""

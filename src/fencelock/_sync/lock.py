@@ -9,6 +9,7 @@ wait, when a lease ends, when to renew and how the holder is told that it lost t
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -82,7 +83,12 @@ class Lock:
         self._on_lost = on_lost
         self._cancel_on_loss = cancel_on_loss
         self._clock = clock
-        self._held: list[Lease] = []
+        # Leases entered with ``with lock`` by *this* thread or task: a Lock shared by several
+        # threads/tasks must never pop another's lease (one whose lease expired inside the block
+        # would otherwise release its successor's lock on exit).
+        self._held: contextvars.ContextVar[tuple[Lease, ...]] = contextvars.ContextVar(
+            "fencelock_held", default=()
+        )
 
     @property
     def name(self) -> str:
@@ -172,7 +178,7 @@ class Lock:
 
     def __enter__(self) -> Lease:
         lease = self.acquire()
-        self._held.append(lease)
+        self._held.set((*self._held.get(), lease))
         return lease
 
     def __exit__(
@@ -181,8 +187,11 @@ class Lock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        lease = self._held.pop()
-        lease.__exit__(exc_type, exc, tb)
+        stack = self._held.get()
+        if not stack:
+            raise NotHeld(f"leaving a `with` block of lock {self.name!r} that this thread/task did not enter")
+        self._held.set(stack[:-1])
+        stack[-1].__exit__(exc_type, exc, tb)
 
     def close(self) -> None:
         """Close connections that fencelock opened for this lock (never a client you passed in)."""
