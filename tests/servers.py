@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,6 +181,24 @@ def kill_pid(pid: int, timeout: float = 5.0) -> None:
         if done:
             return
         time.sleep(0.01)
+
+
+def wait_ping(
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str], port: int, what: str, timeout: float = 30.0
+) -> None:
+    """Wait until the redis-server/sentinel ``proc`` on 127.0.0.1:``port`` answers PING (bounded)."""
+    end = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} {port} exited with {proc.returncode}")
+        try:
+            with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1) as c:
+                if c.ping():
+                    return
+        except redis.RedisError:
+            if time.monotonic() > end:
+                raise
+        time.sleep(0.02)
 
 
 def redis_client_for(server: RedisLockServer) -> redis.Redis:

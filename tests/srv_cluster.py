@@ -21,6 +21,8 @@ from pathlib import Path
 import redis
 from redis.cluster import RedisCluster
 
+from servers import wait_ping
+
 DEBIAN_REDIS = "/usr/bin/redis-server"
 REDIS_CLI = "/usr/bin/redis-cli"
 
@@ -101,19 +103,7 @@ class RedisClusterServers:
         return self
 
     def _wait_ping(self, port: int, timeout: float = 30.0) -> None:
-        end = time.monotonic() + timeout
-        while True:
-            proc = self.procs[port]
-            if proc.poll() is not None:
-                raise RuntimeError(f"cluster node {port} exited with {proc.returncode}")
-            try:
-                with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1) as c:
-                    if c.ping():
-                        return
-            except redis.RedisError:
-                if time.monotonic() > end:
-                    raise
-            time.sleep(0.02)
+        wait_ping(self.procs[port], port, "cluster node", timeout)
 
     def node(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import redis
 from redis.sentinel import Sentinel
 
+from servers import wait_ping
 from srv_tls import free_port
 
 DEBIAN_REDIS = "/usr/bin/redis-server"
@@ -97,19 +98,7 @@ class SentinelSetup:
         return self
 
     def _wait_ping(self, port: int, timeout: float = 30.0) -> None:
-        end = time.monotonic() + timeout
-        while True:
-            proc = self.procs[port]
-            if proc.poll() is not None:
-                raise RuntimeError(f"server on {port} exited with {proc.returncode}")
-            try:
-                with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1) as c:
-                    if c.ping():
-                        return
-            except redis.RedisError:
-                if time.monotonic() > end:
-                    raise
-            time.sleep(0.02)
+        wait_ping(self.procs[port], port, "server on", timeout)
 
     def server(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
