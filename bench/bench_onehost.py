@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import multiprocessing as mp
 import os
 import queue
@@ -45,6 +44,7 @@ from typing import Any
 
 import filelock
 import portalocker
+from _contention import summarize  # bench/ is the script's own directory
 
 import fencelock
 from fencelock import aio
@@ -159,13 +159,6 @@ def contended_worker(kind: str, directory: str, name: str, seconds: float, ready
     out.put((os.getpid(), events))
 
 
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p / 100 * len(values)))]
-
-
 def contended(kind: str, directory: Path, workers: int, seconds: float) -> dict[str, float]:
     name = f"c-{kind.replace(' ', '-')}-{time.monotonic_ns()}"
     (directory / f"{name}.counter").write_text("0")
@@ -199,22 +192,8 @@ def contended(kind: str, directory: Path, workers: int, seconds: float) -> dict[
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, 9)
                 p.join(10)
-    total = sum(len(e) for e in per_worker.values())
-    waits = [(got - asked) * 1000 for e in per_worker.values() for asked, got, _ in e]
-    timeline = sorted((got, released, pid) for pid, e in per_worker.items() for _, got, released in e)
-    handoffs = [(nxt[0] - cur[1]) * 1000 for cur, nxt in itertools.pairwise(timeline) if nxt[2] != cur[2]]
-    counts = [len(per_worker.get(p.pid or 0, [])) for p in procs]
     final = int((directory / f"{name}.counter").read_text() or 0)
-    return {
-        "ops/s": total / seconds,
-        "wait p50 ms": pct(waits, 50),
-        "wait p99 ms": pct(waits, 99),
-        "handoff p50 ms": pct(handoffs, 50),
-        "handoff p99 ms": pct(handoffs, 99),
-        "handoffs %": 100 * len(handoffs) / max(1, total - 1),
-        "fairness": min(counts) / max(counts) if max(counts) else 0.0,
-        "lost updates": float(total - final),
-    }
+    return summarize(per_worker, [p.pid for p in procs if p.pid is not None], seconds, final)
 
 
 # -- main -------------------------------------------------------------------------------------

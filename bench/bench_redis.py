@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import multiprocessing as mp
 import os
 import statistics
@@ -31,6 +30,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from _contention import summarize  # bench/ is the script's own directory
 
 import fencelock
 from fencelock import aio
@@ -171,13 +171,6 @@ def contended_worker(kind: str, url: str, name: str, seconds: float, start: Any,
     out.put((os.getpid(), events))
 
 
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p / 100 * len(values)))]
-
-
 def contended(kind: str, url: str, workers: int, seconds: float) -> dict[str, float]:
     name = f"bench:contended:{kind}:{time.monotonic_ns()}"
     start = CTX.Event()
@@ -197,22 +190,8 @@ def contended(kind: str, url: str, workers: int, seconds: float) -> dict[str, fl
             p.join(10)
             if p.is_alive():
                 p.kill()
-    total = sum(len(e) for e in per_worker.values())
-    waits = [(got - asked) * 1000 for e in per_worker.values() for asked, got, _ in e]
-    timeline = sorted((got, released, pid) for pid, e in per_worker.items() for _, got, released in e)
-    handoffs = [(nxt[0] - cur[1]) * 1000 for cur, nxt in itertools.pairwise(timeline) if nxt[2] != cur[2]]
-    counts = [len(e) for e in per_worker.values()]
     final = int(redis.Redis.from_url(url).get(f"{name}:counter") or 0)
-    return {
-        "ops/s": total / seconds,
-        "wait p50 ms": pct(waits, 50),
-        "wait p99 ms": pct(waits, 99),
-        "handoff p50 ms": pct(handoffs, 50),
-        "handoff p99 ms": pct(handoffs, 99),
-        "handoffs %": 100 * len(handoffs) / max(1, total - 1),
-        "fairness": min(counts) / max(counts) if max(counts) else 0.0,
-        "lost updates": total - final,
-    }
+    return summarize(per_worker, [p.pid for p in procs if p.pid is not None], seconds, final)
 
 
 # -- asyncio ----------------------------------------------------------------------------------
