@@ -26,9 +26,15 @@ NOWHERE = "redis://127.0.0.1:1"  # nothing listens on port 1: constructing must 
         ({"ttl": math.nan}, "ttl must be a positive"),
         ({"ttl": math.inf}, "ttl must be a positive"),
         ({"ttl": 0.001}, "below 10 ms"),
-        ({"ttl": 3, "renew": 3}, "must be shorter than ttl"),
-        ({"ttl": 3, "renew": 5}, "must be shorter than ttl"),
+        ({"ttl": 3, "renew": 3}, "leaves no margin"),
+        ({"ttl": 3, "renew": 5}, "leaves no margin"),
+        ({"ttl": 1, "renew": 0.99}, "at most ttl/2"),  # would lose every lease at its first renewal
         ({"ttl": 3, "renew": -1}, "positive interval"),
+        ({"ttl": 1e17}, "longer than 30 days"),  # reached the server before, and failed there
+        ({"ttl": 30 * 86400 + 1}, "longer than 30 days"),
+        ({"label": object()}, "label must be a string"),
+        ({"label": "a\x00b"}, "label must not contain NUL"),
+        ({"label": "x\udc80"}, "not valid Unicode"),
         ({"timeout": -1}, ">= 0 seconds"),
         ({"timeout": math.inf}, "must be finite"),
     ],
@@ -40,10 +46,15 @@ def test_bad_arguments_are_rejected_with_a_clear_message(kwargs: dict[str, float
         aio.Lock("x", NOWHERE, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["", None, 42, "a\x00b"])
+@pytest.mark.parametrize("name", ["", None, 42, "a\x00b", "file:\ud800.tsv"])  # the last: a lone surrogate
 def test_bad_names_are_rejected(name: object) -> None:
     with pytest.raises(fencelock.ConfigurationError, match="name"):
         fencelock.Lock(name, NOWHERE)  # type: ignore[arg-type]
+
+
+def test_the_longest_ttl_and_a_half_ttl_renewal_are_accepted() -> None:
+    fencelock.Lock("x", NOWHERE, ttl=30 * 86400)
+    fencelock.Lock("x", NOWHERE, ttl=1, renew=0.5)
 
 
 def test_bad_acquire_timeouts_are_rejected_before_io() -> None:

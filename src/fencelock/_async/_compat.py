@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
@@ -17,10 +18,15 @@ Cancelled: type[BaseException] = asyncio.CancelledError
 """What interrupts a waiting caller: asyncio's cancellation (threads have no such thing)."""
 
 _background: set[asyncio.Task[Any]] = set()
+log = logging.getLogger("fencelock")
 
 
 class _Deadlined(Protocol):
     def _check_deadline(self) -> float | None: ...
+
+
+Mutex = asyncio.Lock
+"""Mutual exclusion between the tasks of one loop (the sync twin uses ``threading.Lock``)."""
 
 
 class AsyncStopper:
@@ -66,6 +72,7 @@ def watch_deadline(obj: _Deadlined, delay: float) -> None:
     """Call ``obj._check_deadline()`` after ``delay`` s (again after any delay it returns).
 
     Holds only a weak reference: a lease nobody refers to any more is not kept alive by its watch.
+    A check that raises is tried again shortly: the deadline must never go unwatched.
     """
     ref = weakref.ref(obj)
     loop = asyncio.get_running_loop()
@@ -74,11 +81,27 @@ def watch_deadline(obj: _Deadlined, delay: float) -> None:
         target = ref()
         if target is None:
             return
-        again = target._check_deadline()
+        try:
+            again = target._check_deadline()
+        except Exception:
+            log.exception("fencelock: a lease's deadline check failed; checking again shortly")
+            again = RECHECK
         if again is not None:
             loop.call_later(max(again, 0.001), fire)
 
     loop.call_later(max(delay, 0.0), fire)
+
+
+RECHECK = 0.1
+"""Seconds before a deadline check that failed is run again."""
+
+REDELIVER = 0.01
+"""Seconds between repeated cancellations of a holder whose lease was lost (see ``interrupt_owner``)."""
+
+
+class _Interruptible(Protocol):
+    _released: bool
+    _cancels: int
 
 
 def current_owner() -> asyncio.Task[Any] | None:
@@ -89,21 +112,46 @@ def current_owner() -> asyncio.Task[Any] | None:
         return None
 
 
-def interrupt_owner(owner: object, message: str) -> None:
-    """Cancel the holding task (thread-safe); ``message`` shows in the CancelledError."""
+def interrupt_owner(owner: object, message: str, lease: _Interruptible) -> None:
+    """Cancel the holding task, and again every ``REDELIVER`` s until it has released the lease
+    (thread-safe). ``message`` shows in the CancelledError.
+
+    Once is not enough: on Python <= 3.11 ``asyncio.wait_for`` (which redis.asyncio wraps around
+    every command that has a socket timeout) drops a cancel that arrives as the inner operation
+    completes, and the section would run on. So cancellation is level-triggered, as in anyio's and
+    Trio's cancel scopes: every await inside the block raises until the block is left. The number of
+    cancel requests is counted in ``lease._cancels`` so that ``settle_cancels`` can undo exactly ours.
+    """
     if not isinstance(owner, asyncio.Task) or owner.done():
         return
     loop = owner.get_loop()
-    if loop.is_closed():
-        return
-    loop.call_soon_threadsafe(owner.cancel, message)
+
+    def deliver() -> None:
+        if owner.done() or lease._released:
+            return
+        if owner.cancel(message):
+            lease._cancels += 1
+        loop.call_later(REDELIVER, deliver)
+
+    with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile: nothing left to stop
+        loop.call_soon_threadsafe(deliver)
 
 
-def was_interrupted_by_us(owner: object) -> None:
-    """After converting our own cancellation into ``LeaseLost``, undo its count (3.11+)."""
+def settle_cancels(owner: object, ours: int) -> bool:
+    """After turning our own cancellation of ``owner`` into ``LeaseLost``: withdraw our ``ours``
+    cancel requests (Python 3.11+ counts them: ``asyncio.timeout()`` and TaskGroup rely on the count).
+    Returns True when no other cancellation is pending, i.e. the interruption was ours alone; False
+    means somebody else cancelled the task too, and that cancellation must propagate. Python 3.10
+    keeps no count: there a cancel from elsewhere in the same moment is reported as ``LeaseLost``."""
     uncancel = getattr(owner, "uncancel", None)
-    if uncancel is not None:
+    cancelling = getattr(owner, "cancelling", None)
+    if uncancel is None or cancelling is None:
+        return True
+    for _ in range(ours):
+        if cancelling() == 0:
+            break
         uncancel()
+    return bool(cancelling() == 0)
 
 
 T = TypeVar("T")
@@ -121,16 +169,37 @@ async def shielded(fn: Callable[[], Awaitable[T]]) -> T:
     return await asyncio.shield(task)
 
 
+CLEANUP_GRACE = 0.5
+"""Longest wait, in seconds, for the cleanup of an acquire that timed out, failed or was cancelled.
+Against a healthy server the cleanup takes one round trip; against one that stopped answering it
+would take a whole request timeout, so after this grace it goes on in the background instead."""
+
+
 async def run_cleanup(fn: Callable[[], Awaitable[None]]) -> None:
-    """Run ``fn`` to the end even if the caller is cancelled again meanwhile (errors are swallowed:
-    cleanup is best effort, the lease's TTL is the backstop)."""
+    """Run ``fn`` (errors are swallowed: cleanup is best effort, the lease's TTL is the backstop)
+    and wait for it up to ``CLEANUP_GRACE`` s; past that it finishes in the background.
+
+    A cancellation that arrives meanwhile does not stop the cleanup, and it is passed on once the
+    wait is over: swallowing it would leave a task that asked to stop running (a retry loop around
+    ``LockTimeout`` could never be stopped; ``asyncio.timeout()`` and TaskGroup would lose it)."""
 
     async def guarded() -> None:
         with contextlib.suppress(Exception):
             await fn()
 
-    task = asyncio.get_running_loop().create_task(guarded())
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(guarded())
     _background.add(task)
     task.add_done_callback(_background.discard)
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.shield(task)
+    end = loop.time() + CLEANUP_GRACE
+    interrupted: BaseException | None = None
+    while not task.done():
+        left = end - loop.time()
+        if left <= 0:
+            break
+        try:
+            await asyncio.wait((task,), timeout=left)
+        except asyncio.CancelledError as err:
+            interrupted = err
+    if interrupted is not None:
+        raise interrupted

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
+
+log = logging.getLogger("fencelock")
 
 
 class Cancelled(BaseException):
@@ -19,6 +22,10 @@ class Cancelled(BaseException):
 
 class _Deadlined(Protocol):
     def _check_deadline(self) -> float | None: ...
+
+
+Mutex = threading.Lock
+"""Mutual exclusion between threads (the asyncio twin uses ``asyncio.Lock``)."""
 
 
 class Stopper:
@@ -93,10 +100,14 @@ class _DeadlineWatcher:
             target = ref()
             if target is None:
                 continue
-            with contextlib.suppress(Exception):
+            try:
                 again = fn(target)
-                if again is not None:
-                    self.watch(target, max(again, 0.001), fn)
+            except Exception:
+                # Never drop a deadline: a check that raised is tried again shortly.
+                log.exception("fencelock: a lease's deadline check failed; checking again shortly")
+                again = RECHECK
+            if again is not None:
+                self.watch(target, max(again, 0.001), fn)
 
 
 def _finished(obj: Any) -> bool:
@@ -127,17 +138,21 @@ def _check(obj: Any) -> float | None:
     return result
 
 
+RECHECK = 0.1
+"""Seconds before a deadline check that failed is run again."""
+
+
 def current_owner() -> Any:
     return None
 
 
-def interrupt_owner(owner: object, message: str) -> None:
+def interrupt_owner(owner: object, message: str, lease: object) -> None:
     """Threads cannot be interrupted; the sync API tells the holder by event, callback and check."""
     return None
 
 
-def was_interrupted_by_us(owner: object) -> None:
-    return None
+def settle_cancels(owner: object, ours: int) -> bool:
+    return True
 
 
 T = TypeVar("T")
@@ -148,7 +163,24 @@ def shielded(fn: Callable[[], T]) -> T:
     return fn()
 
 
+CLEANUP_GRACE = 0.5
+"""Longest wait, in seconds, for the cleanup of an acquire that timed out or failed (see the
+asyncio twin): past it, the cleanup goes on in a background thread."""
+
+
 def run_cleanup(fn: Callable[[], None]) -> None:
-    """Best-effort cleanup: errors are swallowed, the lease's TTL is the backstop."""
-    with contextlib.suppress(Exception):
-        fn()
+    """Best-effort cleanup (errors are swallowed, the lease's TTL is the backstop), waited for at
+    most ``CLEANUP_GRACE`` s: against a server that stopped answering it would block for a whole
+    request timeout, so it runs in a thread of its own that outlives the wait if it must."""
+
+    def guarded() -> None:
+        with contextlib.suppress(Exception):
+            fn()
+
+    try:
+        worker = threading.Thread(target=guarded, name="fencelock-cleanup", daemon=True)
+        worker.start()
+    except RuntimeError:  # no thread to be had (a thread limit): clean up here, unbounded
+        guarded()
+        return
+    worker.join(CLEANUP_GRACE)

@@ -25,10 +25,11 @@ from .._core.params import (
     Clock,
     LockParams,
     check_timeout,
+    check_ttl,
     lease_deadline,
     new_token,
 )
-from .._errors import BackendError, LeaseLost, LockTimeout, NotHeld
+from .._errors import BackendError, LeaseError, LeaseLost, LockTimeout, NotHeld
 from .._metrics import instruments
 from ..backends import open_backend
 from ..backends.base import Backend, Attempt, LockInfo
@@ -138,23 +139,22 @@ class Lock:
                     return self._granted(token, attempt.fence, sent, started)
                 left = give_up - clock()
                 if left <= 0:
-                    if queue:
-                        _compat.run_cleanup(lambda: backend.abandon(p.name, token))
-                    return None
+                    break
                 pause = left if attempt.retry_after is None else min(left, max(attempt.retry_after, 0.001))
                 handed = backend.wait(p.name, token, pause)
                 if isinstance(handed, Attempt):
-                    if handed.fence is not None:
-                        # Granted by the releaser after our last try_acquire was sent: measure from it.
-                        lease = self._granted(token, handed.fence, sent, started)
-                        if lease.remaining() >= p.ttl / 2:
-                            return lease
-                        try:  # we waited long since that poll: restart the lease from now
-                            lease.extend()
-                            return lease
-                        except LeaseLost:  # expired meanwhile (we were paused): queue again
+                    if handed.fence is None:
+                        continue
+                    # Granted by the releaser after our last try_acquire was sent: measure from it.
+                    if lease_deadline(sent, p.ttl) - clock() < p.ttl / 2:
+                        # We slept long since that poll (a stalled process): restart the grant from
+                        # now before a lease exists. A grant that ran out meanwhile was never the
+                        # caller's, so nothing may signal its loss: we just queue again.
+                        sent = clock()
+                        if not backend.extend(p.name, token, p.ttl_ms):
                             continue
-                elif handed:
+                    return self._granted(token, handed.fence, sent, started)
+                if handed:
                     sent = clock()
                     fence = backend.claim(p.name, token, p.ttl_ms, p.label)
                     if fence is not None:
@@ -164,12 +164,15 @@ class Lock:
             # we may sit in the queue: leave nothing behind that would block the others.
             _compat.run_cleanup(lambda: backend.abandon(p.name, token))
             raise
+        if queue:  # timed out: leave the queue (and pass on a grant that raced the timeout)
+            _compat.run_cleanup(lambda: backend.abandon(p.name, token))
+        return None
 
     def _granted(self, token: str, fence: int, sent: float, started: float) -> Lease:
         lease = Lease(self, token, fence, lease_deadline(sent, self._params.ttl))
+        lease._start()  # if the deadline watch cannot start, the acquire fails and the grant is passed on
         instruments.acquired(self.name, "ok", self._clock() - started)
         log.debug("acquired %r fence=%d holder=%s", self.name, fence, self._params.label)
-        lease._start()
         return lease
 
     def inspect(self) -> LockInfo | None:
@@ -226,6 +229,10 @@ class Lease:
         self._mutex = threading.Lock()
         self._owner = _compat.current_owner() if lock._cancel_on_loss else None
         self._cancelled_by_us = False
+        self._cancels = 0  # cancel requests we made of the owner (see _compat.interrupt_owner)
+        # One extend in flight at a time (the user's and the renewer's): the server applies them in
+        # the order the client sent them, so the last reply is the last one applied.
+        self._extending = _compat.Mutex()
         self._stopper: _compat.Stopper | None = None
         self._renewing = False
         self._unwatch: Callable[[], None] | None = None
@@ -316,15 +323,36 @@ class Lease:
             raise NotHeld(f"cannot extend lease on {self.name!r}: it was already released")
         if self.lost:
             raise LeaseLost(self.name, self.fence, self._lost_reason or "lost")
-        length = self._lock._params.ttl if ttl is None else _positive_ttl(ttl)
-        sent = self._clock()
-        if self._lock._backend.extend(self.name, self.token, max(1, int(length * 1000))):
-            self._deadline = lease_deadline(sent, length)
-            self._doubt = None
+        length = self._lock._params.ttl if ttl is None else check_ttl(ttl)
+        if self._extend_for(length):
             return
         reason = "the lock is no longer ours on the server (expired or taken over)"
         self._mark_lost(reason)
         raise LeaseLost(self.name, self.fence, reason)
+
+    def _extend_for(self, length: float) -> bool:
+        """One EXTEND to ``length`` s from now (the user's or the renewer's, never both at once).
+
+        The deadline is measured from before the request, so it is never later than the expiry the
+        server applied. When no reply comes (an error, a cancellation), the server may still have
+        applied it: then the lease keeps the earlier of its deadline and the one the request would
+        have set, so a shorter extend whose reply was lost is believed too.
+        """
+        with self._extending:
+            if self._released:
+                raise NotHeld(f"cannot extend lease on {self.name!r}: it was already released")
+            if self._lost_reason is not None:
+                raise LeaseLost(self.name, self.fence, self._lost_reason)
+            sent = self._clock()
+            try:
+                ok = self._lock._backend.extend(self.name, self.token, max(1, int(length * 1000)))
+            except BaseException:
+                self._deadline = min(self._deadline, lease_deadline(sent, length))
+                raise
+            if ok:
+                self._deadline = lease_deadline(sent, length)
+                self._doubt = None
+            return ok
 
     def release(self) -> None:
         """Release the lock. Never deletes a successor's lock: if the lease had already expired and
@@ -362,18 +390,34 @@ class Lease:
         if self._released:
             return
         ours = self._cancelled_by_us and isinstance(exc, _compat.Cancelled)
+        lost: LeaseLost | None = None
         try:
             self.release()
-        except LeaseLost:
-            if exc is None or ours:
-                if ours:
-                    _compat.was_interrupted_by_us(self._owner)
+        except LeaseLost as err:
+            lost = err
+        except _compat.Cancelled:
+            if not self._cancelled_by_us:
                 raise
+            ours = True  # our repeated cancel landed in the release (which still completes)
         except BackendError:
             if exc is None:
                 raise
-        if exc is None and self._lost_reason is not None:
-            raise LeaseLost(self.name, self.fence, self._lost_reason)
+        if self._cancelled_by_us:
+            # The block was stopped because the lease was lost: say that, unless somebody else
+            # cancelled the task too (then their cancellation must go on).
+            alone = _compat.settle_cancels(self._owner, self._cancels)
+            if ours and not alone:
+                if exc is None:
+                    raise _compat.Cancelled()
+                return
+            if ours or exc is None:
+                raise LeaseLost(self.name, self.fence, self._lost_reason or "lost") from exc
+            return
+        if exc is None:
+            if lost is not None:
+                raise lost
+            if self._lost_reason is not None:
+                raise LeaseLost(self.name, self.fence, self._lost_reason)
 
     # -- background: renewal, deadline, backend loss events -----------------------------------
 
@@ -397,18 +441,33 @@ class Lease:
 
     def _check_deadline(self) -> float | None:
         """Timer callback: starts the renewer when its first round is due, marks the lease lost at
-        its deadline; returns the delay until it wants to be called again (None: never)."""
+        its deadline; returns the delay until it wants to be called again (None: never).
+
+        The deadline is checked here whatever becomes of the renewer: if it cannot start (no thread
+        to be had) or dies, the lease still ends, with every signal, at its deadline."""
         if self._released or self._lost_reason is not None:
             return None
-        stopper = self._stopper
-        if stopper is not None and not self._renewing:
-            self._renewing = True
-            interval = self._lock._params.renew_interval
-            _compat.spawn(_renew_loop, weakref.ref(self), stopper, interval)
         left = self._deadline - self._clock()
         if left <= 0:
             self._mark_lost("the TTL ran out before the lease was renewed")
             return None
+        stopper = self._stopper
+        if stopper is not None and not self._renewing:
+            interval = self._lock._params.renew_interval or left
+            try:
+                _compat.spawn(_renew_loop, weakref.ref(self), stopper, interval)
+            except Exception as err:
+                log.warning(
+                    "cannot start the renewer of %r fence=%d holder=%s, will retry (the lease ends at its "
+                    "deadline unless renewed): %s",
+                    self.name,
+                    self.fence,
+                    self._lock._params.label,
+                    err,
+                )
+                instruments.renewed(self.name, "error")
+                return min(left, max(interval / 4, 0.01))
+            self._renewing = True
         return left
 
     def _on_backend_event(self, state: str, reason: str = "") -> None:
@@ -437,7 +496,7 @@ class Lease:
         log.warning("lease on %r fence=%d holder=%s lost: %s", self.name, self.fence, self._lock._params.label, reason)
         if self._owner is not None:
             self._cancelled_by_us = True
-            _compat.interrupt_owner(self._owner, f"fencelock: lease on {self.name!r} was lost: {reason}")
+            _compat.interrupt_owner(self._owner, f"fencelock: lease on {self.name!r} was lost: {reason}", self)
         callback = self._lock._on_lost
         if callback is not None:
             try:
@@ -480,9 +539,10 @@ def _renew_loop(ref: Callable[[], Lease | None], stopper: _compat.Stopper, inter
             lease._mark_lost("the TTL ran out before the lease was renewed")
             return
         params = lease._lock._params
-        sent = clock()
         try:
-            ok = lease._lock._backend.extend(lease.name, lease.token, params.ttl_ms)
+            ok = lease._extend_for(params.ttl)
+        except LeaseError:  # released or lost while this round waited for the user's extend
+            return
         except BackendError as err:
             log.warning(
                 "renewing %r fence=%d holder=%s failed, will retry: %s", lease.name, lease.fence, params.label, err
@@ -498,13 +558,5 @@ def _renew_loop(ref: Callable[[], Lease | None], stopper: _compat.Stopper, inter
             lease._mark_lost("renewal found the lock gone or held by another owner")
             return
         instruments.renewed(lease.name, "ok")
-        lease._deadline = lease_deadline(sent, params.ttl)
-        lease._doubt = None
         next_due = interval
         del lease
-
-
-def _positive_ttl(ttl: float) -> float:
-    from .._core.params import LockParams
-
-    return LockParams.make("x", ttl, False, 0, "x").ttl

@@ -24,6 +24,7 @@ from ..backends.redis import (
     DEFAULT_WAIT_TIMEOUT,
     EXTEND,
     INSPECT,
+    QUEUE_UNSETTLED,
     REGISTRATION_MS,
     RELEASE,
     RedisKeys,
@@ -38,7 +39,10 @@ from ..backends.redis import (
 __all__ = ["RedisBackend"]
 
 CONNECT_TIMEOUT = 2.0
-SOCKET_TIMEOUT = 5.0
+SOCKET_TIMEOUT = 2.0
+"""Seconds a URL-made client waits for one reply (connect: CONNECT_TIMEOUT). It bounds every call:
+an acquire returns within its timeout plus this (plus the cleanup grace) even when the server stops
+answering. BLPOP polls stay well below it (see ``BLOCK_CAP``)."""
 
 
 class RedisBackend:
@@ -118,7 +122,10 @@ class RedisBackend:
         if int(granted) == 1:
             return Attempt(fence=int(value))
         pttl = int(value)
-        return Attempt(fence=None, retry_after=pttl / 1000 if pttl > 0 else None)
+        if pttl > 0:
+            return Attempt(fence=None, retry_after=pttl / 1000)
+        # -3: free, but the queue still had crashed waiters to clear before its head is known
+        return Attempt(fence=None, retry_after=0.0 if pttl == QUEUE_UNSETTLED else None)
 
     @traced("wait")
     def wait(self, key: str, token: str, timeout: float) -> Attempt | bool:

@@ -31,9 +31,14 @@ that waiter's fence, sets the lock to its token for the waiter's own TTL, and pu
 ``wake`` list; the waiter's BLPOP returns and it holds the lock with no further round trip (its lease
 is measured from before its previous poll, which is before the grant). A waiter refreshes its
 ``alive`` stamp each time it polls (at least every ``BLOCK_CAP`` seconds); one that stopped
-refreshing for ``REGISTRATION_MS`` (crashed) is skipped. How strict: FIFO among live waiters by
-arrival at the server. A waiter that dies within ``REGISTRATION_MS`` of being handed the lock holds
-it, like any crashed holder, until its TTL runs out.
+refreshing for ``REGISTRATION_MS`` (crashed) is skipped and dropped. Dropping is bounded work (at
+most 256 dead entries a call, so a crowd of crashed waiters cannot stall the server); when a call runs
+out of that budget the head is *unknown*, which is never taken for "empty": ACQUIRE then grants
+nobody and answers ``QUEUE_UNSETTLED`` so the waiter polls again at once, and RELEASE frees the lock
+for the live waiters' next polls. A grant always removes the grantee's own entry, so a finished holder
+can never be handed the lock again. How strict: FIFO among live waiters by arrival at the server. A
+waiter that dies within ``REGISTRATION_MS`` of being handed the lock holds it, like any crashed
+holder, until its TTL runs out.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "EXTEND",
     "INSPECT",
+    "QUEUE_UNSETTLED",
     "RELEASE",
     "RedisKeys",
     "ReplicationUnconfirmed",
@@ -76,8 +82,9 @@ waiter's ``alive`` stamp."""
 REGISTRATION_MS = 2000
 """How long a waiter counts as alive after its last poll (four polls missed = gone)."""
 
-CLAIM_WINDOW_MS = 2000
-"""Kept for ``ABANDON``/``RELEASE`` callers of older versions; the handoff now uses the waiter's TTL."""
+QUEUE_UNSETTLED = -3
+"""ACQUIRE's "busy" reply when the lock is free but the queue still held more crashed waiters than
+one call clears (256): the head is not known yet, so nobody may take the lock; poll again at once."""
 
 _PREAMBLE = """
 if redis.replicate_commands then redis.replicate_commands() end
@@ -93,20 +100,35 @@ local function mint(fence_key, now)
   redis.call('SET', fence_key, s)
   return s
 end
+local HEAD_BATCH, HEAD_BATCHES = 64, 4
 local function owns(value, token)
   return value and string.sub(value, 1, #token + 1) == token .. ':'
 end
--- first waiter still alive, and its "<alive until>|<ttl ms>|<label>"; drops dead ones (bounded work)
+-- The first waiter still alive, and its "<alive until>|<ttl ms>|<label>". Drops dead waiters on the
+-- way, in batches, at most HEAD_BUDGET of them a call (bounded server time). Returns h, reg for a
+-- live head; nil when the queue is empty; false when the budget ran out first: the head is not
+-- known yet, which is NOT the same as an empty queue (a live waiter may stand behind the dead ones).
 local function head(queue, alive, now_ms)
-  for _ = 1, 32 do
-    local h = redis.call('ZRANGE', queue, 0, 0)[1]
-    if not h then return nil end
-    local reg = redis.call('HGET', alive, h)
-    if reg and (tonumber(string.match(reg, '^(%d+)')) or 0) > now_ms then return h, reg end
-    redis.call('ZREM', queue, h)
-    redis.call('HDEL', alive, h)
+  for _ = 1, HEAD_BATCHES do
+    local batch = redis.call('ZRANGE', queue, 0, HEAD_BATCH - 1)
+    if #batch == 0 then return nil end
+    local dead = {}
+    local found, found_reg = nil, nil
+    for _, h in ipairs(batch) do
+      local reg = redis.call('HGET', alive, h)
+      if reg and (tonumber(string.match(reg, '^(%d+)')) or 0) > now_ms then
+        found, found_reg = h, reg
+        break
+      end
+      dead[#dead + 1] = h
+    end
+    if #dead > 0 then
+      redis.call('ZREM', queue, unpack(dead))
+      redis.call('HDEL', alive, unpack(dead))
+    end
+    if found then return found, found_reg end
   end
-  return nil
+  return false
 end
 -- release the lock held by `token`: hand it to the first live waiter (for that waiter's TTL, under
 -- its label), else delete it. returns 0 (not ours: nothing changed), 1 (deleted), 2 (handed over)
@@ -119,6 +141,8 @@ local function release(lock, fence_key, queue, alive, token)
   local now = now_us()
   local h, reg = head(queue, alive, math.floor(now / 1000))
   if not h then
+    -- nobody waits, or the head is not known yet (more crashed waiters than one call clears): free
+    -- the lock; the live waiters' next polls take it, in order (ACQUIRE goes on clearing)
     redis.call('DEL', lock)
     return 1
   end
@@ -143,9 +167,11 @@ ACQUIRE = (
 -- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] holder label, ARGV[4] '1' to queue when busy,
 -- ARGV[5] waiter registration ms
 -- returns {1, fence} when granted (also when the lock was handed to us meanwhile),
---         {0, pttl}  when busy (pttl of the holder's key in ms; -2 when free but others wait first)
+--         {0, pttl}  when busy (pttl of the holder's key in ms; -2 when free but others wait first;
+--                    -3 when free but the queue's head is not known yet: poll again at once)
 local token = ARGV[1]
 local cur = redis.call('GET', KEYS[1])
+local busy = nil
 if cur then
   if owns(cur, token) then
     local f = string.match(string.sub(cur, #token + 2), '^(%d+)')
@@ -155,12 +181,17 @@ if cur then
   end
 else
   local now = now_us()
+  local queued = redis.call('EXISTS', KEYS[3]) == 1
   local h = nil
-  if redis.call('EXISTS', KEYS[3]) == 1 then h = head(KEYS[3], KEYS[4], math.floor(now / 1000)) end
-  if (not h) or h == token then
+  if queued then h = head(KEYS[3], KEYS[4], math.floor(now / 1000)) end
+  if h == false then
+    busy = -3
+  elseif (not h) or h == token then
     local f = mint(KEYS[2], now)
     redis.call('SET', KEYS[1], token .. ':' .. f .. ':' .. ARGV[3], 'PX', ARGV[2])
-    if h then
+    if queued then
+      -- our own entry always goes, wherever it stands: a grantee left in the queue would later be
+      -- handed the lock again after it finished
       redis.call('ZREM', KEYS[3], token)
       redis.call('HDEL', KEYS[4], token)
     end
@@ -174,7 +205,7 @@ if ARGV[4] == '1' then
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
   redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
-return {0, redis.call('PTTL', KEYS[1])}
+return {0, busy or redis.call('PTTL', KEYS[1])}
 """
 )
 

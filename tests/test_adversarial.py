@@ -1,0 +1,493 @@
+"""Interleavings forced on purpose: the ways an adversarial review broke the lock, kept as tests.
+
+Each test drives the lock into one bad moment deterministically (a hooked backend that holds a
+reply back, a waiter that "pauses" right after the handoff, a cancellation delivered inside the
+cleanup), on every backend where the moment exists, against real servers. A hooked backend wraps a
+real one and only delays or observes calls; the server still decides everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+import fencelock
+from fencelock import aio
+from fencelock.backends import open_async_backend, open_backend
+from fencelock.backends.redis import RedisKeys
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.01) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
+class Hooked:
+    """A real blocking backend with hooks around some primitives (everything else passes through)."""
+
+    def __init__(self, url: str) -> None:
+        self.inner, _ = open_backend(url)
+        self.name = self.inner.name
+        self.before_extend: Callable[[int], None] | None = None
+        self.after_extend: Callable[[int, bool], None] | None = None
+        self.after_wait: Callable[[Any], None] | None = None
+        self.extends: list[tuple[str, int]] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Any:
+        return self.inner.try_acquire(key, token, ttl_ms, label, queue)
+
+    def wait(self, key: str, token: str, timeout: float) -> Any:
+        got = self.inner.wait(key, token, timeout)
+        if self.after_wait is not None:
+            self.after_wait(got)
+        return got
+
+    def claim(self, key: str, token: str, ttl_ms: int, label: str) -> Any:
+        return self.inner.claim(key, token, ttl_ms, label)
+
+    def abandon(self, key: str, token: str) -> None:
+        self.inner.abandon(key, token)
+
+    def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        with self._lock:
+            self.extends.append((threading.current_thread().name, ttl_ms))
+        if self.before_extend is not None:
+            self.before_extend(ttl_ms)
+        ok = self.inner.extend(key, token, ttl_ms)
+        if self.after_extend is not None:
+            self.after_extend(ttl_ms, ok)
+        return ok
+
+    def release(self, key: str, token: str) -> bool:
+        return self.inner.release(key, token)
+
+    def inspect(self, key: str) -> Any:
+        return self.inner.inspect(key)
+
+    def watch_loss(self, key: str, token: str, callback: Any) -> Any:
+        return self.inner.watch_loss(key, token, callback)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# -- a user's extend() racing the renewer ------------------------------------------------------
+
+
+def test_user_extend_racing_the_renewer_never_leaves_the_client_believing_longer(lock_server: Any, name: str) -> None:
+    # The renewer's EXTEND (long) reaches the server first, but its reply is held back; meanwhile
+    # the user shortens the lease. Whatever order the replies are processed in, the client must
+    # never believe in a deadline later than the one the server applied last: when the server
+    # lets the key go, the holder must already know it lost the lease.
+    hooked = Hooked(lock_server.url)
+    renewer_applied = threading.Event()
+    let_renewer_reply = threading.Event()
+    stop_renewing = threading.Event()
+    renewer_calls = 0
+
+    def before_extend(ttl_ms: int) -> None:
+        nonlocal renewer_calls
+        if threading.current_thread().name != "fencelock-renewer":
+            return
+        renewer_calls += 1
+        if renewer_calls > 1:  # later renewals never reach the server: the lease must end at what it holds
+            stop_renewing.wait(30)
+
+    def after_extend(ttl_ms: int, ok: bool) -> None:
+        if threading.current_thread().name == "fencelock-renewer" and renewer_calls == 1:
+            renewer_applied.set()  # the server applied the long renewal; its reply is held back
+            let_renewer_reply.wait(10)
+
+    hooked.before_extend = before_extend
+    hooked.after_extend = after_extend
+    lock = fencelock.Lock(name, hooked, ttl=6, renew=0.3)
+    other = fencelock.Lock(name, lock_server.url, ttl=5, renew=False)
+    lease = lock.acquire(timeout=5)
+    try:
+        assert renewer_applied.wait(10), "the renewer did not run"
+        user = threading.Thread(target=lease.extend, args=(1.5,))
+        user.start()
+        user.join(1.0)  # with the fix the user's extend waits for the renewer's; give it a moment
+        let_renewer_reply.set()
+        user.join(10)
+        assert not user.is_alive()
+        # The second process gets the lock once the server's (short) expiry passed ...
+        got = other.acquire(timeout=10)
+        # ... and at that moment the first holder must no longer believe it holds.
+        both = lease.held
+        got.release()
+        assert not both, "two holders: the client believed its lease was valid after the server expired it"
+        with pytest.raises(fencelock.LeaseLost):
+            lease.ensure_held()
+    finally:
+        let_renewer_reply.set()
+        stop_renewing.set()
+        with_suppressed(lease.release)
+
+
+def with_suppressed(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except fencelock.FenceLockError:
+        pass
+
+
+def test_a_failed_extend_never_lengthens_the_clients_belief(lock_server: Any, name: str) -> None:
+    # An EXTEND whose reply is lost may still have been applied. If it asked for less time than the
+    # lease had, the client must assume the shorter one.
+    hooked = Hooked(lock_server.url)
+    lock = fencelock.Lock(name, hooked, ttl=10, renew=False)
+    lease = lock.acquire(timeout=5)
+    try:
+
+        def lose_reply(ttl_ms: int, ok: bool) -> None:
+            raise fencelock.BackendUnavailable("reply lost (injected after the server applied it)")
+
+        hooked.after_extend = lose_reply
+        with pytest.raises(fencelock.BackendUnavailable):
+            lease.extend(0.5)
+        assert lease.remaining() <= 0.5, "the server may hold the 0.5 s extend: the client must not believe 10 s"
+        hooked.after_extend = None
+    finally:
+        with_suppressed(lease.release)
+
+
+# -- loss signals only for leases the caller got -----------------------------------------------
+
+
+@pytest.mark.backends("redis-embedded", "redis-debian")
+def test_a_waiter_paused_across_the_handoff_gets_no_loss_signal_for_the_grant_it_missed(
+    lock_server: Any, name: str
+) -> None:
+    # The releaser hands the lock to a waiter whose process then stalls past the granted TTL. When it
+    # wakes, that grant is gone. acquire() goes on and returns another lease; the expired grant was
+    # never the caller's, so nothing may signal its loss (no on_lost, no cancellation).
+    hooked = Hooked(lock_server.url)
+    lost: list[int] = []
+
+    def stall_after_handoff(got: Any) -> None:
+        if getattr(got, "fence", None) is not None:
+            time.sleep(1.5)  # the 1 s grant runs out meanwhile
+
+    hooked.after_wait = stall_after_handoff
+    holder = fencelock.Lock(name, lock_server.url, ttl=30, renew=False).acquire(timeout=5)
+    waiter = fencelock.Lock(name, hooked, ttl=1, renew=False, on_lost=lambda lease: lost.append(lease.fence))
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.setdefault("lease", waiter.acquire(timeout=20)))
+    t.start()
+    assert wait_until(lambda: (lock_server.admin.zcard(RedisKeys("fencelock:", name).queue) or 0) == 1, 10)
+    holder.release()
+    t.join(30)
+    lease = result["lease"]
+    try:
+        assert lease.held
+        assert lost == [], f"on_lost fired for a grant the caller never got (fences {lost}, got {lease.fence})"
+    finally:
+        lease.release()
+
+
+# -- the sync renewer failing to start ---------------------------------------------------------
+
+
+def test_a_renewer_that_cannot_start_still_ends_in_the_loss_signal(
+    lock_server: Any, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under RLIMIT_NPROC (or any thread limit) starting the renewer thread fails. The lease can then
+    # not be renewed, so it must end at its deadline, with every signal: never a silent lease that
+    # the holder believes in after another process took the lock.
+    from fencelock._sync import _compat
+
+    def no_threads(fn: Any, *args: Any) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(_compat, "spawn", no_threads)
+    fired = threading.Event()
+    lock = fencelock.Lock(name, lock_server.url, ttl=1, renew=True, on_lost=lambda lease: fired.set())
+    lease = lock.acquire(timeout=5)
+    try:
+        assert lease.lost_event.wait(5), "lost_event never set after the renewer failed to start"
+        assert fired.wait(1), "on_lost never called after the renewer failed to start"
+        assert lease.lost
+    finally:
+        with_suppressed(lease.release)
+
+
+# -- asyncio cancellation ----------------------------------------------------------------------
+
+
+class AsyncHooked:
+    """asyncio twin of ``Hooked`` (only the hooks these tests need)."""
+
+    def __init__(self, url: str) -> None:
+        self.inner, _ = open_async_backend(url)
+        self.name = self.inner.name
+        self.in_abandon = asyncio.Event()
+        self.finish_abandon = asyncio.Event()
+        self.abandoned = 0
+        self.hold_abandon = False
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Any:
+        return await self.inner.try_acquire(key, token, ttl_ms, label, queue)
+
+    async def wait(self, key: str, token: str, timeout: float) -> Any:
+        return await self.inner.wait(key, token, timeout)
+
+    async def claim(self, key: str, token: str, ttl_ms: int, label: str) -> Any:
+        return await self.inner.claim(key, token, ttl_ms, label)
+
+    async def abandon(self, key: str, token: str) -> None:
+        if self.hold_abandon:
+            self.in_abandon.set()
+            await self.finish_abandon.wait()
+        await self.inner.abandon(key, token)
+        self.abandoned += 1
+
+    async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        return await self.inner.extend(key, token, ttl_ms)
+
+    async def release(self, key: str, token: str) -> bool:
+        return await self.inner.release(key, token)
+
+    async def inspect(self, key: str) -> Any:
+        return await self.inner.inspect(key)
+
+    def watch_loss(self, key: str, token: str, callback: Any) -> Any:
+        return self.inner.watch_loss(key, token, callback)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_cancel_during_a_timed_out_acquires_cleanup_propagates(lock_server: Any, name: str) -> None:
+    # The acquire times out and starts its cleanup (leave the queue); the task is cancelled right
+    # then. The cleanup must still finish, and the task must end *cancelled*: a worker loop that
+    # retries on LockTimeout could otherwise never be stopped, and TaskGroup/timeout() lose the cancel.
+    holder = await aio.Lock(name, lock_server.url, ttl=30, renew=False).acquire(timeout=5)
+    hooked = AsyncHooked(lock_server.url)
+    hooked.hold_abandon = True
+    waiter = aio.Lock(name, hooked, ttl=30, renew=False)
+    task = asyncio.create_task(waiter.acquire(timeout=0.3))
+    await asyncio.wait_for(hooked.in_abandon.wait(), 10)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    hooked.finish_abandon.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert task.cancelled(), "the cancellation was swallowed into another outcome"
+    assert hooked.abandoned >= 1, "the cleanup must run to its end"
+    await holder.release()
+    # nothing left behind by the cancelled waiter: the lock is free at once
+    probe = await aio.Lock(name, lock_server.url, ttl=5, renew=False).acquire(timeout=5)
+    await probe.release()
+    await hooked.aclose()
+
+
+async def test_asyncio_timeout_around_an_acquire_keeps_its_cancel(lock_server: Any, name: str) -> None:
+    # asyncio.timeout()/wait_for cancel the acquire; they only work if the cancel comes back out.
+    holder = await aio.Lock(name, lock_server.url, ttl=30, renew=False).acquire(timeout=5)
+    waiter = aio.Lock(name, lock_server.url, ttl=30, renew=False)
+    for budget in (0.05, 0.2, 0.31):
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(waiter.acquire(timeout=0.3), budget)
+    await holder.release()
+
+
+@pytest.mark.backends("redis-embedded")
+async def test_cancel_on_loss_stops_a_section_doing_redis_io_every_time(lock_server: Any, name: str) -> None:
+    # On Python <= 3.11 asyncio.wait_for (which redis.asyncio wraps around every command with a
+    # socket timeout) can drop a cancel that arrives just as the command completes. One cancel is
+    # not enough: the loss must stop the section every time.
+    client = redis.asyncio.Redis(unix_socket_path=str(lock_server.server.socket), password=lock_server.PASSWORD,
+                                 socket_timeout=5)
+    try:
+        for trial in range(20):
+            lock = aio.Lock(f"{name}:{trial}", lock_server.url, ttl=0.3, renew=False, cancel_on_loss=True)
+            ops = 0
+            started = time.monotonic()
+            with pytest.raises(fencelock.LeaseLost):
+                async with lock:
+                    while time.monotonic() - started < 5:  # bounded: 5 s, the lease lasts 0.3 s
+                        await client.get("x")
+                        ops += 1
+            assert time.monotonic() - started < 4, f"trial {trial}: the section ran on after its lease was lost"
+            await lock.aclose()
+    finally:
+        await client.aclose()
+
+
+# -- a queue full of crashed waiters (a fleet restart) -------------------------------------------
+
+_WAITERS = """
+import sys, threading, fencelock
+url, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for _ in range(n):  # a Lock (and so a connection pool) per 50 waiters: redis-py's pools hold 100
+    if _ % 50 == 0:
+        lock = fencelock.Lock(name, url, ttl=30, renew=False)
+    threading.Thread(target=lock.acquire, kwargs={"timeout": 120}, daemon=True).start()
+threading.Event().wait(120)
+"""
+
+
+@pytest.mark.backends("redis-embedded", "redis-debian")
+@pytest.mark.parametrize("crashed", [100, 300])  # 300: more than one script call clears (256)
+def test_a_live_waiter_behind_crashed_ones_is_served_and_nothing_goes_to_a_finished_token(
+    lock_server: Any, name: str, crashed: int
+) -> None:
+    keys = RedisKeys("fencelock:", name)
+    holder = fencelock.Lock(name, lock_server.url, ttl=30, renew=False).acquire(timeout=5)
+    crowd = subprocess.Popen([sys.executable, "-c", _WAITERS, lock_server.url, name, str(crashed)])
+    try:
+        assert wait_until(lambda: lock_server.admin.zcard(keys.queue) >= crashed, 60), "the crowd did not queue"
+    finally:
+        os.kill(crowd.pid, signal.SIGKILL)  # no cleanup at all: their queue entries stay behind
+        crowd.wait(10)
+    live = fencelock.Lock(name, lock_server.url, ttl=30, renew=False)
+    second = fencelock.Lock(name, lock_server.url, ttl=30, renew=False)
+    got: dict[str, Any] = {}
+    t1 = threading.Thread(target=lambda: got.setdefault("first", live.acquire(timeout=60)))
+    t1.start()
+    assert wait_until(lambda: lock_server.admin.zcard(keys.queue) >= crashed + 1, 10)
+    t2 = threading.Thread(target=lambda: got.setdefault("second", second.acquire(timeout=60)))
+    t2.start()
+    assert wait_until(lambda: lock_server.admin.zcard(keys.queue) >= crashed + 2, 10)
+    time.sleep(2.5)  # the crashed waiters' registrations run out; the live ones keep polling
+    holder.release()
+    t1.join(10)
+    assert "first" in got, "the live waiter behind the crashed ones was not served"
+    assert "second" not in got, "the later waiter overtook the earlier one"
+    first = got["first"]
+    assert first.fence > holder.fence
+    assert lock_server.admin.zscore(keys.queue, first.token) is None, "a grantee's own queue entry must go"
+    first.release()
+    value = lock_server.admin.get(keys.lock)
+    assert value is None or not value.decode().startswith(first.token), "the lock was handed back to a finished token"
+    t2.join(10)
+    assert "second" in got, "the next live waiter was not served after the first released"
+    sec = got["second"]
+    assert sec.fence > first.fence
+    assert lock_server.admin.zscore(keys.queue, sec.token) is None, "a grantee's own queue entry must go"
+    sec.release()
+    # Nothing was handed to a finished token: the lock is free now, for anyone, at once.
+    assert fencelock.Lock(name, lock_server.url).inspect() is None
+    newcomer = fencelock.Lock(name, lock_server.url, ttl=5, renew=False).try_acquire()
+    assert newcomer is not None, "the lock went to a token whose owner had already finished"
+    newcomer.release()
+
+
+# -- every call honours its timeout, also against a server that stopped answering ---------------
+
+REQUEST_TIMEOUT = {"redis": 2.0, "zookeeper": 3.0}
+"""The longest a URL-made client waits for one reply (redis: socket timeout; zk: request timeout)."""
+SLACK = 1.5  # a loaded 2-core machine; the bug this guards against took 5 s more
+
+
+@pytest.mark.needs("pause")
+def test_acquire_against_a_frozen_server_returns_within_its_timeout_plus_the_stated_bound(
+    lock_server: Any, name: str
+) -> None:
+    from fencelock._sync._compat import CLEANUP_GRACE  # the cleanup of the failed acquire, waited for
+
+    lock = fencelock.Lock(name, lock_server.url, ttl=30, renew=False)
+    lock.try_acquire().release()  # connected, scripts loaded
+    bound = REQUEST_TIMEOUT[lock_server.kind] + CLEANUP_GRACE + SLACK
+    lock_server.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises((fencelock.BackendUnavailable, fencelock.LockTimeout)):
+            lock.acquire(timeout=1)
+        took = time.monotonic() - started
+    finally:
+        lock_server.resume()
+    assert took <= 1 + bound, f"acquire(timeout=1) took {took:.1f} s against a frozen server (bound {1 + bound:g} s)"
+
+
+@pytest.mark.needs("pause")
+async def test_async_acquire_against_a_frozen_server_returns_within_its_timeout_plus_the_stated_bound(
+    lock_server: Any, name: str
+) -> None:
+    from fencelock._async._compat import CLEANUP_GRACE  # the cleanup of the failed acquire, waited for
+
+    lock = aio.Lock(name, lock_server.url, ttl=30, renew=False)
+    await (await lock.acquire(timeout=5)).release()
+    bound = REQUEST_TIMEOUT[lock_server.kind] + CLEANUP_GRACE + SLACK
+    lock_server.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises((fencelock.BackendUnavailable, fencelock.LockTimeout)):
+            await lock.acquire(timeout=1)
+        took = time.monotonic() - started
+    finally:
+        lock_server.resume()
+    await lock.aclose()
+    assert took <= 1 + bound, f"acquire(timeout=1) took {took:.1f} s against a frozen server (bound {1 + bound:g} s)"
+
+
+# -- cancel_on_loss and other cancellations -------------------------------------------------------
+
+
+@pytest.mark.needs("delete_key")
+async def test_cancel_on_loss_leaves_no_cancel_request_behind(lock_server: Any, name: str) -> None:
+    # Our cancellation is turned into LeaseLost at the block's exit; the requests we made must be
+    # withdrawn, or an enclosing asyncio.timeout()/TaskGroup would later misread the task's state.
+    lock = aio.Lock(name, lock_server.url, ttl=0.6, renew=True, cancel_on_loss=True)
+    with pytest.raises(fencelock.LeaseLost):
+        async with lock:
+            lock_server.delete_lock(name)
+            for _ in range(500):  # bounded: 5 s; the renewer finds the key gone within ttl/3
+                await asyncio.sleep(0.01)
+    task = asyncio.current_task()
+    assert task is not None
+    if sys.version_info >= (3, 11):
+        assert task.cancelling() == 0, "our cancel requests were not withdrawn"
+    # and the task is not cancelled later by a leftover request
+    await asyncio.sleep(0.05)
+    await lock.aclose()
+
+
+@pytest.mark.needs("delete_key")
+async def test_a_cancel_from_elsewhere_during_a_loss_still_cancels_the_task(lock_server: Any, name: str) -> None:
+    # The lease is lost and, in the same moment, somebody else cancels the holding task (a
+    # TaskGroup sibling failed, a timeout hit). That cancellation is not ours to swallow.
+    lock = aio.Lock(name, lock_server.url, ttl=0.6, renew=True, cancel_on_loss=True)
+    holder: asyncio.Task[None] | None = None
+
+    def cancel_from_elsewhere(lease: Any) -> None:
+        assert holder is not None
+        holder.cancel()
+
+    lock._on_lost = cancel_from_elsewhere
+
+    async def hold() -> None:
+        async with lock:
+            lock_server.delete_lock(name)
+            for _ in range(500):
+                await asyncio.sleep(0.01)
+
+    holder = asyncio.create_task(hold())
+    outcome = await asyncio.wait_for(asyncio.gather(holder, return_exceptions=True), 10)
+    if sys.version_info >= (3, 11):
+        assert holder.cancelled(), f"the foreign cancel was swallowed: {outcome!r}"
+    else:  # 3.10 keeps no count of cancel requests: documented, reported as the loss
+        assert isinstance(outcome[0], (fencelock.LeaseLost, asyncio.CancelledError))
+    await lock.aclose()
