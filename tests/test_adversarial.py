@@ -123,7 +123,7 @@ def test_user_extend_racing_the_renewer_never_leaves_the_client_believing_longer
     lease = lock.acquire(timeout=5)
     try:
         assert renewer_applied.wait(10), "the renewer did not run"
-        user = threading.Thread(target=lease.extend, args=(1.5,))
+        user = threading.Thread(target=lease.extend, kwargs={"ttl": 1.5})
         user.start()
         user.join(1.0)  # with the fix the user's extend waits for the renewer's; give it a moment
         let_renewer_reply.set()
@@ -163,7 +163,7 @@ def test_a_failed_extend_never_lengthens_the_clients_belief(lock_server: Any, na
 
         hooked.after_extend = lose_reply
         with pytest.raises(fencelock.BackendUnavailable):
-            lease.extend(0.5)
+            lease.extend(ttl=0.5)
         assert lease.remaining() <= 0.5, "the server may hold the 0.5 s extend: the client must not believe 10 s"
         hooked.after_extend = None
     finally:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ._core.params import DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_TTL
 from ._errors import (
+    AlreadyHeld,
     AuthenticationFailed,
     BackendError,
     BackendRejected,
@@ -54,6 +55,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "DEFAULT_ACQUIRE_TIMEOUT",
     "DEFAULT_TTL",
+    "AlreadyHeld",
     "Attempt",
     "AuthenticationFailed",
     "BackendError",

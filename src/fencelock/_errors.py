@@ -5,7 +5,8 @@
      ├── LockTimeout                            the lock stayed busy for the whole acquire timeout
      ├── LeaseError
      │    ├── LeaseLost                         the lease expired, was taken over, or its session died
-     │    └── NotHeld                           release/extend of a lease that was already released
+     │    ├── NotHeld                           release/extend of a lease that was already released
+     │    └── AlreadyHeld                       acquiring again from the thread/task that holds it (not reentrant)
      ├── StaleFence                             storage refused a write: a higher fence was already accepted
      └── BackendError
           ├── BackendUnavailable                the server could not be reached within the bounded time
@@ -22,6 +23,7 @@ and crosses process boundaries (multiprocessing, concurrent.futures) intact.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyHeld",
     "AuthenticationFailed",
     "BackendError",
     "BackendRejected",
@@ -80,6 +82,11 @@ class LeaseLost(LeaseError):
 
 class NotHeld(LeaseError):
     """The lease was already released (or belongs to another process): nothing to release or extend."""
+
+
+class AlreadyHeld(LeaseError):
+    """This thread or task already holds the lock through ``with`` and asked for it again: fencelock
+    locks are not reentrant (the acquire would wait for itself until its timeout)."""
 
 
 class StaleFence(FenceLockError):

@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
+import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
+
+from .._errors import ConfigurationError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 Cancelled: type[BaseException] = asyncio.CancelledError
 """What interrupts a waiting caller: asyncio's cancellation (threads have no such thing)."""
+
+CAN_CANCEL = True
+"""Whether the holder can be interrupted when its lease is lost (``cancel_on_loss``)."""
+
+OWNER_KIND = "task"
+"""What holds a lease here, in messages."""
 
 _background: set[asyncio.Task[Any]] = set()
 log = logging.getLogger("fencelock")
@@ -102,6 +116,31 @@ REDELIVER = 0.01
 class _Interruptible(Protocol):
     _released: bool
     _cancels: int
+
+
+def current_owner_id() -> int:
+    """Who is calling: the current task (or, outside one, the thread)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    return id(task) if task is not None else threading.get_ident()
+
+
+def decorate(lock: Any, fn: Callable[P, R]) -> Callable[P, R]:
+    """``@lock`` on an ``async def``: each call runs inside ``async with lock``."""
+    if not inspect.iscoroutinefunction(fn):
+        raise ConfigurationError(
+            f"fencelock.aio.Lock decorates coroutine functions (async def); {getattr(fn, '__name__', fn)!r} is "
+            "not one: use fencelock.Lock for a plain function"
+        )
+
+    @functools.wraps(fn)
+    async def locked(*args: Any, **kwargs: Any) -> Any:
+        async with lock:
+            return await fn(*args, **kwargs)
+
+    return cast("Callable[P, R]", locked)
 
 
 def current_owner() -> asyncio.Task[Any] | None:

@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from .._core.params import (
     DEFAULT_ACQUIRE_TIMEOUT,
@@ -28,7 +28,7 @@ from .._core.params import (
     lease_deadline,
     new_token,
 )
-from .._errors import BackendError, LeaseError, LeaseLost, LockTimeout, NotHeld
+from .._errors import AlreadyHeld, BackendError, ConfigurationError, LeaseError, LeaseLost, LockTimeout, NotHeld
 from .._metrics import instruments
 from ..backends import open_async_backend
 from ..backends.base import AsyncBackend, Attempt, LockInfo
@@ -39,23 +39,34 @@ __all__ = ["AsyncLease", "AsyncLock"]
 log = logging.getLogger("fencelock")
 
 LostCallback = Callable[["AsyncLease"], None]
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class AsyncLock:
-    """A named distributed lock. Acquiring it yields an ``AsyncLease`` carrying a fencing token.
+    """A named distributed lock. Acquiring it yields a lease (``AsyncLease``) carrying a fencing token.
 
     ``backend`` is a URL (``redis://``, ``rediss://``, ``unix://``, ``zk://``, ``sqlite:///``), a
     client object of your own (used as is, never closed by us), or a backend instance.
 
-    - ``ttl``: lease length in seconds. A crashed holder blocks others for at most this long.
-    - ``renew``: ``True`` (default) renews every ``ttl/3`` while held; a number sets the interval;
-      ``False`` lets the lease run out after ``ttl`` unless you call ``extend()``.
+    - ``ttl``: lease length in seconds (at most 30 days). A crashed holder blocks others for at most
+      this long.
+    - ``renew``: ``True`` (default) renews every ``ttl/3`` while held; a number sets the interval (at
+      most ``ttl/2``, so a failed renewal can be retried); ``False`` lets the lease run out after
+      ``ttl`` unless you call ``extend()``.
     - ``timeout``: default acquire timeout in seconds (finite: no wait is unbounded).
     - ``on_lost``: called with the lease when it is lost (from the renewer's thread or task).
-    - ``cancel_on_loss``: cancel the task that acquired the lease when the lease is lost, so the
-      critical section stops at its next ``await`` (``async with`` then raises ``LeaseLost``).
+    - ``cancel_on_loss`` (asyncio only: ``fencelock.aio.Lock``; threads cannot be cancelled, so
+      ``fencelock.Lock`` refuses it): cancel the task that acquired the lease when the lease is lost,
+      and again at each await until it leaves the ``async with`` block, which then raises
+      ``LeaseLost``.
     - ``label``: who holds it, shown to operators; defaults to ``hostname:pid``.
     - ``clock``: a monotonic clock in seconds, replaceable in tests.
+
+    Not reentrant: acquiring it again from the thread or task that holds it through ``with`` raises
+    ``AlreadyHeld`` at once (it would otherwise wait for itself). One ``Lock`` object may be shared
+    by many threads or tasks; each gets its own lease. As a decorator (``@lock``), it runs each call
+    of the function inside ``with lock:``; ``lock.current_lease()`` gives the call its lease.
     """
 
     def __init__(
@@ -72,6 +83,11 @@ class AsyncLock:
         clock: Clock = time.monotonic,
     ) -> None:
         self._params = LockParams.make(name, ttl, renew, timeout, label)
+        if cancel_on_loss and not _compat.CAN_CANCEL:
+            raise ConfigurationError(
+                "cancel_on_loss needs asyncio (fencelock.aio.Lock): a thread cannot be cancelled; with "
+                "fencelock.Lock use on_lost=callback, lease.lost_event or lease.ensure_held() before each write"
+            )
         self._backend: AsyncBackend
         self._backend, self._owns_backend = open_async_backend(backend)
         cap = getattr(self._backend, "max_lease", None)
@@ -86,7 +102,9 @@ class AsyncLock:
         # Leases entered with ``with lock`` by *this* thread or task: a Lock shared by several
         # threads/tasks must never pop another's lease (one whose lease expired inside the block
         # would otherwise release its successor's lock on exit).
-        self._held: contextvars.ContextVar[tuple[AsyncLease, ...]] = contextvars.ContextVar(
+        # Each entry says which thread or task entered it: a child task inherits a copy of its
+        # parent's context, and must neither pop nor count as holding its parent's lease.
+        self._held: contextvars.ContextVar[tuple[tuple[int, AsyncLease], ...]] = contextvars.ContextVar(
             "fencelock_held", default=()
         )
 
@@ -105,13 +123,21 @@ class AsyncLock:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} on {self._backend.name} ttl={self.ttl:g}s>"
 
-    async def acquire(self, timeout: float | None = None) -> AsyncLease:
+    async def acquire(self, timeout: float | None = None, *, blocking: bool = True, **unknown: Any) -> AsyncLease:
         """Wait at most ``timeout`` seconds (default: the lock's) for the lock; return the lease.
 
-        ``timeout=0`` makes a single attempt. Raises ``LockTimeout`` when the lock stayed busy and
-        ``BackendUnavailable`` when the server cannot be reached: never a silent ``False``.
+        ``timeout=0`` (or ``blocking=False``) makes a single attempt. Raises ``LockTimeout`` when the
+        lock stayed busy and ``BackendUnavailable`` when the server cannot be reached: never a
+        silent ``False`` (``try_acquire()`` returns None when busy, for an ``if``).
         """
+        if unknown:
+            raise _unknown_acquire_arguments(unknown)
+        if not blocking:
+            if timeout is not None:
+                raise ConfigurationError("acquire(blocking=False) makes one attempt: do not pass a timeout with it")
+            timeout = 0.0
         wait = self._params.acquire_timeout if timeout is None else check_timeout(timeout)
+        self._refuse_reentry()
         lease = await self._acquire(wait)
         if lease is None:
             instruments.acquired(self.name, "timeout", wait)
@@ -120,7 +146,34 @@ class AsyncLock:
 
     async def try_acquire(self) -> AsyncLease | None:
         """One attempt: the lease, or None when someone else holds the lock right now."""
+        self._refuse_reentry()
         return await self._acquire(0.0)
+
+    def _refuse_reentry(self) -> None:
+        stack = self._held.get()
+        if not stack:
+            return
+        me = _compat.current_owner_id()
+        for owner, lease in stack:
+            if owner == me and not lease._released and not lease.lost:
+                raise AlreadyHeld(
+                    f"lock {self.name!r} is already held by this {_compat.OWNER_KIND} (fence {lease.fence}): "
+                    "fencelock locks are not reentrant; use the lease you hold (lock.current_lease()), or "
+                    "another lock name"
+                )
+
+    def current_lease(self) -> AsyncLease | None:
+        """The lease this thread or task holds through its innermost ``with lock:`` block (or a
+        call of a function decorated with ``@lock``), else None."""
+        me = _compat.current_owner_id()
+        for owner, lease in reversed(self._held.get()):
+            if owner == me:
+                return lease
+        return None
+
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """``@lock``: run every call of ``fn`` inside ``with lock:`` (its lease: ``lock.current_lease()``)."""
+        return _compat.decorate(self, fn)
 
     async def _acquire(self, wait: float) -> AsyncLease | None:
         p = self._params
@@ -180,7 +233,7 @@ class AsyncLock:
 
     async def __aenter__(self) -> AsyncLease:
         lease = await self.acquire()
-        self._held.set((*self._held.get(), lease))
+        self._held.set((*self._held.get(), (_compat.current_owner_id(), lease)))
         return lease
 
     async def __aexit__(
@@ -193,7 +246,7 @@ class AsyncLock:
         if not stack:
             raise NotHeld(f"leaving a `with` block of lock {self.name!r} that this thread/task did not enter")
         self._held.set(stack[:-1])
-        await stack[-1].__aexit__(exc_type, exc, tb)
+        await stack[-1][1].__aexit__(exc_type, exc, tb)
 
     async def aclose(self) -> None:
         """Close connections that fencelock opened for this lock (never a client you passed in)."""
@@ -314,9 +367,15 @@ class AsyncLease:
 
     # -- operations ----------------------------------------------------------------------------
 
-    async def extend(self, ttl: float | None = None) -> None:
-        """Make the lease last ``ttl`` (default: the lock's) from now. Raises ``LeaseLost`` if the
+    async def extend(self, *args: object, ttl: float | None = None) -> None:
+        """Make the lease last ``ttl`` seconds (default: the lock's TTL) *from now*: it sets the time
+        left, it does not add to it (redis-py's ``Lock.extend`` adds). Raises ``LeaseLost`` if the
         lock is no longer ours; the lease is then marked lost."""
+        if args:
+            raise TypeError(
+                "extend() takes the new length as a keyword: lease.extend(ttl=30) makes the lease last "
+                "30 s from now (it does not add 30 s to what is left)"
+            )
         self._check_process()
         if self._released:
             raise NotHeld(f"cannot extend lease on {self.name!r}: it was already released")
@@ -559,3 +618,14 @@ async def _renew_loop(ref: Callable[[], AsyncLease | None], stopper: _compat.Asy
         instruments.renewed(lease.name, "ok")
         next_due = interval
         del lease
+
+
+def _unknown_acquire_arguments(unknown: dict[str, Any]) -> TypeError:
+    names = ", ".join(sorted(unknown))
+    hint = ""
+    if "blocking_timeout" in unknown:
+        hint = "; redis-py's blocking_timeout is fencelock's timeout: lock.acquire(timeout=5)"
+    return TypeError(
+        f"acquire() got unexpected keyword argument(s) {names}: it takes timeout=seconds and blocking=True/False"
+        f"{hint}"
+    )

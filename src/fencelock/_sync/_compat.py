@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
+import inspect
 import itertools
 import logging
 import os
@@ -11,13 +13,46 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from .._errors import ConfigurationError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 log = logging.getLogger("fencelock")
 
 
 class Cancelled(BaseException):
     """Threads cannot be cancelled; this is never raised, it only keeps the shared code alike."""
+
+
+CAN_CANCEL = False
+"""Threads cannot be interrupted: ``cancel_on_loss`` is refused (asyncio twin: True)."""
+
+OWNER_KIND = "thread"
+"""What holds a lease here, in messages."""
+
+
+def current_owner_id() -> int:
+    """Who is calling: the current thread."""
+    return threading.get_ident()
+
+
+def decorate(lock: Any, fn: Callable[P, R]) -> Callable[P, R]:
+    """``@lock`` on a plain function: each call runs inside ``with lock``."""
+    if inspect.iscoroutinefunction(fn):
+        raise ConfigurationError(
+            f"{getattr(fn, '__name__', fn)!r} is a coroutine function: fencelock.Lock would be released before "
+            "it runs; decorate it with fencelock.aio.Lock"
+        )
+
+    @functools.wraps(fn)
+    def locked(*args: P.args, **kwargs: P.kwargs) -> R:
+        with lock:
+            return fn(*args, **kwargs)
+
+    return locked
 
 
 class _Deadlined(Protocol):

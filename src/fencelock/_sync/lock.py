@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from .._core.params import (
     DEFAULT_ACQUIRE_TIMEOUT,
@@ -29,7 +29,7 @@ from .._core.params import (
     lease_deadline,
     new_token,
 )
-from .._errors import BackendError, LeaseError, LeaseLost, LockTimeout, NotHeld
+from .._errors import AlreadyHeld, BackendError, ConfigurationError, LeaseError, LeaseLost, LockTimeout, NotHeld
 from .._metrics import instruments
 from ..backends import open_backend
 from ..backends.base import Backend, Attempt, LockInfo
@@ -40,23 +40,34 @@ __all__ = ["Lease", "Lock"]
 log = logging.getLogger("fencelock")
 
 LostCallback = Callable[["Lease"], None]
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Lock:
-    """A named distributed lock. Acquiring it yields an ``Lease`` carrying a fencing token.
+    """A named distributed lock. Acquiring it yields a lease (``Lease``) carrying a fencing token.
 
     ``backend`` is a URL (``redis://``, ``rediss://``, ``unix://``, ``zk://``, ``sqlite:///``), a
     client object of your own (used as is, never closed by us), or a backend instance.
 
-    - ``ttl``: lease length in seconds. A crashed holder blocks others for at most this long.
-    - ``renew``: ``True`` (default) renews every ``ttl/3`` while held; a number sets the interval;
-      ``False`` lets the lease run out after ``ttl`` unless you call ``extend()``.
+    - ``ttl``: lease length in seconds (at most 30 days). A crashed holder blocks others for at most
+      this long.
+    - ``renew``: ``True`` (default) renews every ``ttl/3`` while held; a number sets the interval (at
+      most ``ttl/2``, so a failed renewal can be retried); ``False`` lets the lease run out after
+      ``ttl`` unless you call ``extend()``.
     - ``timeout``: default acquire timeout in seconds (finite: no wait is unbounded).
     - ``on_lost``: called with the lease when it is lost (from the renewer's thread or task).
-    - ``cancel_on_loss``: cancel the task that acquired the lease when the lease is lost, so the
-      critical section stops at its next ``await`` (``with`` then raises ``LeaseLost``).
+    - ``cancel_on_loss`` (asyncio only: ``fencelock.aio.Lock``; threads cannot be cancelled, so
+      ``fencelock.Lock`` refuses it): cancel the task that acquired the lease when the lease is lost,
+      and again at each until it leaves the ``with`` block, which then raises
+      ``LeaseLost``.
     - ``label``: who holds it, shown to operators; defaults to ``hostname:pid``.
     - ``clock``: a monotonic clock in seconds, replaceable in tests.
+
+    Not reentrant: acquiring it again from the thread or task that holds it through ``with`` raises
+    ``AlreadyHeld`` at once (it would otherwise wait for itself). One ``Lock`` object may be shared
+    by many threads or tasks; each gets its own lease. As a decorator (``@lock``), it runs each call
+    of the function inside ``with lock:``; ``lock.current_lease()`` gives the call its lease.
     """
 
     def __init__(
@@ -73,6 +84,11 @@ class Lock:
         clock: Clock = time.monotonic,
     ) -> None:
         self._params = LockParams.make(name, ttl, renew, timeout, label)
+        if cancel_on_loss and not _compat.CAN_CANCEL:
+            raise ConfigurationError(
+                "cancel_on_loss needs asyncio (fencelock.aio.Lock): a thread cannot be cancelled; with "
+                "fencelock.Lock use on_lost=callback, lease.lost_event or lease.ensure_held() before each write"
+            )
         self._backend: Backend
         self._backend, self._owns_backend = open_backend(backend)
         cap = getattr(self._backend, "max_lease", None)
@@ -87,7 +103,9 @@ class Lock:
         # Leases entered with ``with lock`` by *this* thread or task: a Lock shared by several
         # threads/tasks must never pop another's lease (one whose lease expired inside the block
         # would otherwise release its successor's lock on exit).
-        self._held: contextvars.ContextVar[tuple[Lease, ...]] = contextvars.ContextVar(
+        # Each entry says which thread or task entered it: a child task inherits a copy of its
+        # parent's context, and must neither pop nor count as holding its parent's lease.
+        self._held: contextvars.ContextVar[tuple[tuple[int, Lease], ...]] = contextvars.ContextVar(
             "fencelock_held", default=()
         )
 
@@ -106,13 +124,21 @@ class Lock:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} on {self._backend.name} ttl={self.ttl:g}s>"
 
-    def acquire(self, timeout: float | None = None) -> Lease:
+    def acquire(self, timeout: float | None = None, *, blocking: bool = True, **unknown: Any) -> Lease:
         """Wait at most ``timeout`` seconds (default: the lock's) for the lock; return the lease.
 
-        ``timeout=0`` makes a single attempt. Raises ``LockTimeout`` when the lock stayed busy and
-        ``BackendUnavailable`` when the server cannot be reached: never a silent ``False``.
+        ``timeout=0`` (or ``blocking=False``) makes a single attempt. Raises ``LockTimeout`` when the
+        lock stayed busy and ``BackendUnavailable`` when the server cannot be reached: never a
+        silent ``False`` (``try_acquire()`` returns None when busy, for an ``if``).
         """
+        if unknown:
+            raise _unknown_acquire_arguments(unknown)
+        if not blocking:
+            if timeout is not None:
+                raise ConfigurationError("acquire(blocking=False) makes one attempt: do not pass a timeout with it")
+            timeout = 0.0
         wait = self._params.acquire_timeout if timeout is None else check_timeout(timeout)
+        self._refuse_reentry()
         lease = self._acquire(wait)
         if lease is None:
             instruments.acquired(self.name, "timeout", wait)
@@ -121,7 +147,34 @@ class Lock:
 
     def try_acquire(self) -> Lease | None:
         """One attempt: the lease, or None when someone else holds the lock right now."""
+        self._refuse_reentry()
         return self._acquire(0.0)
+
+    def _refuse_reentry(self) -> None:
+        stack = self._held.get()
+        if not stack:
+            return
+        me = _compat.current_owner_id()
+        for owner, lease in stack:
+            if owner == me and not lease._released and not lease.lost:
+                raise AlreadyHeld(
+                    f"lock {self.name!r} is already held by this {_compat.OWNER_KIND} (fence {lease.fence}): "
+                    "fencelock locks are not reentrant; use the lease you hold (lock.current_lease()), or "
+                    "another lock name"
+                )
+
+    def current_lease(self) -> Lease | None:
+        """The lease this thread or task holds through its innermost ``with lock:`` block (or a
+        call of a function decorated with ``@lock``), else None."""
+        me = _compat.current_owner_id()
+        for owner, lease in reversed(self._held.get()):
+            if owner == me:
+                return lease
+        return None
+
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """``@lock``: run every call of ``fn`` inside ``with lock:`` (its lease: ``lock.current_lease()``)."""
+        return _compat.decorate(self, fn)
 
     def _acquire(self, wait: float) -> Lease | None:
         p = self._params
@@ -181,7 +234,7 @@ class Lock:
 
     def __enter__(self) -> Lease:
         lease = self.acquire()
-        self._held.set((*self._held.get(), lease))
+        self._held.set((*self._held.get(), (_compat.current_owner_id(), lease)))
         return lease
 
     def __exit__(
@@ -194,7 +247,7 @@ class Lock:
         if not stack:
             raise NotHeld(f"leaving a `with` block of lock {self.name!r} that this thread/task did not enter")
         self._held.set(stack[:-1])
-        stack[-1].__exit__(exc_type, exc, tb)
+        stack[-1][1].__exit__(exc_type, exc, tb)
 
     def close(self) -> None:
         """Close connections that fencelock opened for this lock (never a client you passed in)."""
@@ -315,9 +368,15 @@ class Lease:
 
     # -- operations ----------------------------------------------------------------------------
 
-    def extend(self, ttl: float | None = None) -> None:
-        """Make the lease last ``ttl`` (default: the lock's) from now. Raises ``LeaseLost`` if the
+    def extend(self, *args: object, ttl: float | None = None) -> None:
+        """Make the lease last ``ttl`` seconds (default: the lock's TTL) *from now*: it sets the time
+        left, it does not add to it (redis-py's ``Lock.extend`` adds). Raises ``LeaseLost`` if the
         lock is no longer ours; the lease is then marked lost."""
+        if args:
+            raise TypeError(
+                "extend() takes the new length as a keyword: lease.extend(ttl=30) makes the lease last "
+                "30 s from now (it does not add 30 s to what is left)"
+            )
         self._check_process()
         if self._released:
             raise NotHeld(f"cannot extend lease on {self.name!r}: it was already released")
@@ -560,3 +619,14 @@ def _renew_loop(ref: Callable[[], Lease | None], stopper: _compat.Stopper, inter
         instruments.renewed(lease.name, "ok")
         next_due = interval
         del lease
+
+
+def _unknown_acquire_arguments(unknown: dict[str, Any]) -> TypeError:
+    names = ", ".join(sorted(unknown))
+    hint = ""
+    if "blocking_timeout" in unknown:
+        hint = "; redis-py's blocking_timeout is fencelock's timeout: lock.acquire(timeout=5)"
+    return TypeError(
+        f"acquire() got unexpected keyword argument(s) {names}: it takes timeout=seconds and blocking=True/False"
+        f"{hint}"
+    )
