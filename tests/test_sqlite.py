@@ -333,7 +333,7 @@ def test_wait_returns_when_its_timeout_passes_on_the_backends_clock(db: Path) ->
         return time.monotonic() + step * next(reads)
 
     waiter = SqliteBackend(db, clock=clock)
-    assert waiter.wait("job", "w" * 32, timeout=1.0) is False
+    assert waiter.wait("job", "w" * 32, timeout=1.0) is None
     assert next(reads) < 100, "wait kept looking after its timeout"
     holder.close()
     waiter.close()

@@ -10,8 +10,6 @@
 asyncio: ``fencelock.aio.Lock`` has the same API with ``await`` / ``async with``.
 """
 
-from typing import TYPE_CHECKING
-
 from ._core.params import DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_TTL
 from ._errors import (
     AlreadyHeld,
@@ -29,28 +27,20 @@ from ._errors import (
     StaleFence,
 )
 from ._sync.lock import Lease, Lock
-from ._sync.redis import RedisBackend
+from .backends import REGISTRY
 from .backends.base import Attempt, LockInfo
-
-if TYPE_CHECKING:  # lazily imported at run time, see __getattr__
-    from .backends.sqlite import SqliteBackend
-    from .backends.zookeeper import ZooKeeperBackend
 
 __version__ = "0.1.0"
 
-_LAZY = {  # imported on first use: ZooKeeper needs kazoo (an optional extra)
-    "SqliteBackend": ("fencelock.backends.sqlite", "SqliteBackend"),
-    "ZooKeeperBackend": ("fencelock.backends.zookeeper", "ZooKeeperBackend"),
-}
-
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+    # Backend classes (RedisBackend, ZooKeeperBackend...) come from the registry, imported on
+    # first use: some need an optional client library. Typed imports: fencelock.backends.<name>.
+    for spec in REGISTRY:
+        if spec.export == name:
+            return spec.load(asyncio=False)
     raise AttributeError(f"module 'fencelock' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_ACQUIRE_TIMEOUT",
@@ -70,10 +60,8 @@ __all__ = [
     "LockInfo",
     "LockTimeout",
     "NotHeld",
-    "RedisBackend",
-    "SqliteBackend",
-    "ZooKeeperBackend",
     "ReplicationUnconfirmed",
     "StaleFence",
     "__version__",
+    *(spec.export for spec in REGISTRY),
 ]

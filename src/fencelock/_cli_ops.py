@@ -49,6 +49,8 @@ from ._errors import (
     LockTimeout,
 )
 from ._sync.lock import Lease, Lock
+from .backends import url_help
+from .backends.base import ForceReleases, KnowsLastFence
 from .backends.redis import ReplicationUnconfirmed
 
 __all__ = [
@@ -172,8 +174,7 @@ def _lock_options(fn: Any) -> Any:
                 required=True,
                 envvar="FENCELOCK_LOCK",
                 metavar="URL",
-                help="Lock backend URL: redis://, rediss://, unix://, zk://, sqlite:/// "
-                "(env FENCELOCK_LOCK keeps a password out of the process list).",
+                help=f"Lock backend URL ({url_help()}); env FENCELOCK_LOCK keeps a password out of the process list.",
             ),
             click.option("--tls-ca", type=click.Path(dir_okay=False), help="CA bundle for rediss://."),
             click.option("--tls-cert", type=click.Path(dir_okay=False), help="Client certificate for rediss://."),
@@ -404,8 +405,7 @@ def status(name: str, url: str, tls_ca: str | None, tls_cert: str | None, tls_ke
         lock = Lock(name, _backend_spec(url, tls_ca, tls_cert, tls_key))
         try:
             info = lock.inspect()
-            last = getattr(lock.backend, "last_fence", None)
-            last_fence = last(name) if callable(last) else None
+            last_fence = lock.backend.last_fence(name) if isinstance(lock.backend, KnowsLastFence) else None
         finally:
             lock.close()
     data: dict[str, Any] = {"name": name, "backend": lock.backend.name, "held": info is not None}
@@ -458,13 +458,13 @@ def release(
             _fail(EXIT_USAGE, f"--confirm must repeat the lock name exactly ({name!r}); got {confirm!r}")
         lock = Lock(name, _backend_spec(url, tls_ca, tls_cert, tls_key))
         try:
-            force_release = getattr(lock.backend, "force_release", None)
-            if not callable(force_release):
-                _fail(EXIT_USAGE, f"the {lock.backend.name} backend cannot force-release a lock")
+            backend = lock.backend
+            if not isinstance(backend, ForceReleases):
+                _fail(EXIT_USAGE, f"the {backend.name} backend cannot force-release a lock")
             # What we remove, as the backend describes it (backends return different things from
             # force_release, and Redis's includes the holder's token, which we never print).
             info = lock.inspect()
-            removed = force_release(name)
+            removed = backend.force_release(name)
         finally:
             lock.close()
     if removed is None:

@@ -7,28 +7,16 @@ async with lock as lease:
     await do_work(fence=lease.fence)   # cancelled at its next await if the lease is lost
 """
 
-from typing import TYPE_CHECKING
-
 from ._async.lock import AsyncLease as Lease
 from ._async.lock import AsyncLock as Lock
-from ._async.redis import AsyncRedisBackend as RedisBackend
+from .backends import REGISTRY
 
-if TYPE_CHECKING:  # lazily imported at run time, see __getattr__
-    from .backends.sqlite import AsyncSqliteBackend as SqliteBackend
-    from .backends.zookeeper import AsyncZooKeeperBackend as ZooKeeperBackend
-
-__all__ = ["Lease", "Lock", "RedisBackend", "SqliteBackend", "ZooKeeperBackend"]
-
-_LAZY = {  # imported on first use: ZooKeeper needs kazoo (an optional extra)
-    "SqliteBackend": ("fencelock.backends.sqlite", "AsyncSqliteBackend"),
-    "ZooKeeperBackend": ("fencelock.backends.zookeeper", "AsyncZooKeeperBackend"),
-}
+__all__ = ["Lease", "Lock", *(spec.export for spec in REGISTRY)]
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+    # asyncio backend classes from the registry, imported on first use (see fencelock.__getattr__)
+    for spec in REGISTRY:
+        if spec.export == name:
+            return spec.load(asyncio=True)
     raise AttributeError(f"module 'fencelock.aio' has no attribute {name!r}")

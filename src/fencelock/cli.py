@@ -33,8 +33,7 @@ def main(verbose: int) -> None:
       fencelock status NAME --lock URL          who holds a lock
       fencelock chaos                  the demo under injected faults, checked
 
-    Lock URLs: redis://host:port, rediss://host:port (TLS), unix:///path/redis.sock,
-    zk://host:port[,host:port]/chroot, sqlite:///path/locks.db
+    Lock URLs: see --lock in each command's --help.
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -31,8 +31,8 @@ from .._core.params import (
 )
 from .._errors import AlreadyHeld, BackendError, ConfigurationError, LeaseError, LeaseLost, LockTimeout, NotHeld
 from .._metrics import instruments
-from ..backends import open_backend
-from ..backends.base import Backend, Attempt, LockInfo
+from ..backends import abilities, open_backend
+from ..backends.base import Backend, LockInfo
 from . import _compat
 
 __all__ = ["Lease", "Lock"]
@@ -91,7 +91,8 @@ class Lock:
             )
         self._backend: Backend
         self._backend, self._owns_backend = open_backend(backend)
-        cap = getattr(self._backend, "max_lease", None)
+        self._abilities = abilities(self._backend)
+        cap = self._backend.max_lease if self._abilities.caps_lease else None  # type: ignore[attr-defined]
         if cap is not None and ttl > cap:
             # The backend cannot vouch for a lease longer than this (ZooKeeper: the session
             # timeout): shorten it, and renew in proportion.
@@ -195,23 +196,17 @@ class Lock:
                     break
                 pause = left if attempt.retry_after is None else min(left, max(attempt.retry_after, 0.001))
                 handed = backend.wait(p.name, token, pause)
-                if isinstance(handed, Attempt):
-                    if handed.fence is None:
-                        continue
-                    # Granted by the releaser after our last try_acquire was sent: measure from it.
-                    if lease_deadline(sent, p.ttl) - clock() < p.ttl / 2:
-                        # We slept long since that poll (a stalled process): restart the grant from
-                        # now before a lease exists. A grant that ran out meanwhile was never the
-                        # caller's, so nothing may signal its loss: we just queue again.
-                        sent = clock()
-                        if not backend.extend(p.name, token, p.ttl_ms):
-                            continue
-                    return self._granted(token, handed.fence, sent, started)
-                if handed:
+                if handed is None:
+                    continue
+                # Handed over after our last try_acquire was sent: measure the lease from that send.
+                if lease_deadline(sent, p.ttl) - clock() < p.ttl / 2:
+                    # We slept long since that poll (a stalled process): restart the grant from now
+                    # before a lease exists. A grant that ran out meanwhile was never the caller's,
+                    # so nothing may signal its loss: we just queue again.
                     sent = clock()
-                    fence = backend.claim(p.name, token, p.ttl_ms, p.label)
-                    if fence is not None:
-                        return self._granted(token, fence, sent, started)
+                    if not backend.extend(p.name, token, p.ttl_ms):
+                        continue
+                return self._granted(token, handed, sent, started)
         except BaseException:
             # The request in flight may have succeeded on the server (we just never heard back), or
             # we may sit in the queue: leave nothing behind that would block the others.
@@ -482,7 +477,10 @@ class Lease:
 
     def _start(self) -> None:
         params = self._lock._params
-        self._unwatch = self._lock._backend.watch_loss(self.name, self.token, self._on_backend_event)
+        if self._lock._abilities.watches_loss:
+            self._unwatch = self._lock._backend.watch_loss(  # type: ignore[attr-defined]
+                self.name, self.token, self._on_backend_event
+            )
         delay = self._deadline - self._clock()
         if params.renew_interval is not None:
             # The renewer starts lazily, at the first renewal: most critical sections end before

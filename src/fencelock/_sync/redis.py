@@ -14,12 +14,11 @@ import redis as redis_api
 
 from .._errors import ConfigurationError
 from .._metrics import traced
-from ..backends.base import Attempt, LockInfo, LossCallback, Unsubscribe, no_loss_watch
+from ..backends.base import Attempt, LockInfo
 from ..backends.redis import (
     ABANDON,
     ACQUIRE,
     BLOCK_CAP,
-    CLAIM,
     DEFAULT_PREFIX,
     DEFAULT_WAIT_TIMEOUT,
     EXTEND,
@@ -76,7 +75,6 @@ class RedisBackend:
         self.wait_replicas, self._wait_ms = check_wait_replicas(client, wait_replicas, wait_timeout)
         self._owns_client = owns_client
         self._acquire = client.register_script(ACQUIRE)
-        self._claim = client.register_script(CLAIM)
         self._extend = client.register_script(EXTEND)
         self._release = client.register_script(RELEASE)
         self._abandon = client.register_script(ABANDON)
@@ -128,25 +126,14 @@ class RedisBackend:
         return Attempt(fence=None, retry_after=0.0 if pttl == QUEUE_UNSETTLED else None)
 
     @traced("wait")
-    def wait(self, key: str, token: str, timeout: float) -> Attempt | bool:
+    def wait(self, key: str, token: str, timeout: float) -> int | None:
         """BLPOP on our wake list; a pop means RELEASE already made the lock ours (the fence)."""
         block = max(0.01, min(timeout, self._block_cap))
         if self.wait_replicas:
             return self._wait_replicated(key, token, block)
         with map_errors("wait"):
             got = self.client.blpop([self.keys(key).wake(token)], timeout=block)
-        if got is None:
-            return False
-        return Attempt(fence=int(got[1]))
-
-    def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
-        if self.wait_replicas:
-            lock_key = [self.keys(key).lock]
-            fence = self._replicated(key, "claim", self._claim, lock_key, [token, ttl_ms, label])
-            return None if fence is None else int(fence)
-        with map_errors("claim"):
-            fence = self._claim(keys=[self.keys(key).lock], args=[token, ttl_ms, label])
-        return None if fence is None else int(fence)
+        return None if got is None else int(got[1])
 
     def _replicated(self, key: str, what: str, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run ``script`` then ``WAIT`` in one pipeline: WAIT counts only the writes sent on its own
@@ -174,7 +161,7 @@ class RedisBackend:
             raise ReplicationUnconfirmed(key, int(acked), self.wait_replicas, self._wait_ms / 1000)
         return reply
 
-    def _wait_replicated(self, key: str, token: str, block: float) -> Attempt | bool:
+    def _wait_replicated(self, key: str, token: str, block: float) -> int | None:
         """``wait`` with ``wait_replicas``: BLPOP then WAIT on one connection. The pop is a write that
         the replication stream carries after the releaser's handoff, so its acknowledgement covers
         the handoff too."""
@@ -184,10 +171,10 @@ class RedisBackend:
             pipe.wait(self.wait_replicas, self._wait_ms)
             got, acked = pipe.execute()
         if got is None:
-            return False
+            return None
         if int(acked) < self.wait_replicas:
             raise ReplicationUnconfirmed(key, int(acked), self.wait_replicas, self._wait_ms / 1000)
-        return Attempt(fence=int(got[1]))
+        return int(got[1])
 
     def abandon(self, key: str, token: str) -> None:
         with map_errors("abandon"):
@@ -230,9 +217,6 @@ class RedisBackend:
         with map_errors("read fence"):
             value = self.client.get(self.keys(key).fence)
         return 0 if value is None else int(value)
-
-    def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe:
-        return no_loss_watch(key, token, callback)
 
     def close(self) -> None:
         if self._owns_client:

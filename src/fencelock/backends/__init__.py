@@ -1,125 +1,218 @@
-"""Backends: one contract (``base``), one small module each. ``open_backend`` turns what the user
-passed (a URL, their own client, or a backend) into a backend.
+"""Backends: one contract (``base``), one package each, and this registry, the only list of them.
 
-URL schemes: ``redis://``, ``rediss://``, ``unix://`` (Redis); ``zk://`` / ``zookeeper://``
-(ZooKeeper); ``sqlite:///path`` (embedded SQLite file).
+``REGISTRY`` says, for every backend: its URL schemes, where its blocking and asyncio classes live
+(imported only when used, so an optional client library is needed only by those who use it), which
+client objects of the user's it accepts as is, and which extra installs its library. Everything
+that needs to know the backends reads it: ``open_backend`` / ``open_async_backend``, the lazy
+exports of ``fencelock`` and ``fencelock.aio``, the "unsupported URL" message, the CLI's help.
+
+A new backend: a package under ``fencelock/backends/``, one ``BackendSpec`` below, and a test
+server fixture registered in ``tests/servers.py``'s ``BACKENDS`` (the contract suite then runs on it).
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ConfigurationError
-from .base import AsyncBackend, Backend
+from .base import AsyncBackend, Backend, CapsLease, WatchesLoss
 
-__all__ = ["open_async_backend", "open_backend"]
+__all__ = [
+    "REGISTRY",
+    "Abilities",
+    "BackendSpec",
+    "abilities",
+    "open_async_backend",
+    "open_backend",
+    "safe_url",
+    "url_help",
+]
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-_ZK_SCHEMES = ("zk://", "zookeeper://")
-_SQLITE_SCHEMES = ("sqlite://",)
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One backend, as the rest of fencelock needs to know it."""
+
+    name: str
+    """Short name, as in ``Backend.name``: ``redis``."""
+    title: str
+    """How people write it: ``Redis``."""
+    schemes: tuple[str, ...]
+    """URL schemes, without ``://``."""
+    url_example: str
+    """One line for messages and ``--help``."""
+    sync: str
+    """``module:Class`` of the blocking backend."""
+    async_: str
+    """``module:Class`` of the asyncio backend."""
+    export: str
+    """The name both classes are exported under (``fencelock.X`` and ``fencelock.aio.X``)."""
+    clients: tuple[tuple[str, str, str], ...] = ()
+    """A user's own client objects taken as is: (module, class, ``sync`` / ``async`` / ``both``)."""
+    extra: str | None = None
+    """The pip extra that installs the client library, when it is optional."""
+    requires: tuple[str, ...] = ()
+    """Modules the backend imports (to name the extra when one is missing)."""
+
+    def load(self, asyncio: bool) -> Any:
+        """The backend class, imported now; ``ConfigurationError`` naming the extra when its client
+        library is not installed."""
+        module_name, _, attr = (self.async_ if asyncio else self.sync).partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            missing = getattr(err, "name", None) or ""
+            if self.extra is not None and any(missing == r or missing.startswith(r + ".") for r in self.requires):
+                raise ConfigurationError(
+                    f"the {self.title} backend needs the {missing!r} package: pip install 'fencelock[{self.extra}]'"
+                ) from err
+            raise
+        return getattr(module, attr)
+
+    def recognizes(self, obj: Any, asyncio: bool) -> bool | None:
+        """True if ``obj`` is a client of ours for that API, False if it is one for the other API,
+        None if it is not ours at all. Only looks at modules already imported: an object cannot be
+        an instance of a class whose module was never loaded."""
+        verdict: bool | None = None
+        for module_name, cls_name, flavor in self.clients:
+            module = sys.modules.get(module_name)
+            cls = getattr(module, cls_name, None) if module is not None else None
+            if cls is None or not isinstance(obj, cls):
+                continue
+            if flavor == "both" or (flavor == "async") == asyncio:
+                return True
+            verdict = False
+        return verdict
 
 
-def _scheme_error(spec: str) -> ConfigurationError:
-    shown = spec.split("@")[-1] if "@" in spec else spec  # never echo a password
-    return ConfigurationError(
-        f"unsupported lock URL {shown!r}: use redis://host:port, rediss://host:port (TLS), "
-        "unix:///path/to/redis.sock, zk://host:port[,host:port]/chroot or sqlite:///path/to/locks.db"
+REGISTRY: tuple[BackendSpec, ...] = (
+    BackendSpec(
+        name="redis",
+        title="Redis",
+        schemes=("redis", "rediss", "unix"),
+        url_example="redis://host:6379, rediss://host:6380 (TLS), unix:///path/to/redis.sock",
+        sync="fencelock._sync.redis:RedisBackend",
+        async_="fencelock._async.redis:AsyncRedisBackend",
+        export="RedisBackend",
+        clients=(
+            ("redis.client", "Redis", "sync"),
+            ("redis.cluster", "RedisCluster", "sync"),
+            ("redis.asyncio.client", "Redis", "async"),
+            ("redis.asyncio.cluster", "RedisCluster", "async"),
+        ),
+    ),
+    BackendSpec(
+        name="zookeeper",
+        title="ZooKeeper",
+        schemes=("zk", "zookeeper"),
+        url_example="zk://host:2181[,host:2181]/chroot",
+        sync="fencelock.backends.zookeeper:ZooKeeperBackend",
+        async_="fencelock.backends.zookeeper:AsyncZooKeeperBackend",
+        export="ZooKeeperBackend",
+        clients=(("kazoo.client", "KazooClient", "both"),),
+        extra="zookeeper",
+        requires=("kazoo",),
+    ),
+    BackendSpec(
+        name="sqlite",
+        title="SQLite",
+        schemes=("sqlite",),
+        url_example="sqlite:///path/to/locks.db (one host)",
+        sync="fencelock.backends.sqlite:SqliteBackend",
+        async_="fencelock.backends.sqlite:AsyncSqliteBackend",
+        export="SqliteBackend",
+    ),
+)
+
+_BY_SCHEME = {scheme: spec for spec in REGISTRY for scheme in spec.schemes}
+
+
+def url_help() -> str:
+    """The accepted lock URLs, one backend a line (for messages and ``--help``)."""
+    return "; ".join(f"{spec.title}: {spec.url_example}" for spec in REGISTRY)
+
+
+def safe_url(url: str) -> str:
+    """``url`` fit to show: scheme, host and path kept, a password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url.rsplit("@", 1)[-1] if "@" in url else url
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"{user}@{host}"
+    return f"{scheme}://{netloc}{slash}{tail}"
+
+
+def _spec_for_url(url: str) -> BackendSpec:
+    scheme, sep, _ = url.partition("://")
+    spec = _BY_SCHEME.get(scheme.lower()) if sep else None
+    if spec is None:
+        raise ConfigurationError(f"unsupported lock URL {safe_url(url)!r}: use {url_help()}")
+    return spec
+
+
+def _open(spec_or_obj: Any, asyncio: bool) -> tuple[Any, bool]:
+    api = "fencelock.aio.Lock" if asyncio else "fencelock.Lock"
+    other = "fencelock.Lock" if asyncio else "fencelock.aio.Lock"
+    if isinstance(spec_or_obj, str):
+        spec = _spec_for_url(spec_or_obj)
+        return spec.load(asyncio).from_url(spec_or_obj), True
+    for spec in REGISTRY:
+        verdict = spec.recognizes(spec_or_obj, asyncio)
+        if verdict is True:
+            return spec.load(asyncio)(spec_or_obj), False
+        if verdict is False:
+            kind = "a blocking" if asyncio else "an asyncio"
+            raise ConfigurationError(
+                f"this is {kind} {spec.title} client ({type(spec_or_obj).__name__}); use {other} with it, "
+                f"or pass {api} the {'asyncio' if asyncio else 'blocking'} client"
+            )
+    protocol = AsyncBackend if asyncio else Backend
+    if isinstance(spec_or_obj, protocol):
+        return spec_or_obj, False
+    wrong = "sync" if asyncio else "async"
+    clients = ", ".join(f"{m.split('.')[0]}'s {c}" for spec in REGISTRY for m, c, f in spec.clients if f != wrong)
+    raise ConfigurationError(
+        f"cannot use {type(spec_or_obj).__name__} as {'an asyncio' if asyncio else 'a'} lock backend: pass a URL "
+        f"({url_help()}), a client of yours ({clients}), or a fencelock {'asyncio ' if asyncio else ''}backend"
     )
 
 
 def open_backend(spec: Any) -> tuple[Backend, bool]:
-    """Blocking backend for ``spec``; the bool says whether fencelock owns (and closes) it."""
-    if isinstance(spec, str):
-        if spec.startswith(_REDIS_SCHEMES):
-            from .._sync.redis import RedisBackend
-
-            return RedisBackend.from_url(spec), True
-        if spec.startswith(_ZK_SCHEMES):
-            from .zookeeper import ZooKeeperBackend
-
-            return ZooKeeperBackend.from_url(spec), True
-        if spec.startswith(_SQLITE_SCHEMES):
-            from .sqlite import SqliteBackend
-
-            return SqliteBackend.from_url(spec), True
-        raise _scheme_error(spec)
-    if _is_async_redis(spec):
-        raise ConfigurationError(
-            "this is an asyncio Redis client; use fencelock.aio.Lock with it, or pass a redis.Redis to fencelock.Lock"
-        )
-    if _is_redis(spec):
-        from .._sync.redis import RedisBackend
-
-        return RedisBackend(spec), False
-    if _is_kazoo(spec):
-        from .zookeeper import ZooKeeperBackend
-
-        return ZooKeeperBackend(spec), False
-    if isinstance(spec, Backend):
-        return spec, False
-    raise ConfigurationError(
-        f"cannot use {type(spec).__name__} as a lock backend: pass a URL, a redis.Redis / RedisCluster, "
-        "a KazooClient, or a fencelock backend"
-    )
+    """Blocking backend for ``spec`` (a URL, a user's client, or a backend); the bool says whether
+    fencelock owns (and closes) it."""
+    return _open(spec, asyncio=False)
 
 
 def open_async_backend(spec: Any) -> tuple[AsyncBackend, bool]:
     """asyncio backend for ``spec``; the bool says whether fencelock owns (and closes) it."""
-    if isinstance(spec, str):
-        if spec.startswith(_REDIS_SCHEMES):
-            from .._async.redis import AsyncRedisBackend
-
-            return AsyncRedisBackend.from_url(spec), True
-        if spec.startswith(_ZK_SCHEMES):
-            from .zookeeper import AsyncZooKeeperBackend
-
-            return AsyncZooKeeperBackend.from_url(spec), True
-        if spec.startswith(_SQLITE_SCHEMES):
-            from .sqlite import AsyncSqliteBackend
-
-            return AsyncSqliteBackend.from_url(spec), True
-        raise _scheme_error(spec)
-    if _is_async_redis(spec):
-        from .._async.redis import AsyncRedisBackend
-
-        return AsyncRedisBackend(spec), False
-    if _is_redis(spec):
-        raise ConfigurationError(
-            "this is a blocking redis.Redis client; use fencelock.Lock with it, or pass a redis.asyncio.Redis"
-        )
-    if _is_kazoo(spec):
-        from .zookeeper import AsyncZooKeeperBackend
-
-        return AsyncZooKeeperBackend(spec), False
-    if isinstance(spec, AsyncBackend):
-        return spec, False
-    raise ConfigurationError(
-        f"cannot use {type(spec).__name__} as an asyncio lock backend: pass a URL, a redis.asyncio.Redis / "
-        "RedisCluster, a KazooClient, or a fencelock asyncio backend"
-    )
+    return _open(spec, asyncio=True)
 
 
-def _is_redis(obj: Any) -> bool:
-    try:
-        import redis
-        from redis.cluster import RedisCluster
-    except ImportError:  # pragma: no cover - redis is a dependency
-        return False
-    return isinstance(obj, (redis.Redis, RedisCluster))
+@dataclass(frozen=True, slots=True)
+class Abilities:
+    """Which optional abilities (``base``'s small protocols) a backend has."""
+
+    watches_loss: bool
+    caps_lease: bool
 
 
-def _is_async_redis(obj: Any) -> bool:
-    try:
-        import redis.asyncio as aioredis
-        from redis.asyncio.cluster import RedisCluster
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, (aioredis.Redis, RedisCluster))
+_ABILITIES: dict[type, Abilities] = {}
 
 
-def _is_kazoo(obj: Any) -> bool:
-    try:
-        from kazoo.client import KazooClient
-    except ImportError:
-        return False
-    return isinstance(obj, KazooClient)
+def abilities(backend: object) -> Abilities:
+    """The optional abilities of ``backend``, found once per backend class (an ``isinstance`` on a
+    runtime protocol costs microseconds; a lock is made per name). A class that delegates
+    attributes dynamically (``__getattr__``) is asked every time."""
+    cls = type(backend)
+    found = _ABILITIES.get(cls)
+    if found is None:
+        found = Abilities(isinstance(backend, WatchesLoss), isinstance(backend, CapsLease))
+        if not hasattr(cls, "__getattr__"):
+            _ABILITIES[cls] = found
+    return found

@@ -2,37 +2,54 @@
 
 The lock handle (``fencelock._async.lock`` and its generated sync twin) owns all policy: timeouts,
 deadlines, retries, renewal, lost-lease signals. A backend only answers single questions against
-its server, each in as few round trips as it can. A new backend is one small file.
+its server, each in as few round trips as it can.
 
 Each primitive exists twice with the same meaning: ``Backend`` (blocking) and ``AsyncBackend``
 (asyncio). ``ttl_ms`` is the lease length the holder asked for; ``key`` is the lock name as the
-user gave it (the backend maps it to its own keys/paths safely: a name is data, never code).
+user gave it (the backend maps it to its own keys/paths safely: a name is data, never code);
+``token`` is the holder's 128-bit secret.
 
-Primitives:
+Required primitives:
 
 - ``try_acquire(key, token, ttl_ms, label, queue)``: one attempt. Returns ``Attempt(fence=...)`` when
   the lock is now ours, else ``Attempt(fence=None, retry_after=seconds or None)``. With ``queue=True``
-  the backend may enqueue ``token`` so that it is served first come, first served.
-- ``wait(key, token, timeout)``: block at most ``timeout`` seconds until it may be worth trying again.
-  Returns True when the backend *handed the lock over* to ``token`` (then call ``claim``), or an
-  ``Attempt`` with a fence when the handover already made the lock ours for the full TTL at a moment
-  after the previous ``try_acquire`` was sent (the lease is measured from that send).
-- ``claim(key, token, ttl_ms, label)``: take a lock that was handed over; returns the fence or None.
-- ``abandon(key, token)``: we stop waiting (timeout, cancellation): leave the queue, and if the lock
-  was handed to us meanwhile, pass it on. Must be safe to call at any time.
-- ``extend(key, token, ttl_ms)``: True if the lock is still ours and now lasts ``ttl_ms`` from now.
+  the backend may enqueue ``token`` so that it is served first come, first served. Asking again
+  with a token that already holds the lock answers with its fence (and refreshes the lease).
+- ``wait(key, token, timeout)``: block at most ``timeout`` seconds until it may be worth trying
+  again. Returns the fence when the lock was *handed over* to ``token`` meanwhile (it is ours for
+  the full TTL, granted after the previous ``try_acquire`` was sent: the lease is measured from that
+  send), else None (then the handle calls ``try_acquire`` again).
+- ``abandon(key, token)``: we stop waiting (timeout, cancellation, error): leave the queue, and if
+  the lock was handed or granted to us meanwhile (an answer we never read), pass it on. Idempotent,
+  safe to call at any time.
+- ``extend(key, token, ttl_ms)``: True if the lock is still ours and now lasts ``ttl_ms`` from now;
+  False (and nothing changed) when it is not ours any more.
 - ``release(key, token)``: True if it was ours and is now released (or handed on); False if it was
   not ours any more (expired and maybe taken): then nothing was changed.
-- ``inspect(key)``: a ``LockInfo`` or None when free.
-- ``watch_loss(key, token, callback)``: for backends that learn of a loss by themselves (ZooKeeper
-  session events); call ``callback(state, reason)`` from any thread. Returns an un-subscribe function.
+- ``inspect(key)``: a ``LockInfo``, or None when free.
 - ``close()`` / ``aclose()``: release connections the backend opened itself (never the user's own client).
 
-Optional attribute ``max_lease`` (seconds): the longest lease the backend can vouch for (ZooKeeper:
-its session timeout). A lock with a longer ``ttl`` is shortened to it, renewal in proportion.
+Every primitive raises ``BackendUnavailable`` (or another ``BackendError``) within the backend's
+``request_timeout`` (plus, for ``wait``, the timeout asked for) when the server cannot answer;
+none returns a value that could be mistaken for contention.
 
-Every primitive raises ``BackendUnavailable`` (or another ``BackendError``) within a bounded time
-when the server cannot answer; none returns a value that could be mistaken for contention.
+Optional abilities are small protocols, checked with ``isinstance`` once per backend class:
+
+- ``WatchesLoss``: the backend learns of a loss by itself (ZooKeeper session events) and calls
+  ``callback(state, reason)`` from any thread; the others are found out by renewal alone.
+- ``CapsLease``: ``max_lease`` seconds, the longest lease the backend can vouch for (ZooKeeper:
+  its session timeout); a lock with a longer ``ttl`` is shortened to it, renewal in proportion.
+- ``ForceReleases`` and ``KnowsLastFence``: what the operator CLI can use when it is there
+  (``fencelock release --force``, the last fence in ``fencelock status``).
+
+How a backend serves both APIs (pick by what its client library offers):
+
+1. The library has a blocking and an asyncio API of the same shape (redis-py, psycopg 3): write the
+   asyncio backend; ``scripts/unasync.py`` generates the blocking one (CI checks it is current).
+2. The library is blocking only (sqlite3, kazoo): write the blocking backend; ``offload.Offloaded``
+   makes the asyncio one, each call in a worker thread that a cancellation waits for. If waiting
+   would hold a thread for long, give the blocking backend an ``async_wait`` coroutine on the
+   library's own wake-up source (a socket, a watch callback): the adapter uses it instead.
 """
 
 from __future__ import annotations
@@ -41,7 +58,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Attempt", "AsyncBackend", "Backend", "LockInfo", "LossCallback", "Unsubscribe"]
+__all__ = [
+    "AsyncBackend",
+    "Attempt",
+    "Backend",
+    "CapsLease",
+    "ForceReleases",
+    "KnowsLastFence",
+    "LockInfo",
+    "LossCallback",
+    "Unsubscribe",
+    "WatchesLoss",
+]
 
 LossCallback = Callable[[str, str], None]
 """``callback(state, reason)``; ``state`` is ``"doubt"`` (connection suspended: the lease may be gone),
@@ -77,9 +105,7 @@ class Backend(Protocol):
 
     def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt: ...
 
-    def wait(self, key: str, token: str, timeout: float) -> bool | Attempt: ...
-
-    def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None: ...
+    def wait(self, key: str, token: str, timeout: float) -> int | None: ...
 
     def abandon(self, key: str, token: str) -> None: ...
 
@@ -88,8 +114,6 @@ class Backend(Protocol):
     def release(self, key: str, token: str) -> bool: ...
 
     def inspect(self, key: str) -> LockInfo | None: ...
-
-    def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe: ...
 
     def close(self) -> None: ...
 
@@ -102,9 +126,7 @@ class AsyncBackend(Protocol):
 
     async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt: ...
 
-    async def wait(self, key: str, token: str, timeout: float) -> bool | Attempt: ...
-
-    async def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None: ...
+    async def wait(self, key: str, token: str, timeout: float) -> int | None: ...
 
     async def abandon(self, key: str, token: str) -> None: ...
 
@@ -114,15 +136,37 @@ class AsyncBackend(Protocol):
 
     async def inspect(self, key: str) -> LockInfo | None: ...
 
-    def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe: ...
-
     async def aclose(self) -> None: ...
 
 
-def no_loss_watch(key: str, token: str, callback: LossCallback) -> Unsubscribe:
-    """``watch_loss`` for backends whose losses are found by renewal only."""
-    return _noop
+@runtime_checkable
+class WatchesLoss(Protocol):
+    """A backend that learns of a lost lease by itself (both APIs: the callback may come from any thread)."""
+
+    def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe: ...
 
 
-def _noop() -> None:
-    return None
+@runtime_checkable
+class CapsLease(Protocol):
+    """A backend that cannot vouch for a lease longer than ``max_lease`` seconds."""
+
+    @property
+    def max_lease(self) -> float: ...
+
+
+@runtime_checkable
+class ForceReleases(Protocol):
+    """An operator may delete the lock whatever its token (``fencelock release --force``)."""
+
+    def force_release(self, key: str) -> str | None:
+        """Delete the lock now; returns who held it (the label), or None when it was free."""
+        ...
+
+
+@runtime_checkable
+class KnowsLastFence(Protocol):
+    """The backend can tell the last fence it issued for a name (``fencelock status``)."""
+
+    def last_fence(self, key: str) -> int:
+        """The last fence issued for ``key`` (0 when none)."""
+        ...

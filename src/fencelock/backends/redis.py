@@ -59,7 +59,6 @@ __all__ = [
     "ABANDON",
     "ACQUIRE",
     "BLOCK_CAP",
-    "CLAIM",
     "DEFAULT_PREFIX",
     "EXTEND",
     "INSPECT",
@@ -208,19 +207,6 @@ end
 return {0, busy or redis.call('PTTL', KEYS[1])}
 """
 )
-
-CLAIM = """
--- CLAIM: confirm a lock that RELEASE handed to us, resetting it to our full TTL from now.
--- KEYS[1] lock; ARGV[1] token, ARGV[2] ttl ms, ARGV[3] holder label
--- returns the fence (string), or nil when the lock is not (or no longer) ours
-local token = ARGV[1]
-local cur = redis.call('GET', KEYS[1])
-if not (cur and string.sub(cur, 1, #token + 1) == token .. ':') then return nil end
-local f = string.match(string.sub(cur, #token + 2), '^(%d+)')
-redis.call('SET', KEYS[1], token .. ':' .. f .. ':' .. ARGV[3], 'PX', ARGV[2])
-redis.call('DEL', KEYS[1] .. ':wake:' .. token)
-return f
-"""
 
 EXTEND = """
 -- EXTEND: reset the lease to ARGV[2] ms from now, only if we still hold it.

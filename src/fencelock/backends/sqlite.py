@@ -89,7 +89,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote
 
 from .._errors import BackendError, BackendRejected, BackendUnavailable, ConfigurationError
-from .base import Attempt, LockInfo, LossCallback, Unsubscribe, no_loss_watch
+from .base import Attempt, LockInfo
 
 __all__ = ["AsyncSqliteBackend", "SqliteBackend", "parse_sqlite_url"]
 
@@ -640,19 +640,19 @@ class SqliteBackend:
         live = head[1] == self.boot and now < head[2] <= now + REGISTRATION + _EPSILON
         return not live, not live, None  # a dead head is dropped by the next try_acquire
 
-    def wait(self, key: str, token: str, timeout: float) -> bool:
+    def wait(self, key: str, token: str, timeout: float) -> None:
         """Look (see "Waiting" above) until the lock seems takeable for us or ``timeout`` passes.
-        Always False: this backend never hands a lock over, the caller takes it with try_acquire."""
+        Always None: this backend never hands a lock over, the caller takes it with try_acquire."""
         end = self._clock() + max(0.0, timeout)
         rung = self.bells.listen(token) is not None  # listen before looking: no ring is missed
         for attempt in range(1_000_000):  # bounded by the clock below; the count is a backstop
             ready, first, holder_left = self.probe(key, token)
             left = end - self._clock()
             if ready or left <= 0:
-                return False
+                return None
             if self.bells.wait(token, poll_delay(attempt, first, holder_left, left, rung)):
-                return False  # rung: the lock was just freed for us, try at once (no look first)
-        return False
+                return None  # rung: the lock was just freed for us, try at once (no look first)
+        return None
 
     def ring_first(self, key: str) -> None:
         """After a commit that may have freed the lock: wake the first waiter (best effort)."""
@@ -662,19 +662,6 @@ class SqliteBackend:
             head = self._one("wake", _SELECT_HEAD, (key,))
             if head is not None:
                 self.bells.ring(str(head[0]))
-
-    def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
-        """Never reached (``wait`` never reports a handover); answers like a repeated acquire."""
-        ttl = ttl_ms / 1000
-
-        def body(conn: sqlite3.Connection, now: float) -> int | None:
-            row = conn.execute(_SELECT_LOCK, (key,)).fetchone()
-            if row is None or row[0] != token or not self._live(row, now):
-                return None
-            conn.execute(_STORE_LOCK, (key, token, row[1], label, self.boot, now + ttl, ttl))
-            return int(row[1])
-
-        return self._write("claim", body)
 
     def abandon(self, key: str, token: str) -> None:
         """Leave the queue; drop the lock too if an acquire of ``token`` succeeded unseen."""
@@ -722,8 +709,6 @@ class SqliteBackend:
 
         return self._write("force release", body)
 
-    def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe:
-        return no_loss_watch(key, token, callback)
 
 
 def poll_delay(attempt: int, first: bool, holder_left: float | None, left: float, rung: bool) -> float:
@@ -793,7 +778,7 @@ class AsyncSqliteBackend:
     async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
         return await _off_loop(self.sync.try_acquire, key, token, ttl_ms, label, queue)
 
-    async def wait(self, key: str, token: str, timeout: float) -> bool:
+    async def wait(self, key: str, token: str, timeout: float) -> None:
         """Same polling as the blocking ``wait``; the reads run in a thread, the sleeps on the loop
         (so cancelling a waiter is immediate and leaves nothing behind: a read changes nothing)."""
         end = self._clock() + max(0.0, timeout)
@@ -803,7 +788,7 @@ class AsyncSqliteBackend:
             ready, first, holder_left = await _off_loop(self.sync.probe, key, token)
             left = end - self._clock()
             if ready or left <= 0:
-                return False
+                return None
             delay = poll_delay(attempt, first, holder_left, left, bell is not None)
             if bell is None:
                 await asyncio.sleep(delay)
@@ -811,11 +796,8 @@ class AsyncSqliteBackend:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(loop.sock_recv(bell, 16), delay)
                 drain(bell)
-                return False  # rung: try at once
-        return False
-
-    async def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
-        return await _off_loop(self.sync.claim, key, token, ttl_ms, label)
+                return None  # rung: try at once
+        return None
 
     async def abandon(self, key: str, token: str) -> None:
         await _off_loop(self.sync.abandon, key, token)
@@ -834,9 +816,6 @@ class AsyncSqliteBackend:
 
     async def force_release(self, key: str) -> str | None:
         return await _off_loop(self.sync.force_release, key)
-
-    def watch_loss(self, key: str, token: str, callback: LossCallback) -> Unsubscribe:
-        return no_loss_watch(key, token, callback)
 
     async def aclose(self) -> None:
         await _off_loop(self.sync.close)  # the last close of a file checkpoints it: blocking I/O

@@ -285,6 +285,7 @@ class _Node:
     czxid: int = 0
     session: int = 0
     pred: str | None = None  # the node we watch while waiting
+    ttl_ms: int = 0  # the lease asked for by the last try_acquire (a grant found by wait uses it)
     expires: float | None = None  # monotonic end of the lease; None while it is only a waiter
     reaping: bool = False  # being deleted (janitor or release): it cannot be extended any more
     retry_at: float = 0.0  # the janitor's next attempt after a failed deletion
@@ -495,6 +496,7 @@ class _Core:
                 self.forget(k, node)
                 continue
             at = order.index(node.name)
+            node.ttl_ms = ttl_ms
             if at == 0:
                 return Attempt(fence=self.grant(node, started, ttl_ms))
             if not queue:
@@ -505,23 +507,23 @@ class _Core:
             return Attempt(fence=None)
         return Attempt(fence=None, retry_after=0.05)
 
-    def wait(self, key: str, token: str, timeout: float) -> Steps[bool]:
+    def wait(self, key: str, token: str, timeout: float) -> Steps[int | None]:
+        """Watch the node before ours; when it goes away, look whether we are first now and, if so,
+        the lock is ours (its fence); else None (``try_acquire`` sorts out what changed)."""
         node = self.nodes.get((key, token))
         if node is None or node.pred is None:
             # nothing to watch (our node kept vanishing): pause as asked, then try again
-            return bool((yield _Watch("", min(timeout, 0.05))))
-        # True when the node before us went away: ``claim`` then checks whether we are first.
-        return bool((yield _Watch(node.pred, timeout)))
-
-    def claim(self, key: str, token: str, ttl_ms: int, label: str) -> Steps[int | None]:
+            yield _Watch("", min(timeout, 0.05))
+            return None
+        if not (yield _Watch(node.pred, timeout)):
+            return None
         started = time.monotonic()
-        node = self.nodes.get((key, token))
-        if node is None or node.name is None:
+        if node.name is None:
             return None
         order = (yield from self._queue(node.parent)) or []
         if order[:1] != [node.name]:
             return None  # not first yet (the one before us gave up) or gone: try_acquire sorts it out
-        return self.grant(node, started, ttl_ms)
+        return self.grant(node, started, ttl_ms=node.ttl_ms)
 
     def _delete(self, node: _Node) -> Steps[bool]:
         """Delete our node (searching for it when its create's answer never came); True if it existed."""
@@ -1064,11 +1066,8 @@ class ZooKeeperBackend(_Base):
     def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
         return _run_sync(self._core, self._core.try_acquire(key, token, ttl_ms, label, queue), "acquire")
 
-    def wait(self, key: str, token: str, timeout: float) -> bool:
+    def wait(self, key: str, token: str, timeout: float) -> int | None:
         return _run_sync(self._core, self._core.wait(key, token, timeout), "wait")
-
-    def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
-        return _run_sync(self._core, self._core.claim(key, token, ttl_ms, label), "claim")
 
     def abandon(self, key: str, token: str) -> None:
         _run_sync(self._core, self._core.abandon(key, token), "abandon")
@@ -1105,11 +1104,8 @@ class AsyncZooKeeperBackend(_Base):
     async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
         return await _run_async(self._core, self._core.try_acquire(key, token, ttl_ms, label, queue), "acquire")
 
-    async def wait(self, key: str, token: str, timeout: float) -> bool:
+    async def wait(self, key: str, token: str, timeout: float) -> int | None:
         return await _run_async(self._core, self._core.wait(key, token, timeout), "wait")
-
-    async def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
-        return await _run_async(self._core, self._core.claim(key, token, ttl_ms, label), "claim")
 
     async def abandon(self, key: str, token: str) -> None:
         await _run_async(self._core, self._core.abandon(key, token), "abandon")

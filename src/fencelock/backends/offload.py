@@ -1,0 +1,94 @@
+"""The asyncio face of a blocking backend: each primitive in a worker thread.
+
+For backends whose client library is blocking only (sqlite3, kazoo): see "How a backend serves both
+APIs" in ``base``. ``Offloaded`` wraps the blocking backend; a backend whose ``wait`` would hold a
+thread for long gives its blocking class an ``async_wait`` coroutine that waits on the library's own
+wake-up source instead (a socket read on the loop, a watch callback turned into a future), and the
+adapter uses it. Optional abilities (``watch_loss``, ``max_lease``, ``force_release``,
+``last_fence``) are passed through only when the blocking backend has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .base import Attempt, Backend, LockInfo
+
+__all__ = ["Offloaded", "off_loop"]
+
+T = TypeVar("T")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call in a worker thread. If the caller is cancelled meanwhile, still wait for
+    the thread (it cannot be stopped, and each call is bounded by the backend's request timeout)
+    before passing the cancellation on: the lock's cleanup that follows (``abandon``) then sees
+    what the call did, so a lock granted to a cancelled acquire is dropped, not left behind."""
+    # What asyncio.to_thread does (default executor, caller's contextvars), minus the task it wraps
+    # around the future: the future alone is enough to shield.
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    future = asyncio.get_running_loop().run_in_executor(None, call)
+    interrupted: BaseException | None = None
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError as err:
+            interrupted = err
+    if interrupted is not None:
+        if not future.cancelled():
+            future.exception()  # retrieved: the cancellation wins
+        raise interrupted
+    return future.result()
+
+
+class Offloaded:
+    """An asyncio backend made of a blocking one (``sync``)."""
+
+    def __init__(self, sync: Backend) -> None:
+        self.sync = sync
+        self.name = sync.name
+        self._native_wait = getattr(sync, "async_wait", None)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self.sync!r}>"
+
+    def __getattr__(self, attr: str) -> Any:
+        # Optional abilities: present here exactly when the blocking backend has them.
+        if attr in ("watch_loss", "max_lease"):
+            return getattr(self.sync, attr)
+        if attr in ("force_release", "last_fence"):
+            fn = getattr(self.sync, attr)
+
+            async def offloaded(*args: Any) -> Any:
+                return await off_loop(fn, *args)
+
+            return offloaded
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+
+    async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
+        return await off_loop(self.sync.try_acquire, key, token, ttl_ms, label, queue)
+
+    async def wait(self, key: str, token: str, timeout: float) -> int | None:
+        if self._native_wait is not None:
+            result: int | None = await self._native_wait(key, token, timeout)
+            return result
+        return await off_loop(self.sync.wait, key, token, timeout)
+
+    async def abandon(self, key: str, token: str) -> None:
+        await off_loop(self.sync.abandon, key, token)
+
+    async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        return await off_loop(self.sync.extend, key, token, ttl_ms)
+
+    async def release(self, key: str, token: str) -> bool:
+        return await off_loop(self.sync.release, key, token)
+
+    async def inspect(self, key: str) -> LockInfo | None:
+        return await off_loop(self.sync.inspect, key)
+
+    async def aclose(self) -> None:
+        await off_loop(self.sync.close)  # closing may be blocking I/O (a checkpoint, joining threads)
