@@ -39,6 +39,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.01)
 class Hooked:
     """A real blocking backend with hooks around some primitives (everything else passes through)."""
 
+    _dynamic_abilities = True  # wraps backends of every kind: fencelock must not cache per class
+
     def __init__(self, url: str) -> None:
         self.inner, _ = open_backend(url)
         self.name = self.inner.name
@@ -229,6 +231,8 @@ def test_a_renewer_that_cannot_start_still_ends_in_the_loss_signal(
 
 class AsyncHooked:
     """asyncio twin of ``Hooked`` (only the hooks these tests need)."""
+
+    _dynamic_abilities = True
 
     def __init__(self, url: str) -> None:
         self.inner, _ = open_async_backend(url)

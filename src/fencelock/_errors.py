@@ -12,7 +12,8 @@
           ├── BackendUnavailable                the server could not be reached within the bounded time
           ├── AuthenticationFailed              the server refused our credentials
           └── BackendRejected                   the server answered, but refused the command (ACL, read-only...)
-               └── ReplicationUnconfirmed       Redis granted, but too few replicas acknowledged (wait_replicas)
+               ├── ReplicationUnconfirmed       Redis granted, but too few replicas acknowledged (wait_replicas)
+               └── LimitMismatch                the name is in use with another limit (or as another kind of lock)
 
 Why one root: callers catch ``FenceLockError`` and know they caught only ours. Why no ``False`` for a
 down server: ``False`` looks like contention, and a caller that retries on contention would spin
@@ -32,6 +33,7 @@ __all__ = [
     "FenceLockError",
     "LeaseError",
     "LeaseLost",
+    "LimitMismatch",
     "LockTimeout",
     "NotHeld",
     "ReplicationUnconfirmed",
@@ -137,3 +139,27 @@ class ReplicationUnconfirmed(BackendRejected):
             f"lock {self.name!r}: only {self.acked} of {self.wanted} replica(s) acknowledged the grant "
             f"within {self.timeout:g} s (WAIT); the lock was given up, since a failover could lose it"
         )
+
+
+class LimitMismatch(BackendRejected):
+    """The name is in use with another limit: a semaphore of ``limit`` permits where others use
+    ``current``, or a mutex (limit 1) where others run a semaphore or a read-write lock on it. Names
+    are not merged silently: give each kind of use its own name."""
+
+    def __init__(self, name: str, limit: int, current: int) -> None:
+        super().__init__(name, limit, current)
+        self.name = name
+        self.limit = limit
+        self.current = current
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name!r} is in use with limit {_limit_text(self.current)}; this client asked for "
+            f"{_limit_text(self.limit)}: every client of a name must use the same kind and limit"
+        )
+
+
+def _limit_text(limit: int) -> str:
+    if limit >= 1 << 30:
+        return "of a read-write lock"
+    return "1 (a mutex)" if limit == 1 else f"{limit} (a semaphore)"

@@ -207,12 +207,12 @@ _ABILITIES: dict[type, Abilities] = {}
 
 def abilities(backend: object) -> Abilities:
     """The optional abilities of ``backend``, found once per backend class (an ``isinstance`` on a
-    runtime protocol costs microseconds; a lock is made per name). A class that delegates
-    attributes dynamically (``__getattr__``) is asked every time."""
+    runtime protocol costs microseconds; a lock is made per name). A class whose instances differ
+    (``_dynamic_abilities``, e.g. the offloading adapter) is asked every time."""
     cls = type(backend)
     found = _ABILITIES.get(cls)
     if found is None:
         found = Abilities(isinstance(backend, WatchesLoss), isinstance(backend, CapsLease))
-        if not hasattr(cls, "__getattr__"):
+        if not getattr(cls, "_dynamic_abilities", False):
             _ABILITIES[cls] = found
     return found

@@ -9,12 +9,22 @@ Each primitive exists twice with the same meaning: ``Backend`` (blocking) and ``
 user gave it (the backend maps it to its own keys/paths safely: a name is data, never code);
 ``token`` is the holder's 128-bit secret.
 
+Counted leases. Every name holds at most ``limit`` permits, and each holder takes ``weight`` of them:
+a mutex is 1 of 1, a semaphore's permit 1 of N, a read-write lock's reader 1 of ``RW_LIMIT`` and its
+writer all ``RW_LIMIT``. The first user of a name fixes its limit; a request with another one (a
+semaphore of 3 where others use 5, a mutex where others run a semaphore) raises ``LimitMismatch``,
+never silently merges. Every grant, whatever its weight, mints the name's next fence. Waiting is
+first come, first served: a request is granted only when no live waiter is ahead of it and its
+weight fits in the free permits; a release hands the freed permits to the waiters at the head of
+the queue, as many as fit (so all the readers queued behind a writer get in together).
+
 Required primitives:
 
-- ``try_acquire(key, token, ttl_ms, label, queue)``: one attempt. Returns ``Attempt(fence=...)`` when
-  the lock is now ours, else ``Attempt(fence=None, retry_after=seconds or None)``. With ``queue=True``
-  the backend may enqueue ``token`` so that it is served first come, first served. Asking again
-  with a token that already holds the lock answers with its fence (and refreshes the lease).
+- ``try_acquire(key, token, ttl_ms, label, queue, limit=1, weight=1)``: one attempt. Returns
+  ``Attempt(fence=...)`` when the permits are now ours, else ``Attempt(fence=None,
+  retry_after=seconds or None)``. With ``queue=True`` the backend enqueues ``token`` so that it is
+  served first come, first served. Asking again with a token that already holds answers with its
+  fence (and refreshes the lease). The other primitives find a token's lease by its token alone.
 - ``wait(key, token, timeout)``: block at most ``timeout`` seconds until it may be worth trying
   again. Returns the fence when the lock was *handed over* to ``token`` meanwhile (it is ours for
   the full TTL, granted after the previous ``try_acquire`` was sent: the lease is measured from that
@@ -59,6 +69,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 __all__ = [
+    "RW_LIMIT",
     "AsyncBackend",
     "Attempt",
     "Backend",
@@ -70,6 +81,9 @@ __all__ = [
     "Unsubscribe",
     "WatchesLoss",
 ]
+
+RW_LIMIT = 1 << 30
+"""The limit of a read-write lock's name: a reader takes 1 permit, a writer all of them."""
 
 LossCallback = Callable[[str, str], None]
 """``callback(state, reason)``; ``state`` is ``"doubt"`` (connection suspended: the lease may be gone),
@@ -103,7 +117,9 @@ class Backend(Protocol):
     name: str
     """Short backend name used in errors and logs: ``redis``, ``zookeeper``, ``sqlite``."""
 
-    def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt: ...
+    def try_acquire(
+        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
+    ) -> Attempt: ...
 
     def wait(self, key: str, token: str, timeout: float) -> int | None: ...
 
@@ -124,7 +140,9 @@ class AsyncBackend(Protocol):
 
     name: str
 
-    async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt: ...
+    async def try_acquire(
+        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
+    ) -> Attempt: ...
 
     async def wait(self, key: str, token: str, timeout: float) -> int | None: ...
 

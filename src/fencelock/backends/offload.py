@@ -48,26 +48,25 @@ async def off_loop(fn: Callable[..., T], *args: Any) -> T:
 class Offloaded:
     """An asyncio backend made of a blocking one (``sync``)."""
 
+    _dynamic_abilities = True  # abilities differ per instance: ``backends.abilities`` asks each one
+
     def __init__(self, sync: Backend) -> None:
         self.sync = sync
         self.name = sync.name
         self._native_wait = getattr(sync, "async_wait", None)
+        # Optional abilities, present here exactly when the blocking backend has them. Instance
+        # attributes, not __getattr__: Python 3.12+ checks runtime protocols with getattr_static.
+        if hasattr(sync, "watch_loss"):
+            self.watch_loss = sync.watch_loss
+        if hasattr(sync, "max_lease"):
+            self.max_lease = sync.max_lease
+        for attr in ("force_release", "last_fence"):
+            fn = getattr(sync, attr, None)
+            if fn is not None:
+                setattr(self, attr, functools.partial(off_loop, fn))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {self.sync!r}>"
-
-    def __getattr__(self, attr: str) -> Any:
-        # Optional abilities: present here exactly when the blocking backend has them.
-        if attr in ("watch_loss", "max_lease"):
-            return getattr(self.sync, attr)
-        if attr in ("force_release", "last_fence"):
-            fn = getattr(self.sync, attr)
-
-            async def offloaded(*args: Any) -> Any:
-                return await off_loop(fn, *args)
-
-            return offloaded
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
     async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
         return await off_loop(self.sync.try_acquire, key, token, ttl_ms, label, queue)
