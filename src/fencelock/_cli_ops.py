@@ -98,17 +98,6 @@ class _Exit(Exception):
         self.message = message
 
 
-class _OpsCommand(click.Command):
-    """A click command whose usage errors exit with ``EXIT_USAGE`` (click's own default is 2)."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as err:
-            err.exit_code = EXIT_USAGE  # type: ignore[misc]  # click reads it per instance
-            raise
-
-
 def _fail(code: int, message: str) -> NoReturn:
     raise _Exit(code, message)
 
@@ -187,7 +176,7 @@ def _lock_options(fn: Any) -> Any:
 # -- run -----------------------------------------------------------------------------------------
 
 
-@click.command(cls=_OpsCommand, epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_HELP)
 @click.argument("name")
 @_lock_options
 @click.option("--ttl", type=float, default=DEFAULT_TTL, show_default=True, help="Lease length in seconds.")
@@ -394,7 +383,12 @@ def _release_quietly(holder: str, lease: Lease) -> None:
 # -- status --------------------------------------------------------------------------------------
 
 
-@click.command(cls=_OpsCommand, epilog="\b\nExit status: 0 (held or free), 64, 69, 77 as for `run`.")
+@click.command(epilog="""\b
+Exit status:
+  0   shown (held or free)
+  64  bad usage (options, arguments, lock URL)
+  69  lock server unreachable
+  77  credentials or ACL refused by the lock server""")
 @click.argument("name")
 @_lock_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
@@ -432,7 +426,12 @@ def status(name: str, url: str, tls_ca: str | None, tls_cert: str | None, tls_ke
 # -- release -------------------------------------------------------------------------------------
 
 
-@click.command(cls=_OpsCommand, epilog="\b\nExit status: 0 (removed or already free), 64, 69, 77.")
+@click.command(epilog="""\b
+Exit status:
+  0   removed, or it was already free
+  64  bad usage (options, arguments, lock URL, --force or --confirm missing)
+  69  lock server unreachable
+  77  credentials or ACL refused by the lock server""")
 @click.argument("name")
 @_lock_options
 @click.option("--force", is_flag=True, help="Required: this breaks someone else's lock.")

@@ -7,22 +7,48 @@ URL schemes: ``redis://``, ``rediss://``, ``unix://`` (Redis); ``zk://`` / ``zoo
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .._errors import ConfigurationError
 from .base import AsyncBackend, Backend
 
-__all__ = ["open_async_backend", "open_backend"]
+__all__ = ["open_async_backend", "open_backend", "safe_url"]
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _ZK_SCHEMES = ("zk://", "zookeeper://")
 _SQLITE_SCHEMES = ("sqlite://",)
 
 
+_SECRET_OPTION = re.compile(r"(^|&)([^=&]*pass[^=&]*)=[^&]*", re.IGNORECASE)
+
+
+def safe_url(url: str) -> str:
+    """``url`` as it may be shown to a user or written to a log: scheme, user, host, port, path and
+    options kept, every password replaced by ``***`` (``mysql://admin:***@db/locks``): in the
+    userinfo, and in options such as ``?password=`` or ``ssl_password=``.
+
+    Works on the raw text rather than through ``urlsplit``, so that it also masks URLs that do not
+    parse (a bad port, a password with a ``/`` in it): when in doubt it hides more, never less.
+    The userinfo is everything up to the last ``@`` before the options."""
+    if not isinstance(url, str):
+        return f"<{type(url).__name__}>"
+    scheme, sep, rest = url.partition("://")
+    if not sep:  # a plain path (the demo's --db accepts one)
+        return url
+    before_query, qmark, query = rest.partition("?")
+    if "@" in before_query:
+        userinfo, _, hostpart = before_query.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        before_query = f"{user}:***@{hostpart}" if colon else f"{userinfo}@{hostpart}"
+    if qmark:
+        query = _SECRET_OPTION.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", query)
+    return f"{scheme}://{before_query}{qmark}{query}"
+
+
 def _scheme_error(spec: str) -> ConfigurationError:
-    shown = spec.split("@")[-1] if "@" in spec else spec  # never echo a password
     return ConfigurationError(
-        f"unsupported lock URL {shown!r}: use redis://host:port, rediss://host:port (TLS), "
+        f"unsupported lock URL {safe_url(spec)!r}: use redis://host:port, rediss://host:port (TLS), "
         "unix:///path/to/redis.sock, zk://host:port[,host:port]/chroot or sqlite:///path/to/locks.db"
     )
 
