@@ -12,9 +12,14 @@ Exit codes of ``run`` (also shown by ``fencelock run --help``); any other code i
     75  the lock was not obtained within --timeout (someone else held it throughout)
     77  the lock server refused our credentials or the command (wrong password, missing ACL)
     79  the lease was lost while the command ran (with --kill-on-loss it was terminated)
-    126 the command could not be executed; 127 the command was not found
-    128+N the command was killed by signal N (as a shell reports it), or signal N arrived while
-          fencelock was still waiting for the lock (the command was not started)
+    126 the command was found but could not be executed (no ``#!`` line, no execute bit, a
+        directory); 127 the command was not found. The lock is released and nothing runs.
+    128+N the command was killed by signal N (as a shell reports it), or signal N arrived before
+          the command started (while waiting for the lock, or just after the grant: the lock is
+          then released)
+
+Every way out of ``run`` after the grant releases the lock, so a failed start never leaves the
+lock held until its TTL.
 
 The command runs in its own process group (as under ``timeout(1)``): a signal that fencelock gets
 (SIGINT, SIGTERM, SIGHUP) is forwarded once to that whole group, and on a lost lease the whole
@@ -24,6 +29,7 @@ should not read from it.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -49,6 +55,7 @@ from ._errors import (
     LockTimeout,
 )
 from ._sync.lock import Lease, Lock
+from .backends import open_backend
 from .backends.redis import ReplicationUnconfirmed
 
 __all__ = [
@@ -85,8 +92,9 @@ Exit status: the command's own, or
   75  lock not obtained within --timeout
   77  credentials or ACL refused by the lock server
   79  lease lost while the command ran
-  126 command not executable, 127 command not found
-  128+N  command killed by signal N"""
+  126 command found but not executable (no #! line, no x bit),
+      127 command not found (the lock is released either way)
+  128+N  command killed by signal N, or signal N before it started"""
 
 
 class _Exit(Exception):
@@ -228,14 +236,17 @@ def run(
         if kill_grace < 0:
             _fail(EXIT_USAGE, "--kill-grace must be >= 0")
         holder = label or default_label()
-        lock = Lock(name, _backend_spec(url, tls_ca, tls_cert, tls_key), ttl=ttl, timeout=timeout, label=holder)
+        backend, owned = open_backend(_backend_spec(url, tls_ca, tls_cert, tls_key))
+        granted = [False]
         try:
-            code = _run_locked(lock, holder, timeout, list(command), kill_on_loss, kill_grace)
+            lock = Lock(name, _GrantWatch(backend, granted), ttl=ttl, timeout=timeout, label=holder)
+            code = _run_locked(lock, granted, holder, timeout, list(command), kill_on_loss, kill_grace)
         finally:
-            try:
-                lock.close()
-            except BackendError:  # pragma: no cover - closing our own connection pool
-                pass
+            if owned:
+                try:
+                    backend.close()
+                except BackendError:  # pragma: no cover - closing our own connection pool
+                    pass
     sys.exit(code)
 
 
@@ -247,33 +258,137 @@ class _Interrupted(BaseException):
         self.signum = signum
 
 
-def _run_locked(lock: Lock, holder: str, timeout: float, command: list[str], kill_on_loss: bool, grace: float) -> int:
-    """Acquire, run, release; returns the exit status ``run`` documents."""
+PAUSE_AFTER_GRANT_ENV = "_FENCELOCK_TEST_PAUSE_AFTER_GRANT"
+"""Test hook: when set to a path, ``run`` creates that file right after the grant and waits (at
+most a minute) for a signal before it starts the command, so a test can land a signal exactly
+between the two. Not for users: it only delays the command."""
+
+
+class _GrantWatch:
+    """The lock's backend, passed through, that notes the moment a grant reaches us.
+
+    From then on a signal must no longer be raised into the lock handle (it would unwind past a
+    lease nobody releases): it is only recorded, and ``_run_locked`` releases the lease and starts
+    nothing. Until then, raising is safe: an exception inside the acquire makes the handle give up
+    whatever the server granted (its cleanup passes the lock on). The note is taken inside the
+    handle's acquire, so no bytecode of ours runs between the grant and the switch."""
+
+    def __init__(self, inner: Any, granted: list[bool]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._granted = granted
+
+    def __getattr__(self, attr: str) -> Any:  # watch_loss, max_lease, force_release, last_fence...
+        return getattr(self.inner, attr)
+
+    def _note(self, attempt: Any) -> Any:
+        if getattr(attempt, "fence", None) is not None:
+            self._granted[0] = True
+        return attempt
+
+    def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Any:
+        return self._note(self.inner.try_acquire(key, token, ttl_ms, label, queue))
+
+    def wait(self, key: str, token: str, timeout: float) -> Any:
+        return self._note(self.inner.wait(key, token, timeout))
+
+    def claim(self, key: str, token: str, ttl_ms: int, label: str) -> int | None:
+        fence = self.inner.claim(key, token, ttl_ms, label)
+        if fence is not None:
+            self._granted[0] = True
+        return fence  # type: ignore[no-any-return]
+
+    def abandon(self, key: str, token: str) -> None:
+        self.inner.abandon(key, token)
+
+    def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        return bool(self.inner.extend(key, token, ttl_ms))
+
+    def release(self, key: str, token: str) -> bool:
+        return bool(self.inner.release(key, token))
+
+    def inspect(self, key: str) -> Any:
+        return self.inner.inspect(key)
+
+    # Every member of the Backend protocol is spelled out: on Python 3.12+ isinstance() against a
+    # runtime protocol looks members up statically, so __getattr__ alone would not pass it.
+    def watch_loss(self, key: str, token: str, callback: Any) -> Any:
+        return self.inner.watch_loss(key, token, callback)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _exec_failure(command: str, err: OSError) -> tuple[int, str]:
+    """Exit status and one line for a command the kernel refused to start (as a shell reports it:
+    126 found but cannot execute, 127 not found)."""
+    why = err.strerror or str(err)
+    if isinstance(err, FileNotFoundError):
+        where = "" if "/" in command else " on PATH"
+        return EXIT_NOT_FOUND, f"command not found{where}: {command} ({why}); not started, lock released"
+    if err.errno == errno.ENOEXEC:
+        hint = "a script needs a first line like #!/bin/sh naming its interpreter"
+    elif isinstance(err, PermissionError) and os.path.isfile(command):
+        hint = f"make it executable (chmod +x {command}) or run it through its interpreter"
+    elif isinstance(err, (PermissionError, IsADirectoryError)) and os.path.isdir(command):
+        hint = "it is a directory"
+    else:
+        hint = "check the file"
+    return EXIT_CANNOT_EXECUTE, f"cannot execute {command}: {why} ({hint}); not started, lock released"
+
+
+def _pause_after_grant(received: list[int]) -> None:
+    path = os.environ.get(PAUSE_AFTER_GRANT_ENV)
+    if not path:
+        return
+    with open(path, "w"):
+        pass
+    end = time.monotonic() + 60
+    while not received and time.monotonic() < end:
+        time.sleep(0.01)
+
+
+def _run_locked(
+    lock: Lock, granted: list[bool], holder: str, timeout: float, command: list[str], kill_on_loss: bool, grace: float
+) -> int:
+    """Acquire, run, release; returns the exit status ``run`` documents.
+
+    Every way out after the grant releases the lease (the ``finally`` below): the command could
+    not start, a signal came before it started, or anything unexpected."""
     received: list[int] = []
-    phase = ["acquiring"]  # then "starting" (record signals), then "running" (forward them)
+    # granted[0] is set by _GrantWatch inside the acquire (see there)
+    started = [False]  # the command runs: signals are forwarded to it
     child: subprocess.Popen[bytes] | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        if phase[0] == "acquiring":
+        if not granted[0]:
             # Ends the wait; the lock handle's cleanup leaves the queue (and passes on a lock that
             # was handed to us meanwhile) before the exception reaches us.
             raise _Interrupted(signum)
         received.append(signum)
-        if child is not None:
+        if started[0] and child is not None:
             _signal_group(child, signum)
 
     previous = {sig: signal.getsignal(sig) for sig in FORWARDED}
     for sig in FORWARDED:
         signal.signal(sig, on_signal)
+    lease: Lease | None = None
+    released = False
     try:
         try:
             lease = lock.acquire(timeout)
-            phase[0] = "starting"
         except _Interrupted as stop:
             name = signal.Signals(stop.signum).name
             _fail(128 + stop.signum, f"{name} while waiting for lock {lock.name!r}; not started")
+        _pause_after_grant(received)
+        if received:
+            name = signal.Signals(received[0]).name
+            _release_quietly(holder, lease)
+            released = True
+            _fail(128 + received[0], f"{name} after lock {lock.name!r} was granted; command not started, lock released")
         log.info("running %r under lock %r fence=%d holder=%s", command[0], lock.name, lease.fence, holder)
         env = dict(os.environ)
+        env.pop(PAUSE_AFTER_GRANT_ENV, None)
         env.update(
             FENCELOCK_NAME=lock.name,
             FENCELOCK_FENCE=str(lease.fence),
@@ -281,38 +396,39 @@ def _run_locked(lock: Lock, holder: str, timeout: float, command: list[str], kil
         )
         try:
             child = _spawn(command, env)
-        except FileNotFoundError as err:
+        except OSError as err:
             _release_quietly(holder, lease)
-            _fail(EXIT_NOT_FOUND, f"command not found: {command[0]} ({err.strerror})")
-        except PermissionError as err:
-            _release_quietly(holder, lease)
-            _fail(EXIT_CANNOT_EXECUTE, f"cannot execute {command[0]}: {err.strerror}")
-        phase[0] = "running"
-        for signum in received:  # arrived between acquire and Popen
+            released = True
+            _fail(*_exec_failure(command[0], err))
+        started[0] = True
+        for signum in received:  # arrived while the command was being started
             _signal_group(child, signum)
         lost_during = _supervise(child, lease, kill_on_loss, grace)
+        status = child.returncode
+        code = 128 - status if status < 0 else status
+        released = True  # from here on, each path below releases (or reports why it could not)
+        if lost_during is not None:
+            _release_quietly(holder, lease)
+            click.echo(
+                f"fencelock: exiting with {EXIT_LEASE_LOST} (lease lost); the command's own status was {code}",
+                err=True,
+            )
+            return EXIT_LEASE_LOST
+        try:
+            lease.release()
+        except LeaseLost as err:
+            click.echo(f"fencelock: {err}; the command had already ended with status {code}", err=True)
+            return EXIT_LEASE_LOST
+        except BackendError as err:
+            # The command finished while the lease was held (renewal was fine until then); the lock
+            # now ends by its TTL instead.
+            click.echo(f"fencelock: could not release {lock.name!r}, it expires by its ttl: {err}", err=True)
+        return code
     finally:
+        if lease is not None and not released:
+            _release_quietly(holder, lease)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    status = child.returncode
-    code = 128 - status if status < 0 else status
-    if lost_during is not None:
-        _release_quietly(holder, lease)
-        click.echo(
-            f"fencelock: exiting with {EXIT_LEASE_LOST} (lease lost); the command's own status was {code}",
-            err=True,
-        )
-        return EXIT_LEASE_LOST
-    try:
-        lease.release()
-    except LeaseLost as err:
-        click.echo(f"fencelock: {err}; the command had already ended with status {code}", err=True)
-        return EXIT_LEASE_LOST
-    except BackendError as err:
-        # The command finished while the lease was held (renewal was fine until then); the lock
-        # now ends by its TTL instead.
-        click.echo(f"fencelock: could not release {lock.name!r}, it expires by its ttl: {err}", err=True)
-    return code
 
 
 def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

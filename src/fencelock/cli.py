@@ -38,10 +38,6 @@ class _Group(click.Group):
             raise
 
     def invoke(self, ctx: click.Context) -> Any:
-        if ctx.invoked_subcommand is None and not ctx.protected_args and not ctx.args:
-            # bare `fencelock`: a question, not a mistake
-            click.echo(ctx.get_help())
-            return None
         try:
             return super().invoke(ctx)
         except click.UsageError as err:
@@ -58,7 +54,8 @@ class _Group(click.Group):
 )
 @click.version_option(__version__, prog_name="fencelock")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
     """fencelock: a distributed lock with leases and fencing tokens, and the file-ingest demo
     system built on it.
 
@@ -72,6 +69,9 @@ def main(verbose: int) -> None:
     Lock URLs: redis://host:port, rediss://host:port (TLS), unix:///path/redis.sock,
     zk://host:port[,host:port]/chroot, sqlite:///path/locks.db
     """
+    if ctx.invoked_subcommand is None:  # bare `fencelock`: a question, not a mistake
+        click.echo(ctx.get_help())
+        ctx.exit(0)
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if verbose == 0:
