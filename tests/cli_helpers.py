@@ -73,6 +73,17 @@ def marked_pids(marker: str) -> list[int]:
     return found
 
 
+def catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``sig`` (SigCgt in /proc/PID/status)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
 def leftovers(marker: str, settle: float = 10.0) -> list[str]:
     """Processes of this run still alive after ``settle`` seconds (each as 'pid cmdline'), then
     killed by pid so that a failing test leaves nothing behind either."""

@@ -14,9 +14,7 @@ import pytest
 
 import fencelock
 from cli_helpers import leftovers, new_marker, one_line_error, reaped, run_cli, start_cli, wait_for
-from fencelock._cli_ops import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND
-
-PAUSE_AFTER_GRANT_ENV = "_FENCELOCK_TEST_PAUSE_AFTER_GRANT"
+from fencelock._cli_ops import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, PAUSE_AFTER_GRANT_ENV
 from servers import RedisLockServer
 
 WAIT = 60.0

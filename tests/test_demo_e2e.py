@@ -272,7 +272,7 @@ def test_demo_stops_every_process_it_started_on_ctrl_c(tmp_path: Path) -> None:
         if proc.poll() is None:
             kill(proc)
     assert code == 130, out
-    assert "stopping every process started" in out
+    assert "stopped by SIGINT: every process the demo started was stopped" in out
     for pid in [pids["producer"], pids["lock_server"], *pids["consumers"]]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -36,9 +36,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -60,6 +61,7 @@ from .backends.redis import ReplicationUnconfirmed
 
 __all__ = [
     "COMMANDS",
+    "ENDING_SIGNALS",
     "EXIT_AUTH",
     "EXIT_CANNOT_EXECUTE",
     "EXIT_LEASE_LOST",
@@ -67,6 +69,12 @@ __all__ = [
     "EXIT_TIMEOUT",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
+    "SignalGuard",
+    "Terminated",
+    "cleanup_shield",
+    "ended_by_signals",
+    "plural",
+    "say",
     "release",
     "run",
     "status",
@@ -179,6 +187,99 @@ def _lock_options(fn: Any) -> Any:
     ):
         fn = option(fn)
     return fn
+
+
+# -- signals that end a command ---------------------------------------------------------------
+
+ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Ctrl-C, ``kill``/``timeout(1)``/a CI cancel, a closed terminal: each must stop what we started."""
+
+
+class Terminated(BaseException):
+    """One of ``ENDING_SIGNALS`` arrived. A BaseException (like KeyboardInterrupt), so that
+    ``except Exception`` on the way out does not swallow it, while every ``finally`` and context
+    manager runs and stops the processes and servers that were started."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def signame(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class SignalGuard:
+    """Raises ``Terminated`` for the first ending signal, in the main thread; later ones (a second
+    Ctrl-C while we clean up) are only noted, so they cannot cut the cleanup short. Inside
+    ``shield()`` (a cleanup section) a signal is held back and raised when the section ends."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._raised = False
+        self._shielded = 0
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        if self._raised or self._shielded:
+            return
+        self._raised = True
+        raise Terminated(signum)
+
+    @contextmanager
+    def shield(self) -> Iterator[None]:
+        self._shielded += 1
+        try:
+            yield
+        finally:
+            self._shielded -= 1
+            if not self._shielded and self.received and not self._raised:
+                self._raised = True
+                raise Terminated(self.received[0])
+
+
+_guard: SignalGuard | None = None
+
+
+@contextmanager
+def ended_by_signals() -> Iterator[SignalGuard]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise ``Terminated`` (see ``SignalGuard``);
+    the previous handlers come back afterwards. Only in the main thread (where Python runs signal
+    handlers); elsewhere the block runs unguarded."""
+    global _guard
+    guard = SignalGuard()
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+    previous = {sig: signal.signal(sig, guard.handle) for sig in ENDING_SIGNALS}
+    outer, _guard = _guard, guard
+    try:
+        yield guard
+    finally:
+        _guard = outer
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def cleanup_shield() -> Any:
+    """A cleanup section that an ending signal must not interrupt (see ``SignalGuard.shield``)."""
+    return _guard.shield() if _guard is not None else nullcontext()
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 file``, ``2 files``, ``0 files`` (``many`` for irregular plurals: ``plural(n, "lease")``
+    is fine, ``plural(n, "was", "were")`` too)."""
+    return f"{count:,} {word if count == 1 else (many or word + 's')}"
+
+
+def say(message: str) -> None:
+    """One line on stderr; quiet if stderr is gone (SIGHUP: the terminal was closed)."""
+    with suppress(OSError, ValueError):
+        click.echo(message, err=True)
 
 
 # -- run -----------------------------------------------------------------------------------------
