@@ -154,7 +154,7 @@ def _console() -> Console:
 def _error(console: Console, message: str, style: str = "red") -> None:
     """One line, as is: no rich markup in it (``pip install 'fencelock[postgres]'`` must survive)
     and no hard wrap (a log reader greps for it)."""
-    console.print(Text(message, style=style), soft_wrap=True)
+    console.print(Text(f"fencelock demo: {message}", style=style), soft_wrap=True)
 
 
 def _check_lock_server(url: str) -> tuple[int, str] | None:
