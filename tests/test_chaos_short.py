@@ -1,4 +1,4 @@
-"""The short tier of ``fencelock chaos`` (what CI runs): every scenario of issue 5, injected for
+"""The short tier of ``fencelock chaos`` (what CI runs): every fault scenario, injected for
 real, twice. With the storage-side fence check on, the checker must find nothing; with it off, it
 must find the violation the scenario provokes (or nothing, where fencing is not what protects)."""
 
