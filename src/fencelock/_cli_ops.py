@@ -337,7 +337,9 @@ def run(
         if kill_grace < 0:
             _fail(EXIT_USAGE, "--kill-grace must be >= 0")
         holder = label or default_label()
-        backend, owned = open_backend(_backend_spec(url, tls_ca, tls_cert, tls_key))
+        spec = _backend_spec(url, tls_ca, tls_cert, tls_key)
+        backend, owned = open_backend(spec)
+        owned = owned or not isinstance(spec, str)  # the TLS backend was made here for this run
         granted = [False]
         try:
             lock = Lock(name, _GrantWatch(backend, granted), ttl=ttl, timeout=timeout, label=holder)
