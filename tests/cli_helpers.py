@@ -39,11 +39,21 @@ def run_cli(
     *args: str, marker: str | None = None, env: dict[str, str] | None = None, timeout: float = WAIT,
     cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``fencelock ARGS...`` to completion; stdout and stderr captured (stdout is a pipe, not a tty)."""
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        env=marked_env(marker or new_marker(), env), cwd=cwd,
-    )
+    """``fencelock ARGS...`` to completion; stdout and stderr captured (stdout is a pipe, not a tty).
+    Without a ``marker`` of the caller's, whatever the command left running is killed afterwards
+    (a test that checks for leftovers passes its own marker and calls ``leftovers``)."""
+    own = marker or new_marker()
+    try:
+        return subprocess.run(
+            [*CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            env=marked_env(own, env), cwd=cwd,
+        )
+    finally:
+        if marker is None:
+            for pid in marked_pids(own):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
 
 
 def start_cli(
@@ -132,13 +142,12 @@ def one_line_error(stderr: str) -> str:
     return lines[0]
 
 
-def blocked_import_env(modules: Sequence[str]) -> dict[str, str]:
+def blocked_import_env(modules: Sequence[str], where: Path) -> dict[str, str]:
     """Environment for a subprocess in which importing any of ``modules`` fails as if the package
     were not installed (a finder at the front of ``sys.meta_path``, set up by a sitecustomize on
-    PYTHONPATH). The package stays installed for every other process."""
-    import tempfile
-
-    site = Path(tempfile.mkdtemp(prefix="fl-noimport-"))
+    PYTHONPATH, in the folder ``where``). The package stays installed for every other process."""
+    site = where / "noimport"
+    site.mkdir(parents=True, exist_ok=True)
     (site / "sitecustomize.py").write_text(
         "import sys\n"
         f"_BLOCKED = {tuple(modules)!r}\n"

