@@ -203,7 +203,7 @@ def test_consume_workers_all_stop_when_the_parent_gets_a_signal(tmp_path: Path, 
             return [pid for pid in marked_pids(marker) if pid != proc.pid and catches(pid, signal.SIGHUP)]
 
         while len(ready_workers()) < 3:
-            assert time.monotonic() < end and proc.poll() is None, proc.communicate()
+            assert time.monotonic() < end and proc.poll() is None, f"exit status {proc.poll()}"
             time.sleep(0.1)
         os.kill(proc.pid, sig)
         _, err = proc.communicate(timeout=WAIT)
@@ -291,7 +291,7 @@ def test_chaos_stopped_by_sigterm_stops_its_servers_and_removes_their_folders(
         proc = start_cli("chaos", "--scenario", "1", "--out", str(out), marker=marker, env={"TMPDIR": str(short_tmp)})
         end = time.monotonic() + WAIT
         while not list(out.glob("*/logs/*.log")):  # a consumer has been started: mid-scenario
-            assert time.monotonic() < end and proc.poll() is None, proc.communicate()
+            assert time.monotonic() < end and proc.poll() is None, f"exit status {proc.poll()}"
             time.sleep(0.1)
         assert list(short_tmp.iterdir()), "the servers' folders are in our TMPDIR"
         os.kill(proc.pid, signal.SIGTERM)
