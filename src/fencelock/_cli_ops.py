@@ -12,9 +12,14 @@ Exit codes of ``run`` (also shown by ``fencelock run --help``); any other code i
     75  the lock was not obtained within --timeout (someone else held it throughout)
     77  the lock server refused our credentials or the command (wrong password, missing ACL)
     79  the lease was lost while the command ran (with --kill-on-loss it was terminated)
-    126 the command could not be executed; 127 the command was not found
-    128+N the command was killed by signal N (as a shell reports it), or signal N arrived while
-          fencelock was still waiting for the lock (the command was not started)
+    126 the command was found but could not be executed (no ``#!`` line, no execute bit, a
+        directory); 127 the command was not found. The lock is released and nothing runs.
+    128+N the command was killed by signal N (as a shell reports it), or signal N arrived before
+          the command started (while waiting for the lock, or just after the grant: the lock is
+          then released)
+
+Every way out of ``run`` after the grant releases the lock, so a failed start never leaves the
+lock held until its TTL.
 
 The command runs in its own process group (as under ``timeout(1)``): a signal that fencelock gets
 (SIGINT, SIGTERM, SIGHUP) is forwarded once to that whole group, and on a lost lease the whole
@@ -24,15 +29,17 @@ should not read from it.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -49,12 +56,13 @@ from ._errors import (
     LockTimeout,
 )
 from ._sync.lock import Lease, Lock
-from .backends import url_help
-from .backends.base import ForceReleases, KnowsLastFence
+from .backends import open_backend, url_help
+from .backends.base import Attempt, Backend, ForceReleases, KnowsLastFence, Passthrough
 from .backends.redis import ReplicationUnconfirmed
 
 __all__ = [
     "COMMANDS",
+    "ENDING_SIGNALS",
     "EXIT_AUTH",
     "EXIT_CANNOT_EXECUTE",
     "EXIT_LEASE_LOST",
@@ -62,6 +70,12 @@ __all__ = [
     "EXIT_TIMEOUT",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
+    "SignalGuard",
+    "Terminated",
+    "cleanup_shield",
+    "ended_by_signals",
+    "plural",
+    "say",
     "release",
     "run",
     "status",
@@ -87,8 +101,9 @@ Exit status: the command's own, or
   75  lock not obtained within --timeout
   77  credentials or ACL refused by the lock server
   79  lease lost while the command ran
-  126 command not executable, 127 command not found
-  128+N  command killed by signal N"""
+  126 command found but not executable (no #! line, no x bit),
+      127 command not found (the lock is released either way)
+  128+N  command killed by signal N, or signal N before it started"""
 
 
 class _Exit(Exception):
@@ -98,17 +113,6 @@ class _Exit(Exception):
         super().__init__(code, message)
         self.code = code
         self.message = message
-
-
-class _OpsCommand(click.Command):
-    """A click command whose usage errors exit with ``EXIT_USAGE`` (click's own default is 2)."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as err:
-            err.exit_code = EXIT_USAGE  # type: ignore[misc]  # click reads it per instance
-            raise
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -185,10 +189,103 @@ def _lock_options(fn: Any) -> Any:
     return fn
 
 
+# -- signals that end a command ---------------------------------------------------------------
+
+ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Ctrl-C, ``kill``/``timeout(1)``/a CI cancel, a closed terminal: each must stop what we started."""
+
+
+class Terminated(BaseException):
+    """One of ``ENDING_SIGNALS`` arrived. A BaseException (like KeyboardInterrupt), so that
+    ``except Exception`` on the way out does not swallow it, while every ``finally`` and context
+    manager runs and stops the processes and servers that were started."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def signame(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class SignalGuard:
+    """Raises ``Terminated`` for the first ending signal, in the main thread; later ones (a second
+    Ctrl-C while we clean up) are only noted, so they cannot cut the cleanup short. Inside
+    ``shield()`` (a cleanup section) a signal is held back and raised when the section ends."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._raised = False
+        self._shielded = 0
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        if self._raised or self._shielded:
+            return
+        self._raised = True
+        raise Terminated(signum)
+
+    @contextmanager
+    def shield(self) -> Iterator[None]:
+        self._shielded += 1
+        try:
+            yield
+        finally:
+            self._shielded -= 1
+            if not self._shielded and self.received and not self._raised:
+                self._raised = True
+                raise Terminated(self.received[0])
+
+
+_guard: SignalGuard | None = None
+
+
+@contextmanager
+def ended_by_signals() -> Iterator[SignalGuard]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise ``Terminated`` (see ``SignalGuard``);
+    the previous handlers come back afterwards. Only in the main thread (where Python runs signal
+    handlers); elsewhere the block runs unguarded."""
+    global _guard
+    guard = SignalGuard()
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+    previous = {sig: signal.signal(sig, guard.handle) for sig in ENDING_SIGNALS}
+    outer, _guard = _guard, guard
+    try:
+        yield guard
+    finally:
+        _guard = outer
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def cleanup_shield() -> Any:
+    """A cleanup section that an ending signal must not interrupt (see ``SignalGuard.shield``)."""
+    return _guard.shield() if _guard is not None else nullcontext()
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 file``, ``2 files``, ``0 files`` (``many`` for irregular plurals: ``plural(n, "lease")``
+    is fine, ``plural(n, "was", "were")`` too)."""
+    return f"{count:,} {word if count == 1 else (many or word + 's')}"
+
+
+def say(message: str) -> None:
+    """One line on stderr; quiet if stderr is gone (SIGHUP: the terminal was closed)."""
+    with suppress(OSError, ValueError):
+        click.echo(message, err=True)
+
+
 # -- run -----------------------------------------------------------------------------------------
 
 
-@click.command(cls=_OpsCommand, epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_HELP)
 @click.argument("name")
 @_lock_options
 @click.option("--ttl", type=float, default=DEFAULT_TTL, show_default=True, help="Lease length in seconds.")
@@ -240,14 +337,19 @@ def run(
         if kill_grace < 0:
             _fail(EXIT_USAGE, "--kill-grace must be >= 0")
         holder = label or default_label()
-        lock = Lock(name, _backend_spec(url, tls_ca, tls_cert, tls_key), ttl=ttl, timeout=timeout, label=holder)
+        spec = _backend_spec(url, tls_ca, tls_cert, tls_key)
+        backend, owned = open_backend(spec)
+        owned = owned or not isinstance(spec, str)  # the TLS backend was made here for this run
+        granted = [False]
         try:
-            code = _run_locked(lock, holder, timeout, list(command), kill_on_loss, kill_grace)
+            lock = Lock(name, _GrantWatch(backend, granted), ttl=ttl, timeout=timeout, label=holder)
+            code = _run_locked(lock, granted, holder, timeout, list(command), kill_on_loss, kill_grace)
         finally:
-            try:
-                lock.close()
-            except BackendError:  # pragma: no cover - closing our own connection pool
-                pass
+            if owned:
+                try:
+                    backend.close()
+                except BackendError:  # pragma: no cover - closing our own connection pool
+                    pass
     sys.exit(code)
 
 
@@ -259,33 +361,110 @@ class _Interrupted(BaseException):
         self.signum = signum
 
 
-def _run_locked(lock: Lock, holder: str, timeout: float, command: list[str], kill_on_loss: bool, grace: float) -> int:
-    """Acquire, run, release; returns the exit status ``run`` documents."""
+PAUSE_AFTER_GRANT_ENV = "_FENCELOCK_TEST_PAUSE_AFTER_GRANT"
+"""Test hook: when set to a path, ``run`` creates that file right after the grant and waits (at
+most a minute) for a signal before it starts the command, so a test can land a signal exactly
+between the two. Not for users: it only delays the command."""
+
+
+class _GrantWatch(Passthrough):
+    """The lock's backend, passed through, that notes the moment a grant reaches us.
+
+    From then on a signal must no longer be raised into the lock handle (it would unwind past a
+    lease nobody releases): it is only recorded, and ``_run_locked`` releases the lease and starts
+    nothing. Until then, raising is safe: an exception inside the acquire makes the handle give up
+    whatever the server granted (its cleanup passes the lock on). The note is taken inside the
+    handle's acquire, so no bytecode of ours runs between the grant and the switch."""
+
+    def __init__(self, inner: Backend, granted: list[bool]) -> None:
+        super().__init__(inner)
+        self._granted = granted
+
+    def try_acquire(
+        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
+    ) -> Attempt:
+        attempt = super().try_acquire(key, token, ttl_ms, label, queue, limit, weight)
+        if attempt.fence is not None:
+            self._granted[0] = True
+        return attempt
+
+    def wait(self, key: str, token: str, timeout: float) -> int | None:
+        fence = super().wait(key, token, timeout)
+        if fence is not None:
+            self._granted[0] = True
+        return fence
+
+
+def _exec_failure(command: str, err: OSError) -> tuple[int, str]:
+    """Exit status and one line for a command the kernel refused to start (as a shell reports it:
+    126 found but cannot execute, 127 not found)."""
+    why = err.strerror or str(err)
+    if isinstance(err, FileNotFoundError):
+        where = "" if "/" in command else " on PATH"
+        return EXIT_NOT_FOUND, f"command not found{where}: {command} ({why}); not started, lock released"
+    if err.errno == errno.ENOEXEC:
+        hint = "a script needs a first line like #!/bin/sh naming its interpreter"
+    elif isinstance(err, PermissionError) and os.path.isfile(command):
+        hint = f"make it executable (chmod +x {command}) or run it through its interpreter"
+    elif isinstance(err, (PermissionError, IsADirectoryError)) and os.path.isdir(command):
+        hint = "it is a directory"
+    else:
+        hint = "check the file"
+    return EXIT_CANNOT_EXECUTE, f"cannot execute {command}: {why} ({hint}); not started, lock released"
+
+
+def _pause_after_grant(received: list[int]) -> None:
+    path = os.environ.get(PAUSE_AFTER_GRANT_ENV)
+    if not path:
+        return
+    with open(path, "w"):
+        pass
+    end = time.monotonic() + 60
+    while not received and time.monotonic() < end:
+        time.sleep(0.01)
+
+
+def _run_locked(
+    lock: Lock, granted: list[bool], holder: str, timeout: float, command: list[str], kill_on_loss: bool, grace: float
+) -> int:
+    """Acquire, run, release; returns the exit status ``run`` documents.
+
+    Every way out after the grant releases the lease (the ``finally`` below): the command could
+    not start, a signal came before it started, or anything unexpected."""
     received: list[int] = []
-    phase = ["acquiring"]  # then "starting" (record signals), then "running" (forward them)
+    # granted[0] is set by _GrantWatch inside the acquire (see there)
+    started = [False]  # the command runs: signals are forwarded to it
     child: subprocess.Popen[bytes] | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        if phase[0] == "acquiring":
+        if not granted[0]:
             # Ends the wait; the lock handle's cleanup leaves the queue (and passes on a lock that
             # was handed to us meanwhile) before the exception reaches us.
             raise _Interrupted(signum)
         received.append(signum)
-        if child is not None:
+        if started[0] and child is not None:
             _signal_group(child, signum)
 
     previous = {sig: signal.getsignal(sig) for sig in FORWARDED}
     for sig in FORWARDED:
         signal.signal(sig, on_signal)
+    lease: Lease | None = None
+    released = False
     try:
         try:
             lease = lock.acquire(timeout)
-            phase[0] = "starting"
         except _Interrupted as stop:
             name = signal.Signals(stop.signum).name
             _fail(128 + stop.signum, f"{name} while waiting for lock {lock.name!r}; not started")
+        _pause_after_grant(received)
+        if received:
+            name = signal.Signals(received[0]).name
+            _release_quietly(holder, lease)
+            released = True
+            _fail(128 + received[0], f"{name} after lock {lock.name!r} was granted; command not started, lock released")
         log.info("running %r under lock %r fence=%d holder=%s", command[0], lock.name, lease.fence, holder)
         env = dict(os.environ)
+        env.pop(PAUSE_AFTER_GRANT_ENV, None)
         env.update(
             FENCELOCK_NAME=lock.name,
             FENCELOCK_FENCE=str(lease.fence),
@@ -293,38 +472,39 @@ def _run_locked(lock: Lock, holder: str, timeout: float, command: list[str], kil
         )
         try:
             child = _spawn(command, env)
-        except FileNotFoundError as err:
+        except OSError as err:
             _release_quietly(holder, lease)
-            _fail(EXIT_NOT_FOUND, f"command not found: {command[0]} ({err.strerror})")
-        except PermissionError as err:
-            _release_quietly(holder, lease)
-            _fail(EXIT_CANNOT_EXECUTE, f"cannot execute {command[0]}: {err.strerror}")
-        phase[0] = "running"
-        for signum in received:  # arrived between acquire and Popen
+            released = True
+            _fail(*_exec_failure(command[0], err))
+        started[0] = True
+        for signum in received:  # arrived while the command was being started
             _signal_group(child, signum)
         lost_during = _supervise(child, lease, kill_on_loss, grace)
+        status = child.returncode
+        code = 128 - status if status < 0 else status
+        released = True  # from here on, each path below releases (or reports why it could not)
+        if lost_during is not None:
+            _release_quietly(holder, lease)
+            click.echo(
+                f"fencelock: exiting with {EXIT_LEASE_LOST} (lease lost); the command's own status was {code}",
+                err=True,
+            )
+            return EXIT_LEASE_LOST
+        try:
+            lease.release()
+        except LeaseLost as err:
+            click.echo(f"fencelock: {err}; the command had already ended with status {code}", err=True)
+            return EXIT_LEASE_LOST
+        except BackendError as err:
+            # The command finished while the lease was held (renewal was fine until then); the lock
+            # now ends by its TTL instead.
+            click.echo(f"fencelock: could not release {lock.name!r}, it expires by its ttl: {err}", err=True)
+        return code
     finally:
+        if lease is not None and not released:
+            _release_quietly(holder, lease)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    status = child.returncode
-    code = 128 - status if status < 0 else status
-    if lost_during is not None:
-        _release_quietly(holder, lease)
-        click.echo(
-            f"fencelock: exiting with {EXIT_LEASE_LOST} (lease lost); the command's own status was {code}",
-            err=True,
-        )
-        return EXIT_LEASE_LOST
-    try:
-        lease.release()
-    except LeaseLost as err:
-        click.echo(f"fencelock: {err}; the command had already ended with status {code}", err=True)
-        return EXIT_LEASE_LOST
-    except BackendError as err:
-        # The command finished while the lease was held (renewal was fine until then); the lock
-        # now ends by its TTL instead.
-        click.echo(f"fencelock: could not release {lock.name!r}, it expires by its ttl: {err}", err=True)
-    return code
 
 
 def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -395,7 +575,12 @@ def _release_quietly(holder: str, lease: Lease) -> None:
 # -- status --------------------------------------------------------------------------------------
 
 
-@click.command(cls=_OpsCommand, epilog="\b\nExit status: 0 (held or free), 64, 69, 77 as for `run`.")
+@click.command(epilog="""\b
+Exit status:
+  0   shown (held or free)
+  64  bad usage (options, arguments, lock URL)
+  69  lock server unreachable
+  77  credentials or ACL refused by the lock server""")
 @click.argument("name")
 @_lock_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
@@ -432,7 +617,12 @@ def status(name: str, url: str, tls_ca: str | None, tls_cert: str | None, tls_ke
 # -- release -------------------------------------------------------------------------------------
 
 
-@click.command(cls=_OpsCommand, epilog="\b\nExit status: 0 (removed or already free), 64, 69, 77.")
+@click.command(epilog="""\b
+Exit status:
+  0   removed, or it was already free
+  64  bad usage (options, arguments, lock URL, --force or --confirm missing)
+  69  lock server unreachable
+  77  credentials or ACL refused by the lock server""")
 @click.argument("name")
 @_lock_options
 @click.option("--force", is_flag=True, help="Required: this breaks someone else's lock.")

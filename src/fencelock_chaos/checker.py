@@ -245,15 +245,18 @@ def check_exactly_once(storage: Storage, facts: RunFacts) -> list[Violation]:
         dup = [t for t in txids if storage.row_counts.get(t, 0) > 1]
         produced.update(txids)
         if missing:
-            out.append(Violation("exactly-once", f"{len(missing)} of {len(txids)} rows missing (e.g. {missing[0]})",
+            rows = f"row{'s' if len(txids) != 1 else ''}"
+            out.append(Violation("exactly-once", f"{len(missing)} of {len(txids)} {rows} missing (e.g. {missing[0]})",
                                  file))
         if dup:
             extra = sum(storage.row_counts[t] - 1 for t in dup)
-            out.append(Violation("exactly-once", f"{len(dup)} rows persisted more than once ({extra} extra copies, "
+            rows, copies = f"row{'s' if len(dup) != 1 else ''}", f"cop{'ies' if extra != 1 else 'y'}"
+            out.append(Violation("exactly-once", f"{len(dup)} {rows} persisted more than once ({extra} extra {copies}, "
                                  f"e.g. {dup[0]})", file))
     phantom = sorted(set(storage.row_counts) - produced)
     if phantom:
-        out.append(Violation("exactly-once", f"{len(phantom)} rows that were never produced (e.g. {phantom[0]})"))
+        rows = "row that was" if len(phantom) == 1 else "rows that were"
+        out.append(Violation("exactly-once", f"{len(phantom)} {rows} never produced (e.g. {phantom[0]})"))
     return out
 
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from .runner import Verdict
 
 __all__ = ["COMMANDS", "chaos"]
@@ -21,11 +23,14 @@ __all__ = ["COMMANDS", "chaos"]
 
 @click.command(epilog="""\b
 Exit status:
-  0  every scenario passed: no violation with fencing on, and every fencing-off run showed the
-     violation its scenario provokes (or none, where none is expected)
-  1  a violation with fencing on, a fencing-off run without its expected violation, or a
-     scenario that could not be driven (error)
-  2  bad command line""")
+  0      every scenario passed: no violation with fencing on, and every fencing-off run showed
+         the violation its scenario provokes (or none, where none is expected)
+  1      a violation with fencing on, a fencing-off run without its expected violation, or a
+         scenario that could not be driven (error)
+  3      could not start: PostgreSQL binaries or psycopg missing (the cause is on screen)
+  64     bad usage (options, an unknown scenario)
+  128+N  stopped by signal N (SIGINT, SIGTERM, SIGHUP): every server and process it started
+         is stopped and its temporary folders removed""")
 @click.option("--scenario", "names", multiple=True, metavar="NAME",
               help="Run only these (name or number, repeatable). Default: the whole tier.")
 @click.option("--tier", type=click.Choice(["short", "long"]), default="short", show_default=True,
@@ -48,21 +53,55 @@ def chaos(names: tuple[str, ...], tier: str, seed: int, duration: float, out: Pa
     record a history, check it, and draw a timeline.
 
     \b
-    Short tier: each scenario of issue 5 twice: with the storage-side fence check (must pass) and
+    Short tier: every scenario twice: with the storage-side fence check (must pass) and
     without (must show the violation the scenario provokes: proof the checker can see it).
-    Needs: PostgreSQL 15 binaries (/usr/lib/postgresql/15/bin), redis-server or an embedded one,
-    Debian's faketime (scenario 10), zookeeperd + kazoo (scenario 11).
+    Needs: PostgreSQL binaries (/usr/lib/postgresql/<version>/bin) and psycopg
+    (pip install 'fencelock[postgres]'), redis-server or an embedded one, Debian's faketime
+    (scenario 10), zookeeperd and kazoo (scenario 11; pip install 'fencelock[zookeeper]').
     """
+    from fencelock._cli_ops import Terminated, ended_by_signals, say
+
+    console = _console()
+    try:
+        with ended_by_signals():
+            code = _chaos(console, names, tier, seed, duration, out, consumer, ttl, only, markdown)
+    except Terminated as stop:
+        say(f"fencelock chaos: stopped by {stop.signame}: every server and process it started was stopped")
+        sys.exit(stop.exit_code)
+    sys.exit(code)
+
+
+def _console() -> Console:
     from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # CI logs: wide enough for the summary table
+        console = Console(width=150)
+    return console
+
+
+def _missing_requirement() -> str | None:
+    """Why the harness cannot run here (said in one line before anything starts), or None."""
+    from .servers import PG_BIN
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "fencelock chaos needs psycopg 3 for its PostgreSQL database: pip install 'fencelock[postgres]'"
+    if not (PG_BIN / "initdb").exists():
+        return (f"fencelock chaos needs the PostgreSQL server binaries ({PG_BIN}/initdb not found): "
+                "apt-get install postgresql")
+    return None
+
+
+def _chaos(console: Console, names: tuple[str, ...], tier: str, seed: int, duration: float, out: Path,
+           consumer: str, ttl: float, only: str, markdown: Path | None) -> int:
     from rich.markup import escape
 
     from .report import markdown_table, summary_table, write_report
     from .runner import Settings, postgres, run_scenario
     from .scenarios import SCENARIOS, by_name, long_mix
 
-    console = Console()
-    if not console.is_terminal:  # CI logs: wide enough for the summary table
-        console = Console(width=150)
     settings = Settings(ttl=ttl, seed=seed, consumer=consumer)
     if tier == "long":
         picked = [long_mix(duration, seed)]
@@ -72,7 +111,11 @@ def chaos(names: tuple[str, ...], tier: str, seed: int, duration: float, out: Pa
         try:
             picked = [by_name(n) for n in names] if names else list(SCENARIOS)
         except KeyError as err:
-            raise click.UsageError(str(err)) from None
+            raise click.UsageError(str(err).strip("'\"")) from None
+    missing = _missing_requirement()
+    if missing is not None:
+        console.print(f"[red]{escape(missing)}[/]", soft_wrap=True)
+        return 3
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[only]
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -83,7 +126,8 @@ def chaos(names: tuple[str, ...], tier: str, seed: int, duration: float, out: Pa
             v = run_scenario(sc, settings, pg, out, i, modes)
             for res in (v.on, v.off):
                 if res is not None:
-                    state = "error: " + res.error if res.error else f"{len(res.violations)} violations"
+                    n = len(res.violations)
+                    state = "error: " + res.error if res.error else f"{n} violation{'s' if n != 1 else ''}"
                     console.print(f"   fencing {'on ' if res.fencing else 'off'}: {state} ({res.seconds:.1f}s)")
                     for viol in res.violations[:5]:
                         console.print(f"     [dim]{escape(str(viol))}[/]", highlight=False)
@@ -96,7 +140,7 @@ def chaos(names: tuple[str, ...], tier: str, seed: int, duration: float, out: Pa
         markdown.write_text(markdown_table(verdicts), encoding="utf-8")
     console.print(f"timeline: {page}  ({time.monotonic() - started:.0f}s in all)")
     failed = [v for v in verdicts if not v.blocked and not _passed(v, modes)]
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
 
 
 def _passed(v: Verdict, modes: tuple[bool, ...]) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fencelock._cli_ops import cleanup_shield
 from fencelock.embedded import EmbeddedRedis
 
 from .checker import Commit, RunFacts, Storage, Violation, check
@@ -405,11 +406,13 @@ def _wait_state(pid: int, want: str, timeout: float = 2.0) -> str:
 
 @contextlib.contextmanager
 def postgres() -> Iterator[Postgres]:
-    pg = Postgres().start()
-    try:
+    pg = Postgres()
+    try:  # also when start() itself is interrupted: its temporary folder goes too
+        pg.start()
         yield pg
     finally:
-        pg.stop()
+        with cleanup_shield():
+            pg.stop()
 
 
 @dataclass
@@ -450,19 +453,20 @@ def run_once(scenario: Any, fencing: bool, settings: Settings, pg: Postgres, out
     started = time.monotonic()
     run = Run(scenario.name, fencing, settings, pg, out, index)
     error: str | None = None
-    try:
-        run.setup(files=scenario.files, persistence=scenario.persistence)
-        scenario.run(run)
-    except ScenarioError as err:
-        error = str(err)
-    except Exception as err:  # a harness bug must not hide behind a verdict
-        error = f"{type(err).__name__}: {err}"
-    try:
+    try:  # the `finally` also runs for a signal that ends the harness (Terminated)
+        try:
+            run.setup(files=scenario.files, persistence=scenario.persistence)
+            scenario.run(run)
+        except ScenarioError as err:
+            error = str(err)
+        except Exception as err:  # a harness bug must not hide behind a verdict
+            error = f"{type(err).__name__}: {err}"
         for p in run.procs.values():
             stop_pid(p)
         return run.result(started, error)
     finally:
-        run.close()
+        with cleanup_shield():
+            run.close()
 
 
 def run_scenario(scenario: Any, settings: Settings, pg: Postgres, out: Path, index: int,

@@ -1,4 +1,4 @@
-"""The fault scenarios of issue 5, each injected for real on this machine.
+"""The fault scenarios, each injected for real on this machine.
 
 Every scenario follows one pattern: a victim consumer ``A`` takes the first file; the harness
 watches the history and strikes at a precise step (usually right after ``A`` logged

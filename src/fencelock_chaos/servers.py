@@ -133,7 +133,11 @@ class Postgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Postgres:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # interrupted or failed: stop what started, remove the folder
+            self.stop()
+            raise
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
@@ -205,7 +209,11 @@ class ZooKeeper:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> ZooKeeper:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # interrupted or failed: stop what started, remove the folder
+            self.stop()
+            raise
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()

@@ -11,7 +11,11 @@ import click
 __all__ = ["COMMANDS", "consume", "demo", "produce"]
 
 
-@click.command()
+@click.command(epilog="""\b
+Exit status:
+  0      every file written
+  64     bad usage (options, arguments)
+  128+N  stopped by signal N (SIGINT, SIGTERM, SIGHUP); no partial file is left behind""")
 @click.option("--share", required=True, type=click.Path(file_okay=False, path_type=Path), help="The shared folder.")
 @click.option("--files", default=10, show_default=True, type=click.IntRange(0), help="How many files to write.")
 @click.option("--lines", default=10_000, show_default=True, type=click.IntRange(1), help="Transactions per file.")
@@ -30,20 +34,31 @@ def produce(share: Path, files: int, lines: int, rate: float | None, seed: int |
     alphanumerics), Owner, AccountNumber, CardNumber, Currency (ISO 4217), Amount (integer cents),
     MerchantName, Date (yyyyMMdd).
     """
+    from fencelock._cli_ops import Terminated, ended_by_signals, plural, say
+
     from .producer import ProducerConfig
     from .producer import produce as run
 
-    n = run(ProducerConfig(share, files, lines, rate, seed, bad, manifest))
-    click.echo(f"produced {n} files of {lines} lines in {share}", err=True)
+    written = [0]
+    try:
+        with ended_by_signals():
+            run(ProducerConfig(share, files, lines, rate, seed, bad, manifest),
+                on_file=lambda: written.__setitem__(0, written[0] + 1))
+    except Terminated as stop:
+        say(f"fencelock produce: stopped by {stop.signame} after {plural(written[0], 'file')} "
+            f"(no partial file left in {share})")
+        sys.exit(stop.exit_code)
+    click.echo(f"produced {plural(written[0], 'file')} of {plural(lines, 'line')} in {share}", err=True)
 
 
 @click.command(epilog="""\b
 Exit status:
-  0  stopped normally (--idle-exit, --max-files, SIGTERM/SIGINT after the current file)
-  1  stopped by an unexpected error (logged)
-  2  bad command line
-  3  could not start: lock server, database or share unavailable
-  4  --workers N: at least one worker process did not exit with 0
+  0   stopped normally (--idle-exit, --max-files, or SIGTERM/SIGINT/SIGHUP after the
+      current file; a second signal stops at once, releasing the lock)
+  1   stopped by an unexpected error (logged)
+  3   could not start: database or share unavailable
+  4   --workers N: at least one worker process did not exit with 0
+  64  bad usage (options, arguments, --lock or --db URL, a missing driver such as psycopg)
 """)
 @click.option("--share", required=True, type=click.Path(file_okay=False), help="The shared folder.")
 @click.option("--lock", "lock_url", required=True, help="Lock server URL (redis://, unix://, zk://, sqlite:///).")
@@ -75,7 +90,10 @@ def consume(share: str, lock_url: str, db: str, workers: int, ident: str, histor
     the file is archived only after the commit. Files with a bad line go to SHARE/quarantine/ with
     <file>.reason.txt naming each bad line.
     """
-    from .consumer import ConsumerConfig, run_workers
+    from fencelock import ConfigurationError
+    from fencelock._cli_ops import EXIT_USAGE
+
+    from .consumer import ConsumerConfig, check_config, run_workers
 
     cfg = ConsumerConfig(
         share=share, lock=lock_url, db=db, id=ident, history=history, fencing=fencing,
@@ -83,12 +101,22 @@ def consume(share: str, lock_url: str, db: str, workers: int, ident: str, histor
         pause_after_commit=pause_after_commit, ttl=ttl, renew=renew, max_files=max_files,
         idle_exit=idle_exit, archive=archive, poll=poll,
     )
+    try:
+        check_config(cfg)
+    except ConfigurationError as err:
+        click.echo(f"fencelock consume: {err}", err=True)
+        sys.exit(EXIT_USAGE)
     sys.exit(run_workers(cfg, workers))
 
 
 @click.command(epilog="""\b
-Exit status: 0 when every produced row is in the database exactly once (and every bad file is in
-quarantine with its reason); 1 when the check fails; 3 when a server could not be started.""")
+Exit status:
+  0      every produced row is in the database exactly once (and every bad file is in
+         quarantine with its reason)
+  1      the check failed
+  3      could not start, or lost, the lock server or the database (the cause is on screen)
+  64     bad usage (options, --lock or --db URL)
+  128+N  stopped by signal N (SIGINT, SIGTERM, SIGHUP): every process it started is stopped""")
 @click.option("--work", default="./demo-work", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Work folder: share, SQLite database, manifest, history (emptied at start).")
 @click.option("--consumers", default=4, show_default=True, type=click.IntRange(1), help="Consumer processes.")
@@ -96,10 +124,12 @@ quarantine with its reason); 1 when the check fails; 3 when a server could not b
 @click.option("--lines", default=10_000, show_default=True, type=click.IntRange(1))
 @click.option("--bad", default=1, show_default=True, type=click.IntRange(0), help="Files made bad on purpose.")
 @click.option("--seed", type=int, help="Producer seed (repeatable data).")
-@click.option("--lock", "lock_url", help="Use this lock server instead of the embedded one (redis://...).")
+@click.option("--lock", "lock_url", help="Use this lock server instead of the embedded one (redis://..., zk://..., "
+              "sqlite:///...); checked before any consumer starts.")
 @click.option("--db", help="Use this database instead of SQLite in the work folder (postgresql://...). "
               "Its demo tables are emptied at start.")
-@click.option("--fencing/--no-fencing", default=True, show_default=True)
+@click.option("--fencing/--no-fencing", default=True, show_default=True,
+              help="Check the fence at the database. Without faults both look the same: see `fencelock chaos`.")
 @click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(1), help="Give up after (s).")
 def demo(work: Path, consumers: int, files: int, lines: int, bad: int, seed: int | None, lock_url: str | None,
          db: str | None, fencing: bool, timeout: float) -> None:

@@ -39,16 +39,17 @@ from types import FrameType
 from typing import Any
 
 import fencelock
-from fencelock import BackendError, LeaseError, StaleFence
+from fencelock import BackendError, ConfigurationError, LeaseError, StaleFence
+from fencelock._cli_ops import EXIT_USAGE, plural
 from fencelock.backends import open_backend
-from fencelock.backends.base import Backend
+from fencelock.backends.base import Backend, Passthrough
 
 from .history import History
 from .parsing import BadLine, Row, parse_lines, split_lines
-from .share import NotRegularFile, ReasonFile, Share
-from .store import Store, open_store
+from .share import DONE, NotRegularFile, ReasonFile, Share
+from .store import Store, check_store_url, open_store
 
-__all__ = ["ConsumerConfig", "IngestResult", "Stats", "ingest", "run_consumer", "run_workers"]
+__all__ = ["ConsumerConfig", "IngestResult", "Stats", "check_config", "ingest", "run_consumer", "run_workers"]
 
 log = logging.getLogger("fencelock_demo.consumer")
 
@@ -85,21 +86,32 @@ class ConsumerConfig:
 @dataclass
 class Stats:
     done: int = 0
+    unarchived: int = 0  # committed, but the file could not be moved out of the share
     quarantined: int = 0
     rows: int = 0
     inserted: int = 0
     busy: int = 0
+    lock_errors: int = 0
     stale: int = 0
     lost: int = 0
     skipped: int = 0
     db_errors: int = 0
 
     def line(self, who: str) -> str:
-        return (
-            f"consumer {who}: {self.done} files done, {self.quarantined} quarantined, {self.rows} rows "
-            f"({self.inserted} new), {self.busy} busy locks, {self.stale} stale-fence refusals, "
-            f"{self.lost} leases lost, {self.skipped} skipped, {self.db_errors} database errors"
-        )
+        parts = [plural(self.done, "file") + " done"]
+        if self.unarchived:
+            parts.append(f"{plural(self.unarchived, 'file')} committed but not archived")
+        parts += [
+            f"{self.quarantined:,} quarantined",
+            f"{plural(self.rows, 'row')} ({self.inserted:,} new)",
+            plural(self.busy, "busy lock"),
+            plural(self.lock_errors, "lock server error"),
+            plural(self.stale, "stale-fence refusal"),
+            plural(self.lost, "lease") + " lost",
+            f"{self.skipped:,} skipped",
+            plural(self.db_errors, "database error"),
+        ]
+        return f"consumer {who}: " + ", ".join(parts)
 
 
 @dataclass
@@ -208,20 +220,15 @@ def _explain_duplicates(
     flush()
 
 
-class RecordingBackend:
+class RecordingBackend(Passthrough):
     """Wraps the lock backend to put every lease renewal (``extend``) into the history: renewals
     run in the lock's own renewer thread, which has no hook of its own. Every other primitive is
-    passed through untouched (by delegation, so the wrapper follows the backend contract as it
-    evolves)."""
+    passed through untouched."""
 
     def __init__(self, inner: Backend, history: History) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.history = history
         self.fences: dict[str, int] = {}  # token -> fence, for leases this process holds
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.inner, attr)
 
     def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         file, fence = key.removeprefix("file:"), self.fences.get(token)
@@ -238,6 +245,22 @@ class RecordingBackend:
         return ok
 
 
+def check_config(cfg: ConsumerConfig) -> None:
+    """Raise ``ConfigurationError`` for a bad ``--lock`` or ``--db`` (or a missing driver) before
+    anything starts: said once, not once per worker. Opening the lock backend does no I/O."""
+    check_store_url(cfg.db)
+    if cfg.db.startswith(("postgresql://", "postgres://")):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as err:
+            raise ConfigurationError(
+                "a postgresql:// database needs psycopg 3: pip install 'fencelock[postgres]'"
+            ) from err
+    backend, _ = open_backend(cfg.lock)
+    with contextlib.suppress(Exception):
+        backend.close()
+
+
 class Consumer:
     def __init__(self, cfg: ConsumerConfig, should_stop: Callable[[], bool]) -> None:
         self.cfg = cfg
@@ -251,6 +274,7 @@ class Consumer:
         self.backend = RecordingBackend(inner, self.history)
         self.stats = Stats()
         self.skip_until: dict[str, float] = {}  # files we could not read, and when to look again
+        self.unarchivable: set[str] = set()  # committed by us, but they could not leave the share
         self._db_broken = False
         self._db_backoff = cfg.poll
 
@@ -271,7 +295,7 @@ class Consumer:
             listing = self.share.listing()
             for name, why in listing.unsafe.items():
                 self._skip(name, why, logging.WARNING)
-            ready = [n for n in listing.ready if self.skip_until.get(n, 0.0) <= now]
+            ready = [n for n in listing.ready if self.skip_until.get(n, 0.0) <= now and n not in self.unarchivable]
             if ready:
                 idle_since = now
             random.shuffle(ready)
@@ -280,9 +304,11 @@ class Consumer:
                 if self.should_stop() or (cfg.max_files is not None and files >= cfg.max_files):
                     break
                 outcome = self.try_file(name)
+                if outcome == "lock-error":
+                    break  # the lock server is down: do not hammer it with every waiting file
                 if outcome != "busy":
                     did = True
-                if outcome in ("done", "quarantined", "stale", "lost"):
+                if outcome in ("done", "unarchived", "quarantined", "stale", "lost"):
                     files += 1
                     break  # list again: the share has changed
             if cfg.max_files is not None and files >= cfg.max_files:
@@ -332,10 +358,12 @@ class Consumer:
         try:
             lease = lock.try_acquire()
         except BackendError as err:
+            # Not contention: the lock server is down or refused us. Counted and said as such.
+            self.stats.lock_errors += 1
             h.record("acquire", "fail", name, error=f"{type(err).__name__}: {err}")
             log.warning("%s: lock server error for %s: %s", self.id, name, err)
             _sleep(cfg.poll)
-            return "busy"
+            return "lock-error"
         if lease is None:
             h.record("acquire", "fail", name, error="busy")
             self.stats.busy += 1
@@ -434,6 +462,23 @@ class Consumer:
                     share.remove(name)
             except FileNotFoundError:
                 log.warning("%s: %s was moved away by someone else after our commit", self.id, name)
+            except OSError as err:
+                # The rows are in (committed), the file cannot leave the share (read-only share,
+                # permissions). Ingesting it again would add nothing, so this consumer leaves it be.
+                self.stats.done -= 1
+                self.stats.unarchived += 1
+                self.unarchivable.add(name)
+                where = f"{DONE}/" if cfg.archive else "(delete)"
+                log.warning(
+                    "%s: %s: %s committed, but the file could not be %s: %s. It stays in the share; "
+                    "this consumer will not ingest it again (the ledger has it, a new ingest would add "
+                    "no row). Make %s writable, then move or delete the file yourself",
+                    self.id, name, plural(res.rows, "row"),
+                    f"moved to {where}" if cfg.archive else "removed", err.strerror or err,
+                    share.root / DONE if cfg.archive else share.root,
+                )
+                h.record("archive", "fail", name, lease.fence, error=f"{type(err).__name__}: {err}")
+                return "unarchived"
             return "done"
         finally:
             if reasons is not None:
@@ -449,15 +494,19 @@ EXIT_UNAVAILABLE = 3
 EXIT_WORKER_FAILED = 4
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 class _StopFlag:
-    """First SIGTERM/SIGINT: finish the current file, then stop. Second: stop at once."""
+    """First SIGTERM/SIGINT/SIGHUP: finish the current file, then stop. Second: stop at once
+    (``SystemExit``: the lease is still released on the way out)."""
 
     def __init__(self) -> None:
         self.stopped = False
 
     def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.stopped:
@@ -474,6 +523,9 @@ def run_consumer(cfg: ConsumerConfig) -> int:
     stop.install()
     try:
         consumer = Consumer(cfg, stop)
+    except ConfigurationError as err:
+        print(f"fencelock consume: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except (BackendError, OSError) as err:
         print(f"fencelock consume: cannot start: {err}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -516,18 +568,29 @@ def run_workers(cfg: ConsumerConfig, workers: int) -> int:
         )
         for k in range(workers)
     ]
-    for p in procs:
-        p.start()
+    received: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         for p in procs:
             if p.pid is not None and p.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    # Installed before the first worker starts: a signal that ends us is passed on to every worker
+    # (each finishes its file and stops), never left to kill only us and orphan them.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, forward)
     for p in procs:
-        p.join()
+        if received:  # stopped while starting: start no more
+            break
+        p.start()
+        if received:  # it may have started after the signal was passed on
+            forward(received[0], None)
+    for p in procs:
+        if p.pid is not None:
+            p.join()
     codes = [p.exitcode or 0 for p in procs]
-    return EXIT_OK if all(c == 0 for c in codes) else EXIT_WORKER_FAILED
+    # A worker that the passed-on signal ended before it had installed its own handler (it was
+    # still starting) stopped as asked: not a failure.
+    return EXIT_OK if all(c == 0 or -c in received for c in codes) else EXIT_WORKER_FAILED

@@ -11,7 +11,9 @@ with a summary and a CHECK against the producer's manifest:
 - every file made bad on purpose is in quarantine with a reason naming its bad line, and wrote no row;
 - no file is left waiting.
 
-Every process it starts is stopped by its pid, also on Ctrl-C or an error.
+Every process it starts is stopped by its pid, also on an error and on every signal that ends it
+(Ctrl-C, SIGTERM from ``kill``/``timeout(1)``/a CI cancel, SIGHUP from a closed terminal); the
+embedded server's temporary folder goes with it.
 """
 
 from __future__ import annotations
@@ -31,11 +33,16 @@ from typing import IO, Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from fencelock import BackendError, ConfigurationError, Lock
+from fencelock._cli_ops import EXIT_USAGE, Terminated, cleanup_shield, ended_by_signals, plural
+from fencelock.backends import safe_url
+
 from .share import DONE, QUARANTINE, Share
-from .store import open_store
+from .store import check_store_url, open_store
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -62,6 +69,9 @@ class Progress:
     rows: Counter[str] = field(default_factory=Counter)  # proc -> rows committed
     files: Counter[str] = field(default_factory=Counter)  # proc -> files committed
     busy: int = 0
+    lock_errors: int = 0  # the lock server could not be reached (or refused): not contention
+    last_lock_error: str = ""
+    last_lock_ok: float = field(default_factory=time.monotonic)
     acquired: int = 0
     stale: int = 0
     lost: int = 0
@@ -81,8 +91,13 @@ class Progress:
                 if kind == "ok":
                     self.acquired += 1
                     self.holding[proc] = e["file"]
-                elif kind == "fail":
+                    self.last_lock_ok = time.monotonic()
+                elif kind == "fail" and e.get("error", "busy") == "busy":
                     self.busy += 1
+                    self.last_lock_ok = time.monotonic()  # the server answered: it is there
+                elif kind == "fail":
+                    self.lock_errors += 1
+                    self.last_lock_error = f"{proc}: {e.get('error')}"
             elif op == "release" and kind == "invoke":
                 self.holding.pop(proc, None)
             elif op == "write" and kind == "ok":
@@ -116,6 +131,57 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
             p.wait(5)
 
 
+LOCK_DOWN_LIMIT = 20.0
+"""Seconds of nothing but lock-server errors after which the demo gives up (exit 3): a server
+that went away is not going to be waited for until --timeout."""
+
+NO_FENCING_NOTE = (
+    "without faults this run looks just like one with fencing: nothing here pauses a holder past its "
+    "lease, so no stale write happens to be refused. To see what fencing prevents, run "
+    "`fencelock chaos` (pauses, kills, cut links and restarts, each checked with fencing on and off)."
+)
+
+
+def _console() -> Console:
+    """The terminal, or, when stdout is a pipe or a file (CI, `| tee log`), a console wide enough
+    that no table column is cut to "proces..." (rich assumes 80 columns there)."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=160)
+    return console
+
+
+def _error(console: Console, message: str, style: str = "red") -> None:
+    """One line, as is: no rich markup in it (``pip install 'fencelock[postgres]'`` must survive)
+    and no hard wrap (a log reader greps for it)."""
+    console.print(Text(f"fencelock demo: {message}", style=style), soft_wrap=True)
+
+
+def _check_lock_server(url: str) -> tuple[int, str] | None:
+    """One round trip to the lock server before any consumer starts: (exit code, why) if it
+    cannot be used, so a typo or a server that is not there is said on screen within seconds."""
+    try:
+        lock = Lock("demo:startup-check", url, ttl=5)
+    except ConfigurationError as err:
+        return EXIT_USAGE, f"bad --lock: {err}"
+    try:
+        lock.inspect()
+    except BackendError as err:
+        return 3, f"lock server {safe_url(url)} unavailable: {err}"
+    finally:
+        with contextlib.suppress(Exception):
+            lock.close()
+    return None
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
 def _wipe(work: Path) -> None:
     """Remove what an earlier run left in the work folder (only our own names)."""
     for name in ("share", "logs"):
@@ -126,7 +192,28 @@ def _wipe(work: Path) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> int:
-    console = Console(highlight=False)
+    console = _console()
+    try:
+        with ended_by_signals():
+            return _run_demo(cfg, console)
+    except Terminated as stop:
+        with contextlib.suppress(OSError, ValueError):  # stdout may be gone (SIGHUP)
+            _error(console, f"stopped by {stop.signame}: every process the demo started was stopped", "yellow")
+        return stop.exit_code
+
+
+def _run_demo(cfg: DemoConfig, console: Console) -> int:
+    if cfg.db is not None:
+        try:
+            check_store_url(cfg.db)
+        except ConfigurationError as err:
+            _error(console, f"bad --db: {err}")
+            return EXIT_USAGE
+    if cfg.lock is not None:
+        failed = _check_lock_server(cfg.lock)
+        if failed is not None:
+            _error(console, failed[1])
+            return failed[0]
     work = cfg.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     _wipe(work)
@@ -143,27 +230,33 @@ def run_demo(cfg: DemoConfig) -> int:
             from fencelock.embedded import EmbeddedRedis
 
             try:
-                server = EmbeddedRedis().start()
+                server = EmbeddedRedis()
+                server.start()
             except Exception as err:
-                console.print(f"[red]could not start the embedded Redis server:[/] {err}")
+                _error(console, f"could not start the embedded Redis server: {err}")
                 return 3
             lock_url = server.url
         db_url = cfg.db or f"sqlite:///{work / 'demo.db'}"
         try:
             store = open_store(db_url)
             store.reset()
+        except ConfigurationError as err:  # a missing driver (psycopg)
+            _error(console, f"database {safe_url(db_url)}: {err}")
+            return 3
         except Exception as err:
-            console.print(f"[red]database {db_url.split('@')[-1]} unavailable:[/] {type(err).__name__}: {err}")
+            _error(console, f"database {safe_url(db_url)} unavailable: {type(err).__name__}: {err}")
             return 3
         share = Share(share_dir)
         history.touch()
-        shown_db = db_url.split("@")[-1]
+        lock_shown = ("embedded " + Path(server.binary).name + " " if server else "") + safe_url(lock_url)
         console.print(
-            f"[bold]fencelock demo[/]: {cfg.files} files x {cfg.lines:,} lines ({cfg.bad} bad on purpose), "
-            f"{cfg.consumers} consumers\n  lock  {'embedded ' + Path(server.binary).name if server else ''} "
-            f"{lock_url.split('@')[-1]}\n  db    {shown_db}\n  share {share_dir}\n"
+            f"[bold]fencelock demo[/]: {plural(cfg.files, 'file')} x {plural(cfg.lines, 'line')} "
+            f"({cfg.bad} bad on purpose), {plural(cfg.consumers, 'consumer')}\n  lock  {escape(lock_shown)}\n"
+            f"  db    {escape(safe_url(db_url))}\n  share {escape(str(share_dir))}\n"
             f"  fencing {'on' if cfg.fencing else '[red]OFF[/]'}"
         )
+        if not cfg.fencing:
+            console.print(f"  [yellow]fencing OFF:[/] {NO_FENCING_NOTE}")
 
         def spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
             out = open(logs / f"{name}.log", "wb")
@@ -186,6 +279,7 @@ def run_demo(cfg: DemoConfig) -> int:
         (work / "pids.json").write_text(json.dumps({
             "demo": os.getpid(), "producer": producer.pid, "consumers": [c.pid for c in consumers],
             "lock_server": server.pid if server is not None else None,
+            "lock_server_dir": str(server.dir) if server is not None else None,
         }))
         progress = Progress()
         hist = open(history, "rb")
@@ -198,10 +292,15 @@ def run_demo(cfg: DemoConfig) -> int:
             waiting, done, quarantined = counts()
             t = Table(title=f"{time.monotonic() - started:5.1f} s", title_justify="left")
             for col in ("waiting", "processing", "done", "quarantined", "rows persisted", "lock busy",
-                        "stale fence refused", "leases lost"):
+                        "lock server errors", "stale fence refused", "leases lost"):
                 t.add_column(col, justify="right")
             t.add_row(str(waiting), str(len(progress.holding)), str(done), str(quarantined),
-                      f"{sum(progress.rows.values()):,}", str(progress.busy), str(progress.stale), str(progress.lost))
+                      f"{sum(progress.rows.values()):,}", str(progress.busy),
+                      f"[red]{progress.lock_errors}[/]" if progress.lock_errors else "0",
+                      str(progress.stale), str(progress.lost))
+            if progress.lock_errors:
+                return Group(t, Text(f"lock server error, last: {progress.last_lock_error}", style="red",
+                                     overflow="fold"))
             return Group(t)
 
         status = "ok"
@@ -214,27 +313,34 @@ def run_demo(cfg: DemoConfig) -> int:
                 if producer.poll() is not None and waiting == 0 and not progress.holding:
                     break
                 if all(c.poll() is not None for c in consumers):
-                    status = "every consumer exited early (see logs/)"
+                    said = _last_line(logs / "c1.log")
+                    status = "every consumer exited early" + (f"; c1 said: {said}" if said else " (see logs/)")
+                    break
+                down_for = time.monotonic() - progress.last_lock_ok
+                if progress.lock_errors and down_for > LOCK_DOWN_LIMIT:
+                    status = f"lock server unreachable for {down_for:.0f} s: {progress.last_lock_error}"
                     break
                 if time.monotonic() > deadline:
                     status = f"timed out after {cfg.timeout:g} s"
                     break
                 time.sleep(0.25)
-            _stop(consumers)
+            with cleanup_shield():
+                _stop(consumers)
             progress.feed(hist.read())
             live.update(render())
         console.print()
+        if status.startswith("lock server unreachable"):
+            _error(console, f"{status} (logs in {logs})")
+            return 3
         elapsed = time.monotonic() - started
         return _report(console, cfg, store, share_dir, manifest, progress, producer, status, elapsed)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: stopping every process started[/]")
-        return 130
     finally:
-        _stop(procs)
-        for f in log_files:
-            f.close()
-        if server is not None:
-            server.stop()
+        with cleanup_shield():
+            _stop(procs)
+            for f in log_files:
+                f.close()
+            if server is not None:
+                server.stop()
 
 
 def _report(console: Console, cfg: DemoConfig, store: Any, share_dir: Path, manifest: Path, progress: Progress,
@@ -258,14 +364,15 @@ def _report(console: Console, cfg: DemoConfig, store: Any, share_dir: Path, mani
     checks: list[tuple[bool, str]] = []
     checks.append((status == "ok", f"run finished ({status})"))
     checks.append((producer.returncode == 0 and len(entries) == cfg.files,
-                   f"producer wrote {len(entries)} of {cfg.files} files (exit {producer.returncode})"))
+                   f"producer wrote {len(entries)} of {plural(cfg.files, 'file')} (exit {producer.returncode})"))
     wrong = []
     for e in good:
         got = summary.per_file.get(e["file"], (0, 0))
         if got != (e["rows"], e["amount_cents"]):
             wrong.append(f"{e['file']}: expected {e['rows']} rows / {e['amount_cents']} cents, "
                          f"found {got[0]} / {got[1]}")
-    checks.append((not wrong, f"{len(good)} good files: every row persisted exactly once (count and sum per file)"))
+    checks.append((not wrong, f"{plural(len(good), 'good file')}: every row persisted exactly once "
+                   "(count and sum per file)"))
     known = {e["file"] for e in good}
     extra = sum(n for f, (n, _) in summary.per_file.items() if f not in known)
     checks.append((summary.rows == expected_rows and extra == 0,
@@ -278,19 +385,21 @@ def _report(console: Console, cfg: DemoConfig, store: Any, share_dir: Path, mani
             and f"line {e['bad_line']}:" in reason.read_text() and e["file"] not in summary.per_file
         if not ok:
             qbad.append(e["file"])
-    checks.append((not qbad, f"{len(bad)} bad files in quarantine, reason names the bad line, no row written"))
+    checks.append((not qbad, f"{plural(len(bad), 'bad file')} in quarantine, reason names the bad line, "
+                   "no row written"))
     left = Share(share_dir).listing().ready
-    checks.append((not left, f"no file left waiting ({len(left)} left)"))
+    checks.append((not left, "no file left waiting" + (f" ({plural(len(left), 'file')} left)" if left else "")))
 
     table = Table(title=f"summary ({elapsed:.1f} s)")
     table.add_column("files")
     table.add_column("rows persisted", justify="right")
     table.add_column("rows/s", justify="right")
     table.add_column("lock busy", justify="right")
+    table.add_column("lock server errors", justify="right")
     table.add_column("stale fence refused", justify="right")
     rate = summary.rows / max(elapsed, 1e-9)
     table.add_row(f"{len(good)} good + {len(bad)} bad", f"{summary.rows:,}", f"{rate:,.0f}",
-                  str(progress.busy), str(progress.stale))
+                  str(progress.busy), str(progress.lock_errors), str(progress.stale))
     console.print(table)
     all_ok = True
     for ok, text in checks:
@@ -298,7 +407,9 @@ def _report(console: Console, cfg: DemoConfig, store: Any, share_dir: Path, mani
         verdict = ("ok   ", "green") if ok else ("FAIL ", "red bold")
         console.print(Text.assemble(("CHECK ", "bold"), verdict, text))
     for line in (wrong + [f"not quarantined properly: {f}" for f in qbad])[:20]:
-        console.print(f"  [red]{line}[/]")
+        console.print(Text(f"  {line}", style="red"))
     console.print("[bold green]every produced row persisted exactly once[/]" if all_ok
                   else "[bold red]CHECK FAILED[/]")
+    if not cfg.fencing:
+        console.print(f"[yellow]fencing was OFF:[/] {NO_FENCING_NOTE}")
     return 0 if all_ok else 1

@@ -17,6 +17,7 @@ whether it was made bad on purpose), which ``fencelock demo`` compares with the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -140,14 +141,19 @@ def write_atomically(share: Path, name: str, data: bytes) -> Path:
     tmp = tmp_dir / f".{name}.{os.getpid()}.part"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    final = share / name
-    os.rename(tmp, final)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        final = share / name
+        os.rename(tmp, final)
+    except BaseException:  # a full disk, or a signal that ends the producer: no partial file left
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     dfd = os.open(share, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)  # the rename itself is durable only once the directory is
@@ -185,8 +191,11 @@ def _corrupt(rng: random.Random, rows: list[Row]) -> tuple[list[str], int, str]:
     return lines, k + 1, kind
 
 
-def produce(cfg: ProducerConfig, *, should_stop: Callable[[], bool] = lambda: False) -> int:
-    """Write ``cfg.files`` files; returns how many were written."""
+def produce(
+    cfg: ProducerConfig, *, should_stop: Callable[[], bool] = lambda: False, on_file: Callable[[], None] | None = None
+) -> int:
+    """Write ``cfg.files`` files; returns how many were written (``on_file`` is called after each:
+    the count survives an exception that ends the run)."""
     cfg.share.mkdir(parents=True, exist_ok=True)
     rng = random.Random(cfg.seed)
     run_prefix = _b62(rng.randrange(62**3), 3)
@@ -214,6 +223,8 @@ def produce(cfg: ProducerConfig, *, should_stop: Callable[[], bool] = lambda: Fa
         data = ("\n".join(lines) + "\n").encode() if lines else b""
         write_atomically(cfg.share, name, data)
         written += 1
+        if on_file is not None:
+            on_file()
         if cfg.manifest is not None:
             with open(cfg.manifest, "a", encoding="utf-8") as m:
                 m.write(json.dumps(entry) + "\n")

@@ -30,11 +30,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fencelock import fencing
+from fencelock import ConfigurationError, fencing
+from fencelock.backends import safe_url
 
 from .parsing import Row
 
-__all__ = ["Store", "StoreSummary", "open_store"]
+__all__ = ["Store", "StoreSummary", "check_store_url", "open_store"]
 
 TX_TABLE = "demo_transactions"
 FILES_TABLE = "demo_files"
@@ -79,15 +80,24 @@ class StoreSummary:
     per_file: dict[str, tuple[int, int]]  # file -> (rows, sum of amount_cents)
 
 
+def check_store_url(url: str) -> None:
+    """Raise ``ConfigurationError`` (before any I/O) if ``url`` names no database we support."""
+    if not url or (("://" in url or url.startswith("sqlite:")) and not url.startswith(
+            ("postgresql://", "postgres://", "sqlite:///"))):
+        raise ConfigurationError(
+            f"unsupported database URL {safe_url(url)!r}: use postgresql://user@host/db, "
+            "sqlite:///relative/demo.db, sqlite:////absolute/demo.db or a file path"
+        )
+
+
 def open_store(url: str) -> Store:
     """``postgresql://...`` / ``postgres://...`` for PostgreSQL; ``sqlite:///path``, or a plain path,
     for SQLite."""
+    check_store_url(url)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url)
     if url.startswith("sqlite:///"):
         return SqliteStore(url[len("sqlite:///") - 1 :] if url.startswith("sqlite:////") else url[len("sqlite:///") :])
-    if "://" in url:
-        raise ValueError(f"unsupported database URL {url.split('@')[-1]!r}: use postgresql://... or sqlite:///path")
     return SqliteStore(url)
 
 
@@ -260,7 +270,12 @@ class PostgresStore(Store):
     dialect = "postgresql"
 
     def __init__(self, url: str) -> None:
-        import psycopg
+        try:
+            import psycopg
+        except ImportError as err:
+            raise ConfigurationError(
+                "a postgresql:// database needs psycopg 3: pip install 'fencelock[postgres]'"
+            ) from err
 
         self.url = url
         self.errors = (psycopg.Error,)

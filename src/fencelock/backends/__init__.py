@@ -13,6 +13,7 @@ server fixture registered in ``tests/servers.py``'s ``BACKENDS`` (the contract s
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -135,17 +136,30 @@ def url_help() -> str:
     return "; ".join(f"{spec.title}: {spec.url_example}" for spec in REGISTRY)
 
 
+_SECRET_OPTION = re.compile(r"(^|&)([^=&]*pass[^=&]*)=[^&]*", re.IGNORECASE)
+
+
 def safe_url(url: str) -> str:
-    """``url`` fit to show: scheme, host and path kept, a password replaced by ``***``."""
+    """``url`` as it may be shown to a user or written to a log: scheme, user, host, port, path and
+    options kept, every password replaced by ``***`` (``mysql://admin:***@db/locks``): in the
+    userinfo, and in options such as ``?password=`` or ``ssl_password=``.
+
+    Works on the raw text rather than through ``urlsplit``, so that it also masks URLs that do not
+    parse (a bad port, a password with a ``/`` in it): when in doubt it hides more, never less.
+    The userinfo is everything up to the last ``@`` before the options."""
+    if not isinstance(url, str):
+        return f"<{type(url).__name__}>"
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url.rsplit("@", 1)[-1] if "@" in url else url
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user, colon, _password = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if colon else f"{user}@{host}"
-    return f"{scheme}://{netloc}{slash}{tail}"
+    if not sep:  # a plain path (the demo's --db accepts one)
+        return url
+    before_query, qmark, query = rest.partition("?")
+    if "@" in before_query:
+        userinfo, _, hostpart = before_query.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        before_query = f"{user}:***@{hostpart}" if colon else f"{userinfo}@{hostpart}"
+    if qmark:
+        query = _SECRET_OPTION.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", query)
+    return f"{scheme}://{before_query}{qmark}{query}"
 
 
 def _spec_for_url(url: str) -> BackendSpec:

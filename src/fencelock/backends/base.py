@@ -78,6 +78,7 @@ __all__ = [
     "KnowsLastFence",
     "LockInfo",
     "LossCallback",
+    "Passthrough",
     "Unsubscribe",
     "WatchesLoss",
 ]
@@ -188,3 +189,46 @@ class KnowsLastFence(Protocol):
     def last_fence(self, key: str) -> int:
         """The last fence issued for ``key`` (0 when none)."""
         ...
+
+
+class Passthrough:
+    """A blocking backend that forwards every primitive to ``inner``: subclass it to observe or
+    hook some of them (the CLI notes the grant, the demo records renewals, tests delay replies).
+
+    The optional abilities of ``inner`` are copied as instance attributes, so the wrapper has
+    exactly the abilities of what it wraps (Python 3.12+ checks runtime protocols with
+    ``getattr_static``: ``__getattr__`` delegation would be invisible there)."""
+
+    _dynamic_abilities = True  # abilities depend on the wrapped backend, not on this class
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        for attr in ("watch_loss", "max_lease", "force_release", "last_fence"):
+            if hasattr(inner, attr):
+                setattr(self, attr, getattr(inner, attr))
+
+    def try_acquire(
+        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
+    ) -> Attempt:
+        if limit == 1 and weight == 1:
+            return self.inner.try_acquire(key, token, ttl_ms, label, queue)
+        return self.inner.try_acquire(key, token, ttl_ms, label, queue, limit, weight)
+
+    def wait(self, key: str, token: str, timeout: float) -> int | None:
+        return self.inner.wait(key, token, timeout)
+
+    def abandon(self, key: str, token: str) -> None:
+        self.inner.abandon(key, token)
+
+    def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        return self.inner.extend(key, token, ttl_ms)
+
+    def release(self, key: str, token: str) -> bool:
+        return self.inner.release(key, token)
+
+    def inspect(self, key: str) -> LockInfo | None:
+        return self.inner.inspect(key)
+
+    def close(self) -> None:
+        self.inner.close()

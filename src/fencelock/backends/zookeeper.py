@@ -187,6 +187,8 @@ def parse_zk_url(url: str) -> ZkSettings:
         host, sep, port = host_port.rpartition(":")
         if not host_port or (sep and not port.isdigit()) or (sep and not host):
             raise ConfigurationError(f"zk:// URL has a bad host:port {host_port!r}")
+        if sep and not 1 <= int(port) <= 65535:
+            raise ConfigurationError(f"zk:// URL has a bad port in {host_port!r}: it must be from 1 to 65535")
     chroot = parts.path.rstrip("/")
     if chroot and (not chroot.startswith("/") or "//" in chroot):
         raise ConfigurationError(f"zk:// chroot must be a node path like /apps/locks, got {parts.path!r}")

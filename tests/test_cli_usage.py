@@ -1,0 +1,66 @@
+"""One convention for bad usage across every ``fencelock`` subcommand: exit status 64 (EX_USAGE,
+sysexits.h), said in each ``--help``; and no tracker wording or broken plurals in what users read."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cli_helpers import run_cli
+from fencelock import cli
+from fencelock._cli_ops import EXIT_USAGE
+
+SUBCOMMANDS = ["run", "status", "release", "produce", "consume", "demo", "chaos"]
+
+BAD_USAGE = {
+    "top level: unknown command": ["no-such-command"],
+    "top level: unknown option": ["--bogus"],
+    "run: no command": ["run", "x", "--lock", "redis://127.0.0.1:1"],
+    "run: unknown option": ["run", "x", "--lock", "redis://127.0.0.1:1", "--bogus", "--", "true"],
+    "status: no --lock": ["status", "x"],
+    "release: no --force": ["release", "x", "--lock", "sqlite:///unused.db"],
+    "produce: no --share": ["produce"],
+    "produce: bad number": ["produce", "--share", "s", "--files", "-1"],
+    "consume: no --lock": ["consume", "--share", "s", "--db", "d.db"],
+    "consume: bad workers": ["consume", "--share", "s", "--lock", "sqlite:///l.db", "--db", "d.db", "--workers", "0"],
+    "consume: bad lock URL": ["consume", "--share", "s", "--lock", "ftp://x", "--db", "d.db"],
+    "demo: bad consumers": ["demo", "--consumers", "0"],
+    "demo: bad lock URL": ["demo", "--lock", "redis://127.0.0.1:notaport"],
+    "chaos: bad tier": ["chaos", "--tier", "medium"],
+    "chaos: unknown scenario": ["chaos", "--scenario", "no-such-scenario"],
+}
+
+
+def test_the_usage_code_is_the_same_constant_everywhere() -> None:
+    assert cli.EXIT_USAGE == EXIT_USAGE == 64
+
+
+@pytest.mark.parametrize("args", list(BAD_USAGE.values()), ids=list(BAD_USAGE))
+def test_bad_usage_exits_64_with_an_error_line(args: list[str], tmp_path: object) -> None:
+    result = run_cli(*args, cwd=str(tmp_path))
+    assert result.returncode == EXIT_USAGE, (args, result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    said = result.stderr + result.stdout  # the demo speaks on its screen (stdout)
+    assert re.search(r"^(Error|fencelock(?: \w+)?): ", said, re.M), said
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_each_help_documents_the_usage_code(sub: str) -> None:
+    result = run_cli(sub, "--help")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\s*64\s+bad usage", result.stdout, re.M), result.stdout
+
+
+def test_the_top_level_help_documents_the_usage_code_and_bare_fencelock_shows_help() -> None:
+    bare = run_cli()
+    assert bare.returncode == 0, bare.stderr
+    assert "Usage:" in bare.stdout and "demo" in bare.stdout
+    assert re.search(r"\b64\b.*bad usage", bare.stdout), bare.stdout
+
+
+@pytest.mark.parametrize("sub", ["", *SUBCOMMANDS])
+def test_help_has_no_tracker_wording(sub: str) -> None:
+    result = run_cli(*([sub] if sub else []), "--help")
+    assert result.returncode == 0
+    assert not re.search(r"\b(issue|item|ticket)s? #?\d", result.stdout, re.I), result.stdout
