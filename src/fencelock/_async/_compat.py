@@ -161,7 +161,9 @@ def interrupt_owner(owner: object, message: str, lease: _Interruptible) -> None:
     Trio's cancel scopes: every await inside the block raises until the block is left. The number of
     cancel requests is counted in ``lease._cancels`` so that ``settle_cancels`` can undo exactly ours.
     """
-    if not isinstance(owner, asyncio.Task) or owner.done():
+    # Not isinstance(owner, asyncio.Task): that is the C task; a pure-Python task (a custom task
+    # factory, pytest-asyncio's runner on 3.10) is a future of the same shape.
+    if not asyncio.isfuture(owner) or owner.done():
         return
     loop = owner.get_loop()
 
