@@ -23,6 +23,9 @@ writing would reopen the race between read and write that fencing exists to clos
   the statement takes the database's write lock, which serializes writers outright; open the
   transaction with ``BEGIN IMMEDIATE`` (or make ``admit`` its first statement): a transaction that
   read before it may otherwise get ``database is locked`` at once when it upgrades to a writer.
+  ``admit`` refuses (``ConfigurationError``) a connection that would commit the fence on its own:
+  autocommit mode (``isolation_level=None``, or ``autocommit=True`` on Python 3.12+; psycopg's
+  ``autocommit=True``) with no transaction open.
 
       with conn:                                  # the caller's transaction
           fencing.admit(conn, "file:a.tsv", lease.fence)   # StaleFence if a higher fence was accepted
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import sys
 from typing import Any
 
 from ._errors import ConfigurationError, StaleFence
@@ -102,14 +106,31 @@ def create_table(conn: Any, table: str = DEFAULT_TABLE) -> None:
     conn.execute(sql)
 
 
+def _sqlite_in_transaction(conn: sqlite3.Connection) -> bool:
+    """Will the upsert run inside a transaction the caller commits, together with its data?
+
+    Three modes (``Connection.autocommit``, Python 3.12+): ``False`` always has a transaction open
+    (PEP 249); ``True`` never opens one, whatever ``isolation_level`` says (it stays ``''``); and
+    the legacy mode (the only one before 3.12) opens one implicitly before an INSERT unless
+    ``isolation_level`` is None. Outside the legacy mode only ``in_transaction`` can tell.
+    """
+    if conn.in_transaction:
+        return True
+    if sys.version_info >= (3, 12):
+        if conn.autocommit != sqlite3.LEGACY_TRANSACTION_CONTROL:
+            return False
+    return conn.isolation_level is not None
+
+
 def _require_transaction(conn: Any, dialect: str) -> None:
     # Outside a transaction the fence would be committed on its own, before the data it guards,
     # and a failed write afterwards would leave the fence raised for nothing: refuse instead.
     if dialect == "sqlite":
-        if conn.isolation_level is None and not conn.in_transaction:
+        if not _sqlite_in_transaction(conn):
             raise ConfigurationError(
                 "fencing.admit() must run inside the transaction of the write it guards: "
-                "this sqlite3 connection is in autocommit mode and no BEGIN was issued"
+                "this sqlite3 connection is in autocommit mode and no BEGIN was issued "
+                "(issue BEGIN IMMEDIATE first, or connect with autocommit=False)"
             )
     else:
         from psycopg.pq import TransactionStatus
