@@ -7,6 +7,7 @@ other's lock (seen in pg_stat_activity, or SQLite's write lock) until the first 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import sys
 import threading
@@ -62,9 +63,15 @@ def _write_sqlite(conn: sqlite3.Connection, resource: str, fence: int, value: st
     conn.execute("INSERT INTO data VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (resource, value))
 
 
-def _write_pg(conn: psycopg.Connection[Any], resource: str, fence: int, value: str) -> None:
-    fencing.admit(conn, resource, fence)
-    conn.execute("INSERT INTO data VALUES (%s, %s) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (resource, value))
+def _write_pg(conn: psycopg.Connection[Any], resource: str, fence: int, value: str, pipeline: bool = False) -> None:
+    """A fenced write (transaction left open); with ``pipeline``, inside ``with conn.pipeline():``,
+    whose end sends and runs everything queued (the transaction stays open)."""
+    with conn.pipeline() if pipeline else contextlib.nullcontext():
+        fencing.admit(conn, resource, fence)
+        conn.execute("INSERT INTO data VALUES (%s, %s) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (resource, value))
+
+
+PIPELINE = pytest.mark.parametrize("pipeline", [False, True], ids=["plain", "pipeline"])
 
 
 class Writer(threading.Thread):
@@ -244,19 +251,20 @@ def test_table_name_is_never_spliced_unchecked(sqlite_db: Path) -> None:
 # -- PostgreSQL --------------------------------------------------------------------------------
 
 
+@PIPELINE
 @pytest.mark.parametrize("first_exists", [True, False], ids=["existing-row", "first-write"])
-def test_postgres_race_newer_first_refuses_older(pg: str, first_exists: bool) -> None:
+def test_postgres_race_newer_first_refuses_older(pg: str, first_exists: bool, pipeline: bool) -> None:
     """N+1's transaction holds the fence row (or, for a first write, the unique index entry); N's
     upsert blocks on it (seen in pg_stat_activity) and, after N+1 commits, re-checks the condition
-    against the committed fence and is refused."""
+    against the committed fence and is refused. The same in psycopg's pipeline mode."""
     n = 100
     if first_exists:
         with psycopg.connect(pg) as c:
-            _write_pg(c, "r", n - 1, "old")
+            _write_pg(c, "r", n - 1, "old", pipeline)
     hi, lo = psycopg.connect(pg), psycopg.connect(pg)
     try:
-        _write_pg(hi, "r", n + 1, "from N+1")
-        older = Writer(lambda: _write_pg(lo, "r", n, "from N"), lo.commit, lo.rollback)
+        _write_pg(hi, "r", n + 1, "from N+1", pipeline)
+        older = Writer(lambda: _write_pg(lo, "r", n, "from N", pipeline), lo.commit, lo.rollback)
         older.start()
         _pg_wait_blocked(pg, lo.info.backend_pid)
         hi.commit()
@@ -269,15 +277,16 @@ def test_postgres_race_newer_first_refuses_older(pg: str, first_exists: bool) ->
         lo.close()
 
 
+@PIPELINE
 @pytest.mark.parametrize("first_exists", [True, False], ids=["existing-row", "first-write"])
-def test_postgres_race_older_first_then_newer_wins(pg: str, first_exists: bool) -> None:
+def test_postgres_race_older_first_then_newer_wins(pg: str, first_exists: bool, pipeline: bool) -> None:
     if first_exists:
         with psycopg.connect(pg) as c:
-            _write_pg(c, "r", 1, "old")
+            _write_pg(c, "r", 1, "old", pipeline)
     hi, lo = psycopg.connect(pg), psycopg.connect(pg)
     try:
-        _write_pg(lo, "r", 7, "from N")
-        newer = Writer(lambda: _write_pg(hi, "r", 8, "from N+1"), hi.commit, hi.rollback)
+        _write_pg(lo, "r", 7, "from N", pipeline)
+        newer = Writer(lambda: _write_pg(hi, "r", 8, "from N+1", pipeline), hi.commit, hi.rollback)
         newer.start()
         _pg_wait_blocked(pg, hi.info.backend_pid)
         lo.commit()
@@ -299,6 +308,35 @@ def test_postgres_rejection_changes_nothing(pg: str) -> None:
         assert err.value.current == 2**62
         c.rollback()  # the caller's job, as documented
     assert _pg_value(pg, "r") == ("big", 2**62)
+
+
+def test_postgres_pipeline_mode_admits_higher_fences_and_refuses_lower(pg: str) -> None:
+    """In pipeline mode a statement's row count is unknown until the pipeline syncs: the decision
+    must still be the statement's own, and the refusal must name the stored fence, not ours."""
+    with psycopg.connect(pg) as c:
+        with c.pipeline():
+            fencing.admit(c, "p", 5)  # first write for the resource
+            c.execute("INSERT INTO data VALUES ('p', 'five')")
+    with psycopg.connect(pg) as c, c.pipeline():
+        fencing.admit(c, "p", 6)  # higher
+        fencing.admit(c, "p", 6)  # equal: the same holder writes again
+        c.execute("UPDATE data SET v = 'six' WHERE k = 'p'")
+    assert _pg_value(pg, "p") == ("six", 6)
+    with psycopg.connect(pg) as c:
+        with pytest.raises(StaleFence) as err, c.pipeline():
+            c.execute("UPDATE data SET v = 'written before the check' WHERE k = 'p'")
+            fencing.admit(c, "p", 4)
+            c.execute("UPDATE data SET v = 'written after the check' WHERE k = 'p'")
+        assert (err.value.resource, err.value.fence, err.value.current) == ("p", 4, 6)
+        c.rollback()
+    assert _pg_value(pg, "p") == ("six", 6)
+    with psycopg.connect(pg, autocommit=True) as c, c.pipeline():
+        with pytest.raises(ConfigurationError, match="inside the transaction"):
+            fencing.admit(c, "p", 7)  # autocommit, no transaction block: the fence would commit alone
+        with c.transaction():
+            fencing.admit(c, "p", 7)
+            c.execute("UPDATE data SET v = 'seven' WHERE k = 'p'")
+    assert _pg_value(pg, "p") == ("seven", 7)
 
 
 # -- Redis -------------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ writing would reopen the race between read and write that fencing exists to clos
 
 - SQL (SQLite through ``sqlite3``, PostgreSQL through psycopg 3): ``admit(conn, resource, fence)``
   runs ONE statement in the caller's open transaction, an upsert that only updates when
-  ``fence <= excluded.fence``, and looks at the row count. On PostgreSQL the statement locks the
+  ``fence <= excluded.fence``, and looks at what it changed (the row count on SQLite; on PostgreSQL
+  the row of ``RETURNING``, which also works in psycopg's pipeline mode, where row counts are not
+  known until the pipeline syncs). On PostgreSQL the statement locks the
   fence row until the caller's commit or rollback, so a concurrent writer for the same resource
   waits, then re-evaluates the condition against the committed value (READ COMMITTED). On SQLite
   the statement takes the database's write lock, which serializes writers outright; open the
@@ -147,7 +149,7 @@ def admit(conn: Any, resource: str, fence: int, *, table: str = DEFAULT_TABLE) -
     ``StaleFence``.
 
     One atomic statement: insert the fence, or raise the stored one to it only if the stored one is
-    not higher; the row count says which. Never a read followed by a write (that would let a newer
+    not higher; what it changed says which. Never a read followed by a write (that would let a newer
     holder commit in between). On refusal nothing was changed by this call, and the caller must
     roll back its transaction (anything it wrote before would otherwise be committed unguarded).
     """
@@ -161,9 +163,16 @@ def admit(conn: Any, resource: str, fence: int, *, table: str = DEFAULT_TABLE) -
         f"ON CONFLICT (resource) DO UPDATE SET fence = excluded.fence "
         f"WHERE {t}.fence <= excluded.fence"
     )
-    cur = conn.execute(sql, (resource, fence))
-    if cur.rowcount == 1:
-        return
+    if dialect == "sqlite":
+        # The row count is known when execute() returns (RETURNING would need SQLite 3.35+).
+        if conn.execute(sql, (resource, fence)).rowcount == 1:
+            return
+    else:
+        # RETURNING, not rowcount: in psycopg's pipeline mode execute() only queues the statement
+        # and rowcount is unknown (-1) until the pipeline syncs; fetchone() syncs it and waits for
+        # this statement's own answer (a row when the fence was stored, none when refused).
+        if conn.execute(sql + " RETURNING fence", (resource, fence)).fetchone() is not None:
+            return
     # Refused. Reading the stored value now only feeds the error message: the decision was made
     # atomically by the statement above.
     current = current_fence(conn, resource, table=table)
