@@ -406,9 +406,43 @@ def test_redis_fenced_set_racing_writers_keep_the_highest(redis_server: Embedded
         client.close()
 
 
-def test_fence_key_stays_in_the_data_keys_cluster_slot() -> None:
+def test_fence_key_layout() -> None:
+    """Readable, and unchanged for keys without a hash tag (their stored fences stay valid)."""
     assert fencing.fence_key_for("plain") == "{plain}:fence"
-    assert fencing.fence_key_for("{user:1}:balance") == "{user:1}:balance:fence"
+    assert fencing.fence_key_for("{user:1}:balance") == "{user:1}:fence:{}:balance"
+    assert fencing.fence_key_for("a") != fencing.fence_key_for("{a}")
+
+
+def test_redis_keys_that_differ_only_by_braces_have_their_own_fences(redis_server: EmbeddedRedis) -> None:
+    """``a`` and ``{a}`` are different data keys: a high fence accepted for one says nothing about
+    the other (they once shared one fence key, so the second write was refused)."""
+    client = redis_server.client(socket_timeout=10)
+    try:
+        fencing.fenced_set(client, "a", "ten", 10)
+        fencing.fenced_set(client, "{a}", "one", 1)
+        assert (client.get("a"), client.get("{a}")) == (b"ten", b"one")
+    finally:
+        client.flushall()
+        client.close()
+
+
+def test_redis_a_data_key_named_like_a_fence_key_cannot_overwrite_the_fence(redis_server: EmbeddedRedis) -> None:
+    """A data key literally named ``{a}:fence`` is the fence key of ``a``: writing it through
+    fenced_set would replace a's fence and let a stale writer of ``a`` in. It is refused, before
+    any I/O, and a's fence holds."""
+    client = redis_server.client(socket_timeout=10)
+    try:
+        fencing.fenced_set(client, "a", "from fence 10", 10)
+        with pytest.raises(ConfigurationError, match="fence key"):
+            fencing.fenced_set(client, "{a}:fence", "1", 1)
+        with pytest.raises(StaleFence):
+            fencing.fenced_set(client, "a", "from stale fence 2", 2)
+        assert client.get("a") == b"from fence 10"
+        with pytest.raises(ConfigurationError, match="data key itself"):
+            fencing.fenced_set(client, "k", "v", 1, fence_key="k")  # the fence would overwrite the data
+    finally:
+        client.flushall()
+        client.close()
 
 
 # -- the whole story, with a real lease ---------------------------------------------------------

@@ -55,6 +55,7 @@ import re
 import sqlite3
 import sys
 from typing import Any
+from urllib.parse import unquote
 
 from ._errors import ConfigurationError, StaleFence
 from ._metrics import instruments
@@ -221,12 +222,83 @@ return {1, fence}
 """
 
 
+def _hash_tag(key: str) -> str | None:
+    """The part of ``key`` that Redis Cluster hashes when it is not the whole key: the text between
+    the first ``{`` and the first ``}`` after it, if that is not empty (Redis's own rule)."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end < 0 or end == start + 1:
+        return None
+    return key[start + 1 : end]
+
+
+def _escape(text: str) -> str:
+    # The lock keys' encoding (backends/redis.py): '%', '{', '}' percent-encoded, nothing else.
+    return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
 def fence_key_for(key: str) -> str:
-    """The default fence key for data key ``key``, in the same Redis Cluster slot: a key with a
-    hash tag keeps it (``{user:1}:x`` -> ``{user:1}:x:fence``), a key without one becomes the tag."""
-    if "{" in key and "}" in key[key.index("{") + 1 :]:
-        return f"{key}:fence"
+    """The default fence key for data key ``key``: the same Redis Cluster slot, and no other data
+    key's fence key (one key per data key, so fences of different keys never mix).
+
+    Layout:
+
+    - a key without a hash tag is the tag: ``plain`` -> ``{plain}:fence``;
+    - a key ``<pre>{<tag>}<post>`` keeps its tag and records the rest, with ``%``, ``{`` and ``}``
+      percent-encoded (as in the lock keys) and ``{}`` marking where the tag was:
+      ``{user:1}:balance`` -> ``{user:1}:fence:{}:balance``, ``x{a}`` -> ``{a}:fence:x{}``.
+
+    Why this is one-to-one: the fence key's tag is its text up to the first ``}`` (a tag holds no
+    ``}``); after it, ``:fence`` alone means the key was the tag, and ``:fence:`` then the escaped
+    ``<pre>``, ``{}`` and the escaped ``<post>`` (escaped text holds no braces, so the one ``{}`` is
+    the boundary). So the data key can be read back from its fence key. ``fenced_set`` refuses a
+    data key that is some key's fence key (``{a}:fence`` is a's): writing it would replace that fence.
+
+    ``ConfigurationError`` for the empty key and for keys whose braces make no hash tag but contain
+    a ``}`` (``a}b``, ``{}x``): Redis Cluster hashes those whole, and no tag holds a ``}``, so no
+    fence key can share their slot. Rename the key, or pass ``fence_key=`` to ``fenced_set``.
+    """
+    tag = _hash_tag(key)
+    if tag is not None:
+        start = key.index("{")
+        pre, post = key[:start], key[start + len(tag) + 2 :]
+        return f"{{{tag}}}:fence:{_escape(pre)}{{}}{_escape(post)}"
+    if key == "" or "}" in key:
+        raise ConfigurationError(
+            f"no default fence key for Redis key {key!r}: "
+            + ("an empty key has no hash tag to share. " if key == "" else
+               "its braces form no hash tag, so Redis Cluster hashes it whole, and no fence key "
+               "with a hash tag can land in its slot. ")
+            + "Give the key a hash tag ({...}) or no '}', or pass fence_key= (a key of the same slot "
+            "used for nothing else)"
+        )
     return f"{{{key}}}:fence"
+
+
+def _fence_key_owner(name: str) -> str | None:
+    """The data key whose default fence key is ``name``, or None: ``fence_key_for`` read backwards
+    (see its layout), confirmed by mapping the candidate forwards again."""
+    if not name.startswith("{"):
+        return None
+    end = name.find("}", 1)
+    if end <= 1:
+        return None
+    tag, rest = name[1:end], name[end + 1 :]
+    if rest == ":fence":
+        candidate = tag
+    elif rest.startswith(":fence:"):
+        pre, boundary, post = rest[len(":fence:") :].partition("{}")
+        if not boundary:
+            return None
+        candidate = f"{unquote(pre)}{{{tag}}}{unquote(post)}"
+    else:
+        return None
+    try:
+        return candidate if fence_key_for(candidate) == name else None
+    except ConfigurationError:
+        return None
 
 
 def fenced_set(
@@ -242,7 +314,15 @@ def fenced_set(
     it, in one server-side step; else raise ``StaleFence`` (nothing changed). ``client`` is a
     redis-py client; ``px`` an optional expiry in milliseconds."""
     fence = _check_fence(fence)
-    fkey = fence_key or fence_key_for(key)
+    owner = _fence_key_owner(key)
+    if owner is not None:
+        raise ConfigurationError(
+            f"Redis key {key!r} is the fence key of data key {owner!r}: a fenced write to it would "
+            "replace that fence and let stale writers of the other key in; use another key name"
+        )
+    fkey = fence_key_for(key) if fence_key is None else fence_key
+    if fkey == key:
+        raise ConfigurationError(f"fence_key {fkey!r} is the data key itself: give the fence a key of its own")
     if px is not None and px <= 0:
         raise ConfigurationError(f"px must be a positive number of milliseconds, got {px!r}")
     script = client.register_script(FENCED_SET)
