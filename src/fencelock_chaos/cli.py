@@ -50,7 +50,7 @@ def chaos(names: tuple[str, ...], tier: str, seed: int, duration: float, out: Pa
     \b
     Short tier: each scenario of issue 5 twice: with the storage-side fence check (must pass) and
     without (must show the violation the scenario provokes: proof the checker can see it).
-    Needs: PostgreSQL 15 binaries (/usr/lib/postgresql/15/bin), redis-server or an embedded one,
+    Needs: PostgreSQL server binaries (/usr/lib/postgresql/<major>/bin), redis-server or an embedded one,
     Debian's faketime (scenario 10), zookeeperd + kazoo (scenario 11).
     """
     from rich.console import Console
