@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+from fencelock_chaos.servers import postgres_bin_dir
 
 
 @dataclass
@@ -56,18 +56,19 @@ class Result:
 
 
 class Postgres:
-    """A private PostgreSQL 15 on a unix socket in a temp dir (default settings, fsync on)."""
+    """A private PostgreSQL (the newest installed) on a unix socket in a temp dir (default settings, fsync on)."""
 
     def __init__(self) -> None:
         self.user = pwd.getpwnam("postgres")
         self.dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
         os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
-        env = {"PATH": f"{PG_BIN}:/usr/bin:/bin", "HOME": str(self.dir), "LC_ALL": "C.UTF-8"}
-        subprocess.run([str(PG_BIN / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust",
+        pg_bin = postgres_bin_dir()
+        env = {"PATH": f"{pg_bin}:/usr/bin:/bin", "HOME": str(self.dir), "LC_ALL": "C.UTF-8"}
+        subprocess.run([str(pg_bin / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust",
                         "-E", "UTF8"], check=True, user=self.user.pw_uid, group=self.user.pw_gid, cwd=self.dir,
                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=120)
         log = open(self.dir / "server.log", "wb")
-        self.proc = subprocess.Popen([str(PG_BIN / "postgres"), "-D", str(self.dir / "data"), "-k", str(self.dir),
+        self.proc = subprocess.Popen([str(pg_bin / "postgres"), "-D", str(self.dir / "data"), "-k", str(self.dir),
                                       "-c", "listen_addresses="], user=self.user.pw_uid, group=self.user.pw_gid,
                                      cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()

@@ -1,4 +1,5 @@
-"""A real PostgreSQL 15 for the test run: ``initdb`` into a temp dir, a unix socket only, trust auth.
+"""A real PostgreSQL for the test run (the newest major version installed, see
+``fencelock_chaos.servers.postgres_bin_dir``): ``initdb`` into a temp dir, a unix socket only, trust auth.
 
 PostgreSQL refuses to run as root, so the server runs as the existing ``postgres`` user (through
 ``Popen(user=...)``: the pid we hold is the postmaster's own, and we stop it by that pid). No TCP
@@ -25,7 +26,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+from fencelock_chaos.servers import postgres_bin_dir
+
 DB_NAME = "fencelock_test"
 
 
@@ -36,6 +38,7 @@ class PostgresServer:
         os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
         self.data = self.dir / "data"
         self.process: subprocess.Popen[bytes] | None = None
+        self.bin = postgres_bin_dir()  # the newest major version installed (scripts/test installs one)
 
     def _run_as_postgres(self, args: list[str]) -> None:
         subprocess.run(
@@ -44,7 +47,7 @@ class PostgresServer:
         )
 
     def _env(self) -> dict[str, str]:
-        return {"PATH": f"{PG_BIN}:/usr/bin:/bin", "HOME": str(self.dir), "LC_ALL": "C.UTF-8"}
+        return {"PATH": f"{self.bin}:/usr/bin:/bin", "HOME": str(self.dir), "LC_ALL": "C.UTF-8"}
 
     @property
     def admin_url(self) -> str:
@@ -57,7 +60,8 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         """initdb, launch, create the test database."""
         self._run_as_postgres(
-            [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]
+            [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+             "--no-sync"]
         )
         self.launch()
         with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
@@ -68,7 +72,7 @@ class PostgresServer:
         """Start the server on the existing data directory; return once it accepts connections."""
         log = open(self.dir / "server.log", "ab")
         self.process = subprocess.Popen(
-            [str(PG_BIN / "postgres"), "-D", str(self.data), "-k", str(self.dir), "-c", "listen_addresses=",
+            [str(self.bin / "postgres"), "-D", str(self.data), "-k", str(self.dir), "-c", "listen_addresses=",
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
              "-c", "max_connections=100"],
             user=self.user.pw_uid, group=self.user.pw_gid, cwd=self.dir, env=self._env(),

@@ -64,8 +64,11 @@ def _key(path: Path) -> None:
 def _ca(directory: Path, stem: str, cn: str) -> tuple[Path, Path]:
     key, cert = directory / f"{stem}.key", directory / f"{stem}.crt"
     _key(key)
+    # Key usage and key identifiers: Python 3.13 verifies with VERIFY_X509_STRICT, which refuses a CA
+    # without keyUsage and a leaf without authorityKeyIdentifier (as strict verifiers elsewhere do).
     _openssl("req", "-x509", "-new", "-key", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={cn}",
-             cwd=directory)  # fmt: skip
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-addext", "subjectKeyIdentifier=hash", cwd=directory)  # fmt: skip
     return cert, key
 
 
@@ -74,7 +77,10 @@ def _signed(directory: Path, stem: str, cn: str, ca: tuple[Path, Path], ext: str
     _key(key)
     _openssl("req", "-new", "-key", str(key), "-out", str(csr), "-subj", f"/CN={cn}", cwd=directory)
     extfile = directory / f"{stem}.ext"
-    extfile.write_text(ext)
+    extfile.write_text(
+        ext + "authorityKeyIdentifier=keyid,issuer\nsubjectKeyIdentifier=hash\n"
+        "keyUsage=critical,digitalSignature,keyAgreement\n"  # EC keys: ECDHE signs, ECDH agrees
+    )
     _openssl(
         "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
         "-out", str(cert), "-days", "2", "-extfile", str(extfile), cwd=directory,

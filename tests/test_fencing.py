@@ -7,7 +7,9 @@ other's lock (seen in pg_stat_activity, or SQLite's write lock) until the first 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -61,9 +63,15 @@ def _write_sqlite(conn: sqlite3.Connection, resource: str, fence: int, value: st
     conn.execute("INSERT INTO data VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (resource, value))
 
 
-def _write_pg(conn: psycopg.Connection[Any], resource: str, fence: int, value: str) -> None:
-    fencing.admit(conn, resource, fence)
-    conn.execute("INSERT INTO data VALUES (%s, %s) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (resource, value))
+def _write_pg(conn: psycopg.Connection[Any], resource: str, fence: int, value: str, pipeline: bool = False) -> None:
+    """A fenced write (transaction left open); with ``pipeline``, inside ``with conn.pipeline():``,
+    whose end sends and runs everything queued (the transaction stays open)."""
+    with conn.pipeline() if pipeline else contextlib.nullcontext():
+        fencing.admit(conn, resource, fence)
+        conn.execute("INSERT INTO data VALUES (%s, %s) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (resource, value))
+
+
+PIPELINE = pytest.mark.parametrize("pipeline", [False, True], ids=["plain", "pipeline"])
 
 
 class Writer(threading.Thread):
@@ -199,6 +207,30 @@ def test_admit_outside_a_transaction_is_refused(sqlite_db: Path, pg: str) -> Non
         assert fencing.current_fence(pconn, "r") == 1
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sqlite3's autocommit= is new in Python 3.12 (CI runs 3.13)")
+def test_sqlite_pep249_autocommit_outside_a_transaction_is_refused(sqlite_db: Path) -> None:
+    """``sqlite3.connect(autocommit=True)`` (3.12+) leaves ``isolation_level`` at its default ``''``,
+    yet opens no transaction: the fence upsert would commit on its own, before the data it guards."""
+    conn = sqlite3.connect(sqlite_db, timeout=WAIT, autocommit=True)  # type: ignore[call-arg,unused-ignore]
+    assert conn.isolation_level == "" and not conn.in_transaction
+    with pytest.raises(ConfigurationError, match="inside the transaction"):
+        fencing.admit(conn, "r", 1)
+    assert _sqlite_value(sqlite_db, "r") == (None, None), "nothing was committed"
+    conn.execute("BEGIN IMMEDIATE")  # an explicit transaction is fine
+    fencing.admit(conn, "r", 2)
+    conn.execute("INSERT INTO data VALUES ('r', 'two')")
+    conn.execute("ROLLBACK")
+    assert _sqlite_value(sqlite_db, "r") == (None, None), "the fence went with the rolled-back data"
+    conn.close()
+    # autocommit=False: always inside a transaction (PEP 249), committed by conn.commit().
+    manual = sqlite3.connect(sqlite_db, timeout=WAIT, autocommit=False)  # type: ignore[call-arg,unused-ignore]
+    fencing.admit(manual, "r", 3)
+    manual.execute("INSERT INTO data VALUES ('r', 'three')")
+    manual.commit()
+    manual.close()
+    assert _sqlite_value(sqlite_db, "r") == ("three", 3)
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, "3", True, None])
 def test_fence_must_be_a_non_negative_int(sqlite_db: Path, bad: Any) -> None:
     conn = _sqlite(sqlite_db)
@@ -219,19 +251,20 @@ def test_table_name_is_never_spliced_unchecked(sqlite_db: Path) -> None:
 # -- PostgreSQL --------------------------------------------------------------------------------
 
 
+@PIPELINE
 @pytest.mark.parametrize("first_exists", [True, False], ids=["existing-row", "first-write"])
-def test_postgres_race_newer_first_refuses_older(pg: str, first_exists: bool) -> None:
+def test_postgres_race_newer_first_refuses_older(pg: str, first_exists: bool, pipeline: bool) -> None:
     """N+1's transaction holds the fence row (or, for a first write, the unique index entry); N's
     upsert blocks on it (seen in pg_stat_activity) and, after N+1 commits, re-checks the condition
-    against the committed fence and is refused."""
+    against the committed fence and is refused. The same in psycopg's pipeline mode."""
     n = 100
     if first_exists:
         with psycopg.connect(pg) as c:
-            _write_pg(c, "r", n - 1, "old")
+            _write_pg(c, "r", n - 1, "old", pipeline)
     hi, lo = psycopg.connect(pg), psycopg.connect(pg)
     try:
-        _write_pg(hi, "r", n + 1, "from N+1")
-        older = Writer(lambda: _write_pg(lo, "r", n, "from N"), lo.commit, lo.rollback)
+        _write_pg(hi, "r", n + 1, "from N+1", pipeline)
+        older = Writer(lambda: _write_pg(lo, "r", n, "from N", pipeline), lo.commit, lo.rollback)
         older.start()
         _pg_wait_blocked(pg, lo.info.backend_pid)
         hi.commit()
@@ -244,15 +277,16 @@ def test_postgres_race_newer_first_refuses_older(pg: str, first_exists: bool) ->
         lo.close()
 
 
+@PIPELINE
 @pytest.mark.parametrize("first_exists", [True, False], ids=["existing-row", "first-write"])
-def test_postgres_race_older_first_then_newer_wins(pg: str, first_exists: bool) -> None:
+def test_postgres_race_older_first_then_newer_wins(pg: str, first_exists: bool, pipeline: bool) -> None:
     if first_exists:
         with psycopg.connect(pg) as c:
-            _write_pg(c, "r", 1, "old")
+            _write_pg(c, "r", 1, "old", pipeline)
     hi, lo = psycopg.connect(pg), psycopg.connect(pg)
     try:
-        _write_pg(lo, "r", 7, "from N")
-        newer = Writer(lambda: _write_pg(hi, "r", 8, "from N+1"), hi.commit, hi.rollback)
+        _write_pg(lo, "r", 7, "from N", pipeline)
+        newer = Writer(lambda: _write_pg(hi, "r", 8, "from N+1", pipeline), hi.commit, hi.rollback)
         newer.start()
         _pg_wait_blocked(pg, hi.info.backend_pid)
         lo.commit()
@@ -274,6 +308,35 @@ def test_postgres_rejection_changes_nothing(pg: str) -> None:
         assert err.value.current == 2**62
         c.rollback()  # the caller's job, as documented
     assert _pg_value(pg, "r") == ("big", 2**62)
+
+
+def test_postgres_pipeline_mode_admits_higher_fences_and_refuses_lower(pg: str) -> None:
+    """In pipeline mode a statement's row count is unknown until the pipeline syncs: the decision
+    must still be the statement's own, and the refusal must name the stored fence, not ours."""
+    with psycopg.connect(pg) as c:
+        with c.pipeline():
+            fencing.admit(c, "p", 5)  # first write for the resource
+            c.execute("INSERT INTO data VALUES ('p', 'five')")
+    with psycopg.connect(pg) as c, c.pipeline():
+        fencing.admit(c, "p", 6)  # higher
+        fencing.admit(c, "p", 6)  # equal: the same holder writes again
+        c.execute("UPDATE data SET v = 'six' WHERE k = 'p'")
+    assert _pg_value(pg, "p") == ("six", 6)
+    with psycopg.connect(pg) as c:
+        with pytest.raises(StaleFence) as err, c.pipeline():
+            c.execute("UPDATE data SET v = 'written before the check' WHERE k = 'p'")
+            fencing.admit(c, "p", 4)
+            c.execute("UPDATE data SET v = 'written after the check' WHERE k = 'p'")
+        assert (err.value.resource, err.value.fence, err.value.current) == ("p", 4, 6)
+        c.rollback()
+    assert _pg_value(pg, "p") == ("six", 6)
+    with psycopg.connect(pg, autocommit=True) as c, c.pipeline():
+        with pytest.raises(ConfigurationError, match="inside the transaction"):
+            fencing.admit(c, "p", 7)  # autocommit, no transaction block: the fence would commit alone
+        with c.transaction():
+            fencing.admit(c, "p", 7)
+            c.execute("UPDATE data SET v = 'seven' WHERE k = 'p'")
+    assert _pg_value(pg, "p") == ("seven", 7)
 
 
 # -- Redis -------------------------------------------------------------------------------------
@@ -343,9 +406,43 @@ def test_redis_fenced_set_racing_writers_keep_the_highest(redis_server: Embedded
         client.close()
 
 
-def test_fence_key_stays_in_the_data_keys_cluster_slot() -> None:
+def test_fence_key_layout() -> None:
+    """Readable, and unchanged for keys without a hash tag (their stored fences stay valid)."""
     assert fencing.fence_key_for("plain") == "{plain}:fence"
-    assert fencing.fence_key_for("{user:1}:balance") == "{user:1}:balance:fence"
+    assert fencing.fence_key_for("{user:1}:balance") == "{user:1}:fence:{}:balance"
+    assert fencing.fence_key_for("a") != fencing.fence_key_for("{a}")
+
+
+def test_redis_keys_that_differ_only_by_braces_have_their_own_fences(redis_server: EmbeddedRedis) -> None:
+    """``a`` and ``{a}`` are different data keys: a high fence accepted for one says nothing about
+    the other (they once shared one fence key, so the second write was refused)."""
+    client = redis_server.client(socket_timeout=10)
+    try:
+        fencing.fenced_set(client, "a", "ten", 10)
+        fencing.fenced_set(client, "{a}", "one", 1)
+        assert (client.get("a"), client.get("{a}")) == (b"ten", b"one")
+    finally:
+        client.flushall()
+        client.close()
+
+
+def test_redis_a_data_key_named_like_a_fence_key_cannot_overwrite_the_fence(redis_server: EmbeddedRedis) -> None:
+    """A data key literally named ``{a}:fence`` is the fence key of ``a``: writing it through
+    fenced_set would replace a's fence and let a stale writer of ``a`` in. It is refused, before
+    any I/O, and a's fence holds."""
+    client = redis_server.client(socket_timeout=10)
+    try:
+        fencing.fenced_set(client, "a", "from fence 10", 10)
+        with pytest.raises(ConfigurationError, match="fence key"):
+            fencing.fenced_set(client, "{a}:fence", "1", 1)
+        with pytest.raises(StaleFence):
+            fencing.fenced_set(client, "a", "from stale fence 2", 2)
+        assert client.get("a") == b"from fence 10"
+        with pytest.raises(ConfigurationError, match="data key itself"):
+            fencing.fenced_set(client, "k", "v", 1, fence_key="k")  # the fence would overwrite the data
+    finally:
+        client.flushall()
+        client.close()
 
 
 # -- the whole story, with a real lease ---------------------------------------------------------

@@ -220,6 +220,69 @@ def test_rows_of_another_boot_count_as_expired(db: Path) -> None:
     now.close()
 
 
+@pytest.mark.parametrize("first_known", [True, False], ids=["known-holds", "unknown-holds"])
+def test_an_unreadable_boot_id_never_makes_a_live_lease_look_expired(
+    db: Path, first_known: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One boot, two processes: one reads the boot id, the other cannot (systemd ProcSubset=pid or a
+    sandbox hides /proc/sys). Neither may take the other's live lease for one of an earlier boot."""
+    known = SqliteBackend(db)
+    assert known.boot not in ("", sqlite_backend.UNKNOWN_BOOT), "this test needs a readable boot id"
+    monkeypatch.setattr(sqlite_backend, "BOOT_ID_PATH", str(db.parent / "hidden" / "boot_id"))
+    blind = SqliteBackend(db)  # its reader finds no file, as under ProcSubset=pid
+    assert blind.boot == sqlite_backend.UNKNOWN_BOOT
+    holder, other = (known, blind) if first_known else (blind, known)
+    got = holder.try_acquire("job", "h" * 32, 60_000, "holder", False)
+    assert got.fence is not None
+    assert other.try_acquire("job", "o" * 32, 60_000, "other", False).fence is None, "two holders"
+    info = other.inspect("job")
+    assert info is not None and info.fence == got.fence
+    assert not other.release("job", "o" * 32) and not other.extend("job", "o" * 32, 60_000)
+    assert holder.extend("job", "h" * 32, 60_000)
+    assert holder.release("job", "h" * 32)
+    assert other.try_acquire("job", "o" * 32, 60_000, "other", False).fence is not None
+    known.close()
+    blind.close()
+
+
+def test_boot_id_reader_says_unknown_for_what_it_cannot_read(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for source in (tmp_path / "missing", tmp_path, empty):  # absent, a directory, empty
+        assert sqlite_backend.read_boot_id(str(source)) == sqlite_backend.UNKNOWN_BOOT
+    real = tmp_path / "boot_id"
+    real.write_text("0f2d-example\n")
+    assert sqlite_backend.read_boot_id(str(real)) == "0f2d-example"
+
+
+def test_a_lease_of_an_unknown_boot_still_expires_after_a_reboot(db: Path) -> None:
+    """Rows written without a boot id before a reboot lie on the old, further-along clock: the
+    "further ahead than its ttl" bound expires them for a process that knows its boot id."""
+    before = SqliteBackend(db, boot_id=sqlite_backend.UNKNOWN_BOOT, clock=lambda: time.monotonic() + 1e6)
+    assert before.try_acquire("job", "a" * 32, 60_000, "old", False).fence is not None
+    after = SqliteBackend(db)
+    assert after.inspect("job") is None
+    assert after.try_acquire("job", "b" * 32, 5_000, "new", False).fence is not None
+    before.close()
+    after.close()
+
+
+def test_a_waiter_without_boot_id_keeps_its_turn(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queue follows the same rule: a live waiter that cannot read the boot id is not dropped as
+    "of another boot" by a process that can (which would let a newcomer barge past it)."""
+    monkeypatch.setattr(sqlite_backend, "REGISTRATION", 60.0)
+    holder, blind = SqliteBackend(db), SqliteBackend(db, boot_id=sqlite_backend.UNKNOWN_BOOT)
+    assert holder.try_acquire("job", "h" * 32, 30_000, "holder", False).fence is not None
+    assert blind.try_acquire("job", "w" * 32, 30_000, "waiter", True).fence is None  # queued
+    info = holder.inspect("job")
+    assert info is not None and info.waiters == 1
+    assert holder.release("job", "h" * 32)
+    assert holder.try_acquire("job", "n" * 32, 30_000, "newcomer", False).fence is None, "barged"
+    assert blind.try_acquire("job", "w" * 32, 30_000, "waiter", True).fence is not None
+    holder.close()
+    blind.close()
+
+
 def test_a_deadline_further_ahead_than_its_ttl_counts_as_expired(db: Path) -> None:
     # Without a boot id (non-Linux), a row written before a reboot has a deadline on a clock that
     # was further along: more than its ttl ahead of ours, which this clock can never produce.

@@ -17,12 +17,17 @@ writing would reopen the race between read and write that fencing exists to clos
 
 - SQL (SQLite through ``sqlite3``, PostgreSQL through psycopg 3): ``admit(conn, resource, fence)``
   runs ONE statement in the caller's open transaction, an upsert that only updates when
-  ``fence <= excluded.fence``, and looks at the row count. On PostgreSQL the statement locks the
+  ``fence <= excluded.fence``, and looks at what it changed (the row count on SQLite; on PostgreSQL
+  the row of ``RETURNING``, which also works in psycopg's pipeline mode, where row counts are not
+  known until the pipeline syncs). On PostgreSQL the statement locks the
   fence row until the caller's commit or rollback, so a concurrent writer for the same resource
   waits, then re-evaluates the condition against the committed value (READ COMMITTED). On SQLite
   the statement takes the database's write lock, which serializes writers outright; open the
   transaction with ``BEGIN IMMEDIATE`` (or make ``admit`` its first statement): a transaction that
   read before it may otherwise get ``database is locked`` at once when it upgrades to a writer.
+  ``admit`` refuses (``ConfigurationError``) a connection that would commit the fence on its own:
+  autocommit mode (``isolation_level=None``, or ``autocommit=True`` on Python 3.12+; psycopg's
+  ``autocommit=True``) with no transaction open.
 
       with conn:                                  # the caller's transaction
           fencing.admit(conn, "file:a.tsv", lease.fence)   # StaleFence if a higher fence was accepted
@@ -48,7 +53,9 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import sys
 from typing import Any
+from urllib.parse import unquote
 
 from ._errors import ConfigurationError, StaleFence
 from ._metrics import instruments
@@ -102,14 +109,31 @@ def create_table(conn: Any, table: str = DEFAULT_TABLE) -> None:
     conn.execute(sql)
 
 
+def _sqlite_in_transaction(conn: sqlite3.Connection) -> bool:
+    """Will the upsert run inside a transaction the caller commits, together with its data?
+
+    Three modes (``Connection.autocommit``, Python 3.12+): ``False`` always has a transaction open
+    (PEP 249); ``True`` never opens one, whatever ``isolation_level`` says (it stays ``''``); and
+    the legacy mode (the only one before 3.12) opens one implicitly before an INSERT unless
+    ``isolation_level`` is None. Outside the legacy mode only ``in_transaction`` can tell.
+    """
+    if conn.in_transaction:
+        return True
+    if sys.version_info >= (3, 12):
+        if conn.autocommit != sqlite3.LEGACY_TRANSACTION_CONTROL:
+            return False
+    return conn.isolation_level is not None
+
+
 def _require_transaction(conn: Any, dialect: str) -> None:
     # Outside a transaction the fence would be committed on its own, before the data it guards,
     # and a failed write afterwards would leave the fence raised for nothing: refuse instead.
     if dialect == "sqlite":
-        if conn.isolation_level is None and not conn.in_transaction:
+        if not _sqlite_in_transaction(conn):
             raise ConfigurationError(
                 "fencing.admit() must run inside the transaction of the write it guards: "
-                "this sqlite3 connection is in autocommit mode and no BEGIN was issued"
+                "this sqlite3 connection is in autocommit mode and no BEGIN was issued "
+                "(issue BEGIN IMMEDIATE first, or connect with autocommit=False)"
             )
     else:
         from psycopg.pq import TransactionStatus
@@ -126,7 +150,7 @@ def admit(conn: Any, resource: str, fence: int, *, table: str = DEFAULT_TABLE) -
     ``StaleFence``.
 
     One atomic statement: insert the fence, or raise the stored one to it only if the stored one is
-    not higher; the row count says which. Never a read followed by a write (that would let a newer
+    not higher; what it changed says which. Never a read followed by a write (that would let a newer
     holder commit in between). On refusal nothing was changed by this call, and the caller must
     roll back its transaction (anything it wrote before would otherwise be committed unguarded).
     """
@@ -140,9 +164,16 @@ def admit(conn: Any, resource: str, fence: int, *, table: str = DEFAULT_TABLE) -
         f"ON CONFLICT (resource) DO UPDATE SET fence = excluded.fence "
         f"WHERE {t}.fence <= excluded.fence"
     )
-    cur = conn.execute(sql, (resource, fence))
-    if cur.rowcount == 1:
-        return
+    if dialect == "sqlite":
+        # The row count is known when execute() returns (RETURNING would need SQLite 3.35+).
+        if conn.execute(sql, (resource, fence)).rowcount == 1:
+            return
+    else:
+        # RETURNING, not rowcount: in psycopg's pipeline mode execute() only queues the statement
+        # and rowcount is unknown (-1) until the pipeline syncs; fetchone() syncs it and waits for
+        # this statement's own answer (a row when the fence was stored, none when refused).
+        if conn.execute(sql + " RETURNING fence", (resource, fence)).fetchone() is not None:
+            return
     # Refused. Reading the stored value now only feeds the error message: the decision was made
     # atomically by the statement above.
     current = current_fence(conn, resource, table=table)
@@ -191,12 +222,83 @@ return {1, fence}
 """
 
 
+def _hash_tag(key: str) -> str | None:
+    """The part of ``key`` that Redis Cluster hashes when it is not the whole key: the text between
+    the first ``{`` and the first ``}`` after it, if that is not empty (Redis's own rule)."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end < 0 or end == start + 1:
+        return None
+    return key[start + 1 : end]
+
+
+def _escape(text: str) -> str:
+    # The lock keys' encoding (backends/redis.py): '%', '{', '}' percent-encoded, nothing else.
+    return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
 def fence_key_for(key: str) -> str:
-    """The default fence key for data key ``key``, in the same Redis Cluster slot: a key with a
-    hash tag keeps it (``{user:1}:x`` -> ``{user:1}:x:fence``), a key without one becomes the tag."""
-    if "{" in key and "}" in key[key.index("{") + 1 :]:
-        return f"{key}:fence"
+    """The default fence key for data key ``key``: the same Redis Cluster slot, and no other data
+    key's fence key (one key per data key, so fences of different keys never mix).
+
+    Layout:
+
+    - a key without a hash tag is the tag: ``plain`` -> ``{plain}:fence``;
+    - a key ``<pre>{<tag>}<post>`` keeps its tag and records the rest, with ``%``, ``{`` and ``}``
+      percent-encoded (as in the lock keys) and ``{}`` marking where the tag was:
+      ``{user:1}:balance`` -> ``{user:1}:fence:{}:balance``, ``x{a}`` -> ``{a}:fence:x{}``.
+
+    Why this is one-to-one: the fence key's tag is its text up to the first ``}`` (a tag holds no
+    ``}``); after it, ``:fence`` alone means the key was the tag, and ``:fence:`` then the escaped
+    ``<pre>``, ``{}`` and the escaped ``<post>`` (escaped text holds no braces, so the one ``{}`` is
+    the boundary). So the data key can be read back from its fence key. ``fenced_set`` refuses a
+    data key that is some key's fence key (``{a}:fence`` is a's): writing it would replace that fence.
+
+    ``ConfigurationError`` for the empty key and for keys whose braces make no hash tag but contain
+    a ``}`` (``a}b``, ``{}x``): Redis Cluster hashes those whole, and no tag holds a ``}``, so no
+    fence key can share their slot. Rename the key, or pass ``fence_key=`` to ``fenced_set``.
+    """
+    tag = _hash_tag(key)
+    if tag is not None:
+        start = key.index("{")
+        pre, post = key[:start], key[start + len(tag) + 2 :]
+        return f"{{{tag}}}:fence:{_escape(pre)}{{}}{_escape(post)}"
+    if key == "" or "}" in key:
+        raise ConfigurationError(
+            f"no default fence key for Redis key {key!r}: "
+            + ("an empty key has no hash tag to share. " if key == "" else
+               "its braces form no hash tag, so Redis Cluster hashes it whole, and no fence key "
+               "with a hash tag can land in its slot. ")
+            + "Give the key a hash tag ({...}) or no '}', or pass fence_key= (a key of the same slot "
+            "used for nothing else)"
+        )
     return f"{{{key}}}:fence"
+
+
+def _fence_key_owner(name: str) -> str | None:
+    """The data key whose default fence key is ``name``, or None: ``fence_key_for`` read backwards
+    (see its layout), confirmed by mapping the candidate forwards again."""
+    if not name.startswith("{"):
+        return None
+    end = name.find("}", 1)
+    if end <= 1:
+        return None
+    tag, rest = name[1:end], name[end + 1 :]
+    if rest == ":fence":
+        candidate = tag
+    elif rest.startswith(":fence:"):
+        pre, boundary, post = rest[len(":fence:") :].partition("{}")
+        if not boundary:
+            return None
+        candidate = f"{unquote(pre)}{{{tag}}}{unquote(post)}"
+    else:
+        return None
+    try:
+        return candidate if fence_key_for(candidate) == name else None
+    except ConfigurationError:
+        return None
 
 
 def fenced_set(
@@ -212,7 +314,15 @@ def fenced_set(
     it, in one server-side step; else raise ``StaleFence`` (nothing changed). ``client`` is a
     redis-py client; ``px`` an optional expiry in milliseconds."""
     fence = _check_fence(fence)
-    fkey = fence_key or fence_key_for(key)
+    owner = _fence_key_owner(key)
+    if owner is not None:
+        raise ConfigurationError(
+            f"Redis key {key!r} is the fence key of data key {owner!r}: a fenced write to it would "
+            "replace that fence and let stale writers of the other key in; use another key name"
+        )
+    fkey = fence_key_for(key) if fence_key is None else fence_key
+    if fkey == key:
+        raise ConfigurationError(f"fence_key {fkey!r} is the data key itself: give the fence a key of its own")
     if px is not None and px <= 0:
         raise ConfigurationError(f"px must be a positive number of milliseconds, got {px!r}")
     script = client.register_script(FENCED_SET)

@@ -55,7 +55,7 @@ def chaos(names: tuple[str, ...], tier: str, seed: int, duration: float, out: Pa
     \b
     Short tier: every scenario twice: with the storage-side fence check (must pass) and
     without (must show the violation the scenario provokes: proof the checker can see it).
-    Needs: PostgreSQL binaries (/usr/lib/postgresql/<version>/bin) and psycopg
+    Needs: PostgreSQL binaries (/usr/lib/postgresql/<major>/bin) and psycopg
     (pip install 'fencelock[postgres]'), redis-server or an embedded one, Debian's faketime
     (scenario 10), zookeeperd and kazoo (scenario 11; pip install 'fencelock[zookeeper]').
     """
@@ -82,15 +82,16 @@ def _console() -> Console:
 
 def _missing_requirement() -> str | None:
     """Why the harness cannot run here (said in one line before anything starts), or None."""
-    from .servers import PG_BIN
+    from .servers import postgres_bin_dir
 
     try:
         import psycopg  # noqa: F401
     except ImportError:
         return "fencelock chaos needs psycopg 3 for its PostgreSQL database: pip install 'fencelock[postgres]'"
-    if not (PG_BIN / "initdb").exists():
-        return (f"fencelock chaos needs the PostgreSQL server binaries ({PG_BIN}/initdb not found): "
-                "apt-get install postgresql")
+    try:
+        postgres_bin_dir()
+    except FileNotFoundError as err:
+        return f"fencelock chaos needs the PostgreSQL server binaries: {err}"
     return None
 
 

@@ -19,10 +19,44 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["PG_BIN", "ZK_JAR", "Postgres", "ZooKeeper", "free_port", "stop_pid", "zookeeper_usable"]
+__all__ = [
+    "PG_ROOT", "ZK_JAR", "Postgres", "ZooKeeper", "free_port", "postgres_bin_dir", "stop_pid", "zookeeper_usable",
+]
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_ROOT = Path("/usr/lib/postgresql")
+"""Debian installs each PostgreSQL major version's server binaries in ``PG_ROOT/<major>/bin``."""
 ZK_JAR = Path("/usr/share/java/zookeeper.jar")
+
+
+def postgres_bin_dir(root: Path = PG_ROOT) -> Path:
+    """The directory with ``initdb`` and ``postgres`` of the newest PostgreSQL installed: the
+    ``FENCELOCK_PG_BIN`` environment variable if set, else the highest ``<root>/<major>/bin``
+    (Debian's layout: 15 on Debian 12, newer on 13), else wherever ``initdb`` is on PATH (other
+    distributions). The one place the test servers, the fault harness and the benchmarks look."""
+    override = os.environ.get("FENCELOCK_PG_BIN")
+    if override:
+        chosen = Path(override)
+        if not (chosen / "initdb").is_file() or not (chosen / "postgres").is_file():
+            raise FileNotFoundError(f"FENCELOCK_PG_BIN={override} holds no initdb and postgres binaries")
+        return chosen
+
+    def major(entry: Path) -> tuple[int, ...]:
+        try:
+            return tuple(int(part) for part in entry.name.split("."))  # "9.6" < "10" < "17"
+        except ValueError:
+            return ()
+
+    candidates = [entry / "bin" for entry in root.iterdir() if major(entry)] if root.is_dir() else []
+    for bindir in sorted(candidates, key=lambda b: major(b.parent), reverse=True):
+        if (bindir / "initdb").is_file() and (bindir / "postgres").is_file():
+            return bindir
+    on_path = shutil.which("initdb")
+    if on_path is not None and (Path(on_path).parent / "postgres").is_file():
+        return Path(on_path).parent
+    raise FileNotFoundError(
+        f"no PostgreSQL server binaries found (looked in {root}/<major>/bin and on PATH): install them "
+        "(Debian: apt-get install postgresql), or point FENCELOCK_PG_BIN at the directory with initdb"
+    )
 
 
 def free_port() -> int:
@@ -53,7 +87,8 @@ def _demote_to(user: str) -> tuple[int, int]:
 
 
 class Postgres:
-    """A PostgreSQL 15 cluster: unix socket in its directory plus one TCP port on 127.0.0.1.
+    """A PostgreSQL cluster (the newest installed, see ``postgres_bin_dir``): unix socket in its
+    directory plus one TCP port on 127.0.0.1.
 
     initdb and the server run as the ``postgres`` user when we are root (PostgreSQL refuses root).
     ``dsn(db)`` is a libpq URL over the unix socket; ``tcp_port`` is for the chaos proxy.
@@ -76,15 +111,16 @@ class Postgres:
     def start(self) -> Postgres:
         if self._as is not None:
             os.chown(self.dir, *self._as)
+        pg_bin = postgres_bin_dir()
         subprocess.run(
-            [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+            [str(pg_bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
              "--no-sync", "-E", "UTF8", "--locale=C"],
             check=True, capture_output=True, timeout=60, **self._run_as(),  # type: ignore[call-overload]
         )
         log = open(self.dir / "server.log", "wb")  # closed in stop()
         self._log = log
         self.process = subprocess.Popen(
-            [str(PG_BIN / "postgres"), "-D", str(self.data), "-k", str(self.dir),
+            [str(pg_bin / "postgres"), "-D", str(self.data), "-k", str(self.dir),
              "-c", "listen_addresses=127.0.0.1", "-p", str(self.tcp_port),
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
              "-c", "max_connections=60", "-c", "shared_buffers=16MB"],

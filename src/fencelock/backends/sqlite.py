@@ -37,6 +37,17 @@ boot_id``) and rows of another boot count as expired (their holders died with th
 boot id exists, a row whose deadline lies further ahead than its own ``ttl`` cannot come from this
 clock and counts as expired too; that bound also holds on Linux.
 
+An unreadable boot id. Some sandboxes hide ``/proc/sys`` from a process of the same boot (systemd's
+``ProcSubset=pid``, a chroot without ``/proc``): it records ``unknown``. Two *known* ids that differ
+prove a reboot; ``unknown`` on either side proves nothing, so such a row is judged by its deadline
+alone, never expired for its boot. Otherwise each side would take the other's live lease for one of
+an earlier boot: two holders. The price is liveness only: after a reboot, a lease of an ``unknown``
+row (or one read by an ``unknown`` process) lingers until its deadline, at most its ``ttl``, or is
+expired at once by the "further ahead than its ttl" bound. No substitute id is derived from the
+clocks: ``btime`` in ``/proc/stat`` (hidden by ``ProcSubset=pid`` too) and CLOCK_REALTIME minus
+CLOCK_BOOTTIME both move when the wall clock is stepped, so two processes of one boot could compute
+different ids, which is the very disagreement to avoid.
+
 Waiting: first come first served; bounded polling, plus a doorbell. A contender that must wait
 enqueues its token in ``fencelock_waiter`` (refreshing an ``alive`` stamp at least every ``REFRESH``
 seconds); a free lock is granted only to the first live waiter, or to anyone when nobody waits, so
@@ -75,6 +86,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import logging
 import math
 import os
 import random
@@ -149,9 +161,16 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS fencelock_waiter_order ON fencelock_waiter (name, seq)",
 )
 
-# A lease row is live when it comes from this boot, has not reached its deadline, and its deadline
-# is not further ahead than its own ttl (which only a row written on another clock can be).
-_LIVE = f"boot = :boot AND deadline > :now AND deadline <= :now + ttl + {_EPSILON}"
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+UNKNOWN_BOOT = "unknown"
+"""The boot id recorded by a process that cannot read one (see "An unreadable boot id" above)."""
+
+# A row is of this boot unless both ids are known and differ: "unknown" proves no reboot.
+_SAME_BOOT = f"(boot = :boot OR boot = '{UNKNOWN_BOOT}' OR :boot = '{UNKNOWN_BOOT}')"
+
+# A lease row is live when it may come from this boot, has not reached its deadline, and its
+# deadline is not further ahead than its own ttl (which only a row written on another clock can be).
+_LIVE = f"{_SAME_BOOT} AND deadline > :now AND deadline <= :now + ttl + {_EPSILON}"
 
 _SELECT_LOCK = "SELECT token, fence, boot, deadline, ttl, label FROM fencelock_lock WHERE name = ?"
 _SELECT_HEAD = "SELECT token, boot, alive FROM fencelock_waiter WHERE name = ? ORDER BY seq LIMIT 1"
@@ -172,20 +191,39 @@ _EXTEND = (
 )
 _RELEASE = f"DELETE FROM fencelock_lock WHERE name = :name AND token = :token AND {_LIVE}"
 _DROP_OWN = "DELETE FROM fencelock_lock WHERE name = ? AND token = ?"
-_COUNT_WAITERS = "SELECT COUNT(*) FROM fencelock_waiter WHERE name = ? AND boot = ? AND alive > ?"
+_COUNT_WAITERS = f"SELECT COUNT(*) FROM fencelock_waiter WHERE name = :name AND {_SAME_BOOT} AND alive > :now"
+
+log = logging.getLogger("fencelock")
+_told_unknown = False
 
 
-def read_boot_id() -> str:
+def read_boot_id(path: str | None = None) -> str:
     """This boot's id: changes at every reboot, which resets ``CLOCK_MONOTONIC``.
 
-    Linux only; elsewhere a constant, and the "deadline at most ttl ahead" check alone makes rows
-    of an earlier boot expire (at the latest ``ttl`` after the reboot).
+    ``UNKNOWN_BOOT`` where it cannot be read (not Linux, or hidden by a sandbox): then the "deadline
+    at most ttl ahead" check and the deadline itself make rows of an earlier boot expire (at the
+    latest ``ttl`` after the reboot), and a live row is never taken for one of another boot.
+    ``path`` is for tests; the default is ``BOOT_ID_PATH``.
     """
+    global _told_unknown
+    source = BOOT_ID_PATH if path is None else path
     try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            return f.read().strip() or "unknown"
-    except OSError:
-        return "unknown"
+        with open(source, encoding="ascii") as f:
+            boot = f.read().strip()
+        problem = "it is empty"
+    except (OSError, UnicodeDecodeError) as err:
+        boot, problem = "", f"{type(err).__name__}: {err}"
+    if boot and boot != UNKNOWN_BOOT:
+        return boot
+    if not _told_unknown and sys.platform.startswith("linux"):
+        _told_unknown = True
+        log.info(
+            "cannot read the boot id from %s (%s): SQLite leases are judged by their deadlines alone, "
+            "so after a reboot an old lease lingers until its ttl ends (safe, only slower); "
+            "show the file to this process (e.g. systemd ProcSubset=all) to expire them at once",
+            source, problem,
+        )
+    return UNKNOWN_BOOT
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
@@ -574,9 +612,17 @@ class SqliteBackend:
 
     # -- the primitives ---------------------------------------------------------------------------
 
+    def _same_boot(self, boot: Any) -> bool:
+        """Same rule as ``_SAME_BOOT``: only two known, different ids prove a reboot."""
+        return bool(boot == self.boot or UNKNOWN_BOOT in (boot, self.boot))
+
     def _live(self, row: tuple[Any, ...], now: float) -> bool:
         """Same rule as ``_LIVE`` (token, fence, boot, deadline, ttl, ...)."""
-        return bool(row[2] == self.boot and now < row[3] <= now + row[4] + _EPSILON)
+        return self._same_boot(row[2]) and bool(now < row[3] <= now + row[4] + _EPSILON)
+
+    def _waiting(self, row: tuple[Any, ...], now: float) -> bool:
+        """Is the waiter row (token, boot, alive) live: of this boot, and polled lately on this clock."""
+        return self._same_boot(row[1]) and bool(now < row[2] <= now + REGISTRATION + _EPSILON)
 
     def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
         ttl = ttl_ms / 1000
@@ -618,7 +664,7 @@ class SqliteBackend:
             row = conn.execute(_SELECT_HEAD, (key,)).fetchone()
             if row is None:
                 return None
-            if row[1] == self.boot and now < row[2] <= now + REGISTRATION + _EPSILON:
+            if self._waiting(row, now):
                 return str(row[0])
             conn.execute(_DEQUEUE, (key, row[0]))
         row = conn.execute(_SELECT_HEAD, (key,)).fetchone()
@@ -637,7 +683,7 @@ class SqliteBackend:
             return False, head is not None and head[0] == token, float(row[3] - now)
         if head is None or head[0] == token:
             return True, True, None
-        live = head[1] == self.boot and now < head[2] <= now + REGISTRATION + _EPSILON
+        live = self._waiting(head, now)
         return not live, not live, None  # a dead head is dropped by the next try_acquire
 
     def wait(self, key: str, token: str, timeout: float) -> None:
@@ -690,7 +736,7 @@ class SqliteBackend:
         now = self._clock()  # after the read, as in probe()
         if row is None or not self._live(row, now):
             return None
-        waiters = self._one("inspect", _COUNT_WAITERS, (key, self.boot, now))[0]
+        waiters = self._one("inspect", _COUNT_WAITERS, {"name": key, "boot": self.boot, "now": now})[0]
         return LockInfo(key, int(row[1]), str(row[5]), max(0.0, row[3] - now), int(waiters))
 
     def last_fence(self, key: str) -> int:
