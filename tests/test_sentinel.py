@@ -133,7 +133,7 @@ def test_wait_replicas_refuses_an_unacknowledged_handoff(setup: SentinelSetup, n
 async def test_asyncio_sentinel_client_with_wait_replicas(setup: SentinelSetup, name: str) -> None:
     from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
-    from fencelock._async.redis import AsyncRedisBackend
+    from fencelock.backends.redis import AsyncRedisBackend
 
     sentinel = AsyncSentinel([("127.0.0.1", p) for p in setup.sentinel_ports], socket_timeout=2)
     client = sentinel.master_for(SERVICE, socket_timeout=5)

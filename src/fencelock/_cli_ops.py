@@ -156,7 +156,7 @@ def _backend_spec(url: str, tls_ca: str | None, tls_cert: str | None, tls_key: s
         return url
     if not url.startswith("rediss://"):
         _fail(EXIT_USAGE, "--tls-ca/--tls-cert/--tls-key need a rediss:// lock URL")
-    from ._sync.redis import RedisBackend
+    from .backends.redis import RedisBackend
 
     kwargs: dict[str, Any] = {}
     if tls_ca:

@@ -95,8 +95,8 @@ REGISTRY: tuple[BackendSpec, ...] = (
         title="Redis",
         schemes=("redis", "rediss", "unix"),
         url_example="redis://host:6379, rediss://host:6380 (TLS), unix:///path/to/redis.sock",
-        sync="fencelock._sync.redis:RedisBackend",
-        async_="fencelock._async.redis:AsyncRedisBackend",
+        sync="fencelock.backends.redis._sync:RedisBackend",
+        async_="fencelock.backends.redis._async:AsyncRedisBackend",
         export="RedisBackend",
         clients=(
             ("redis.client", "Redis", "sync"),

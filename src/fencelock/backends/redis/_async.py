@@ -1,6 +1,6 @@
-"""Redis backend I/O. Source: ``_async/redis.py``; ``_sync/redis.py`` is generated from it.
+"""Redis backend I/O. Source: ``_async.py``; ``_sync.py`` is generated from it (scripts/unasync.py).
 
-The protocol lives in ``fencelock.backends.redis`` (the Lua scripts); this class only runs them.
+The protocol lives in ``scripts.py`` (the Lua scripts); this class only runs them.
 redis-py's ``Script`` objects send EVALSHA and reload the script on ``NOSCRIPT`` by themselves, so
 a restarted (or flushed) server needs nothing from us.
 """
@@ -11,28 +11,23 @@ from typing import Any
 
 import redis.asyncio as redis_api
 
-from .._errors import ConfigurationError
-from .._metrics import traced
-from ..backends.base import Attempt, LockInfo
-from ..backends.redis import (
+from ..._errors import ConfigurationError, ReplicationUnconfirmed
+from ..._metrics import traced
+from ..base import Attempt, LockInfo
+from .errors import map_errors, text
+from .keys import RedisKeys, check_prefix
+from .scripts import (
     ABANDON,
     ACQUIRE,
     BLOCK_CAP,
     DEFAULT_PREFIX,
-    DEFAULT_WAIT_TIMEOUT,
     EXTEND,
     INSPECT,
     QUEUE_UNSETTLED,
     REGISTRATION_MS,
     RELEASE,
-    RedisKeys,
-    ReplicationUnconfirmed,
-    check_prefix,
-    check_wait_replicas,
-    map_errors,
-    parse_redis_url,
-    text,
 )
+from .urls import DEFAULT_WAIT_TIMEOUT, check_wait_replicas, parse_redis_url
 
 __all__ = ["AsyncRedisBackend"]
 

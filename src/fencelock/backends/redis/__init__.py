@@ -1,0 +1,79 @@
+"""Redis backend (redis-py; standalone, Sentinel, Cluster): the protocol, one module a job.
+
+    scripts.py   the protocol itself: Lua scripts (KEYS/ARGV/return above each), minted fences
+    keys.py      key naming: one hash tag per lock name, injective percent-encoding
+    urls.py      redis:// URLs and options, validated before any I/O
+    errors.py    redis-py's exceptions translated into fencelock's tree, in one place
+    _async.py    the I/O: ``AsyncRedisBackend`` runs the scripts (source of truth)
+    _sync.py     ``RedisBackend``, GENERATED from ``_async.py`` by scripts/unasync.py
+
+Keys of one lock (all share one hash tag, so Redis Cluster puts them in one slot):
+
+    {prefix}{<name>}:lock          STRING "<token>:<fence>:<label>", with PX = the lease
+    {prefix}{<name>}:fence         STRING the last fence issued (no expiry; never decreases)
+    {prefix}{<name>}:queue         ZSET   waiting tokens, scored by arrival (server microseconds)
+    {prefix}{<name>}:alive         HASH   waiting token -> "<alive until, server ms>|<ttl ms>|<label>"
+    {prefix}{<name>}:lock:wake:<t> LIST   handoff notice for waiter <t> (it BLPOPs on it)
+
+``<name>`` is the lock name with ``%``, ``{`` and ``}`` percent-encoded, so any name (spaces,
+newlines, braces, non-ASCII) maps to its own hash tag and cannot reach another lock's keys. The
+name travels only as key data, never into a script's source.
+
+Fences. Each fence is ``max(last + 1, TIME in microseconds)`` where ``last`` is the counter key. The
+counter alone would restart at 1 after Redis loses its data (restart without persistence, failover
+to a replica that missed the write, restore of an older snapshot); the clock term restarts it above
+every fence issued before. **Assumption**: when the counter is lost or rolled back, the server's
+clock (``TIME``) reads later than it did when the last fence was issued; i.e. the clock did not step
+backwards by more than the time elapsed since then. NTP slewing never does that; a manual clock
+reset across a data loss could. While the counter survives, the clock may do anything: fences still
+grow by at least one. Fences are integers below 2**53 (exact in Lua's doubles) until the year 2255.
+
+Waiting (first come, first served). A contender that must wait enqueues its token in ``queue``. A
+free lock is granted only to the first *live* waiter (or anyone when the queue is empty), so newcomers
+cannot barge past waiters. ``release`` hands the lock straight to the first live waiter: it mints
+that waiter's fence, sets the lock to its token for the waiter's own TTL, and pushes the fence to its
+``wake`` list; the waiter's BLPOP returns and it holds the lock with no further round trip (its lease
+is measured from before its previous poll, which is before the grant). A waiter refreshes its
+``alive`` stamp each time it polls (at least every ``BLOCK_CAP`` seconds); one that stopped
+refreshing for ``REGISTRATION_MS`` (crashed) is skipped and dropped. Dropping is bounded work (at
+most 256 dead entries a call, so a crowd of crashed waiters cannot stall the server); when a call runs
+out of that budget the head is *unknown*, which is never taken for "empty": ACQUIRE then grants
+nobody and answers ``QUEUE_UNSETTLED`` so the waiter polls again at once, and RELEASE frees the lock
+for the live waiters' next polls. A grant always removes the grantee's own entry, so a finished holder
+can never be handed the lock again. How strict: FIFO among live waiters by arrival at the server. A
+waiter that dies within ``REGISTRATION_MS`` of being handed the lock holds it, like any crashed
+holder, until its TTL runs out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..._errors import ReplicationUnconfirmed
+from .keys import RedisKeys, check_prefix
+from .scripts import BLOCK_CAP, DEFAULT_PREFIX, QUEUE_UNSETTLED, REGISTRATION_MS
+
+__all__ = [
+    "BLOCK_CAP",
+    "DEFAULT_PREFIX",
+    "QUEUE_UNSETTLED",
+    "REGISTRATION_MS",
+    "AsyncRedisBackend",
+    "RedisBackend",
+    "RedisKeys",
+    "ReplicationUnconfirmed",
+    "check_prefix",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The I/O classes import redis-py's blocking or asyncio client: load only the one asked for.
+    if name == "RedisBackend":
+        from ._sync import RedisBackend
+
+        return RedisBackend
+    if name == "AsyncRedisBackend":
+        from ._async import AsyncRedisBackend
+
+        return AsyncRedisBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
