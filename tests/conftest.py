@@ -6,16 +6,11 @@ import uuid
 
 import pytest
 
+# Each backend's test server registers itself in BACKENDS when imported. Plain imports: a backend
+# whose server cannot be set up must fail the run, never drop out of the contract suite unseen.
 from servers import BACKENDS, redis_debian_server, redis_embedded_server  # noqa: F401
-
-try:  # each backend's servers register themselves in BACKENDS when imported
-    from srv_zookeeper import zookeeper_server  # noqa: F401
-except ImportError:  # pragma: no cover - until the ZooKeeper backend lands
-    pass
-try:
-    from srv_sqlite import sqlite_server  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+from srv_sqlite import sqlite_server  # noqa: F401
+from srv_zookeeper import zookeeper_server  # noqa: F401
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -30,17 +30,10 @@ import pytest
 
 import fencelock
 from fencelock import aio
-from fencelock.backends import sqlite as sqlite_backend
-from fencelock.backends.sqlite import (
-    BACKOFF_CAP,
-    HEAD_CAP,
-    HEAD_POLL,
-    REGISTRATION,
-    AsyncSqliteBackend,
-    SqliteBackend,
-    parse_sqlite_url,
-    poll_delay,
-)
+from fencelock.backends.sqlite import AsyncSqliteBackend, SqliteBackend, parse_sqlite_url, poll_delay
+from fencelock.backends.sqlite import backend as sqlite_backend
+from fencelock.backends.sqlite import boot as sqlite_boot
+from fencelock.backends.sqlite.backend import BACKOFF_CAP, HEAD_CAP, HEAD_POLL, REGISTRATION
 from servers import kill_pid
 
 CTX = mp.get_context("spawn")
@@ -227,10 +220,10 @@ def test_an_unreadable_boot_id_never_makes_a_live_lease_look_expired(
     """One boot, two processes: one reads the boot id, the other cannot (systemd ProcSubset=pid or a
     sandbox hides /proc/sys). Neither may take the other's live lease for one of an earlier boot."""
     known = SqliteBackend(db)
-    assert known.boot not in ("", sqlite_backend.UNKNOWN_BOOT), "this test needs a readable boot id"
-    monkeypatch.setattr(sqlite_backend, "BOOT_ID_PATH", str(db.parent / "hidden" / "boot_id"))
+    assert known.boot not in ("", sqlite_boot.UNKNOWN_BOOT), "this test needs a readable boot id"
+    monkeypatch.setattr(sqlite_boot, "BOOT_ID_PATH", str(db.parent / "hidden" / "boot_id"))
     blind = SqliteBackend(db)  # its reader finds no file, as under ProcSubset=pid
-    assert blind.boot == sqlite_backend.UNKNOWN_BOOT
+    assert blind.boot == sqlite_boot.UNKNOWN_BOOT
     holder, other = (known, blind) if first_known else (blind, known)
     got = holder.try_acquire("job", "h" * 32, 60_000, "holder", False)
     assert got.fence is not None
@@ -249,7 +242,7 @@ def test_boot_id_reader_says_unknown_for_what_it_cannot_read(tmp_path: Path) -> 
     empty = tmp_path / "empty"
     empty.write_text("\n")
     for source in (tmp_path / "missing", tmp_path, empty):  # absent, a directory, empty
-        assert sqlite_backend.read_boot_id(str(source)) == sqlite_backend.UNKNOWN_BOOT
+        assert sqlite_backend.read_boot_id(str(source)) == sqlite_boot.UNKNOWN_BOOT
     real = tmp_path / "boot_id"
     real.write_text("0f2d-example\n")
     assert sqlite_backend.read_boot_id(str(real)) == "0f2d-example"
@@ -258,7 +251,7 @@ def test_boot_id_reader_says_unknown_for_what_it_cannot_read(tmp_path: Path) -> 
 def test_a_lease_of_an_unknown_boot_still_expires_after_a_reboot(db: Path) -> None:
     """Rows written without a boot id before a reboot lie on the old, further-along clock: the
     "further ahead than its ttl" bound expires them for a process that knows its boot id."""
-    before = SqliteBackend(db, boot_id=sqlite_backend.UNKNOWN_BOOT, clock=lambda: time.monotonic() + 1e6)
+    before = SqliteBackend(db, boot_id=sqlite_boot.UNKNOWN_BOOT, clock=lambda: time.monotonic() + 1e6)
     assert before.try_acquire("job", "a" * 32, 60_000, "old", False).fence is not None
     after = SqliteBackend(db)
     assert after.inspect("job") is None
@@ -271,7 +264,7 @@ def test_a_waiter_without_boot_id_keeps_its_turn(db: Path, monkeypatch: pytest.M
     """The queue follows the same rule: a live waiter that cannot read the boot id is not dropped as
     "of another boot" by a process that can (which would let a newcomer barge past it)."""
     monkeypatch.setattr(sqlite_backend, "REGISTRATION", 60.0)
-    holder, blind = SqliteBackend(db), SqliteBackend(db, boot_id=sqlite_backend.UNKNOWN_BOOT)
+    holder, blind = SqliteBackend(db), SqliteBackend(db, boot_id=sqlite_boot.UNKNOWN_BOOT)
     assert holder.try_acquire("job", "h" * 32, 30_000, "holder", False).fence is not None
     assert blind.try_acquire("job", "w" * 32, 30_000, "waiter", True).fence is None  # queued
     info = holder.inspect("job")
@@ -295,6 +288,27 @@ def test_a_deadline_further_ahead_than_its_ttl_counts_as_expired(db: Path) -> No
     assert after_reboot.release("job", "b" * 32)
     earlier_uptime.close()
     after_reboot.close()
+
+
+def test_a_live_waiter_behind_a_crowd_of_crashed_ones_is_first(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fleet restart leaves many dead waiters ahead of the live ones. However many there are, the
+    # first live waiter is first: no dead one may stand in its way, and the queue is not "empty".
+    holder = SqliteBackend(db)
+    assert holder.try_acquire("job", "h" * 32, 60_000, "h", False).fence is not None
+    monkeypatch.setattr(sqlite_backend, "REGISTRATION", 0.05)  # the crowd's registrations lapse soon
+    crowd = SqliteBackend(db)
+    for i in range(100):
+        assert crowd.try_acquire("job", f"{i:032d}", 60_000, "dead", True).fence is None
+    time.sleep(0.2)  # the crowd "crashed": no more polls
+    monkeypatch.setattr(sqlite_backend, "REGISTRATION", 60.0)  # the live waiter stays live
+    live, newcomer = SqliteBackend(db), SqliteBackend(db)
+    assert live.try_acquire("job", "w" * 32, 60_000, "w", True).fence is None
+    assert holder.release("job", "h" * 32)
+    assert newcomer.try_acquire("job", "n" * 32, 60_000, "n", False).fence is None, "barged past the live waiter"
+    got = live.try_acquire("job", "w" * 32, 60_000, "w", True)
+    assert got.fence is not None, "the live waiter behind the crashed ones must get the lock"
+    for b in (holder, crowd, live, newcomer):
+        b.close()
 
 
 def test_newcomer_cannot_barge_past_a_live_waiter(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -410,7 +424,7 @@ def test_interrupted_transaction_does_not_keep_the_write_lock(db: Path) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        backend._write("test", body)
+        backend.db.write("test", body)
     other = sqlite3.connect(db, timeout=0.01, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # would raise "database is locked" if the write lock stayed
     other.execute("ROLLBACK")

@@ -108,7 +108,8 @@ class StaleFence(FenceLockError):
 
 
 class BackendError(FenceLockError):
-    """The lock backend failed. The ``backend`` attribute names it (e.g. ``redis``)."""
+    """The lock backend failed (unreachable, refused our credentials or a command); the message names
+    the backend and what to do."""
 
 
 class BackendUnavailable(BackendError, ConnectionError):
