@@ -36,7 +36,7 @@ Required primitives:
   False (and nothing changed) when it is not ours any more.
 - ``release(key, token)``: True if it was ours and is now released (or handed on); False if it was
   not ours any more (expired and maybe taken): then nothing was changed.
-- ``inspect(key)``: a ``LockInfo``, or None when free.
+- ``inspect(key)``: a ``LockInfo`` (every holder of a counted name in ``holders``), or None when free.
 - ``close()`` / ``aclose()``: release connections the backend opened itself (never the user's own client).
 
 Every primitive raises ``BackendUnavailable`` (or another ``BackendError``) within the backend's
@@ -75,6 +75,7 @@ __all__ = [
     "Backend",
     "CapsLease",
     "ForceReleases",
+    "HolderInfo",
     "KnowsLastFence",
     "LockInfo",
     "LossCallback",
@@ -101,14 +102,31 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
+class HolderInfo:
+    """One holder of a name's permits (one lease)."""
+
+    fence: int
+    holder: str
+    """Its label (``hostname:pid`` by default; an election candidate's value). Never the token."""
+    ttl_remaining: float | None
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class LockInfo:
-    """What a backend can tell about a held lock (for ``fencelock status`` and debugging)."""
+    """What a backend can tell about a held name (for ``fencelock status`` and debugging).
+
+    ``fence``, ``holder`` and ``ttl_remaining`` describe the newest grant (the highest fence: for a
+    mutex or an election, *the* holder); ``holders`` lists every current holder, oldest grant first
+    (empty means only the newest is known), and ``limit`` the name's permits (1: a mutex)."""
 
     name: str
     fence: int
     holder: str
     ttl_remaining: float | None
     waiters: int | None = None
+    holders: tuple[HolderInfo, ...] = ()
+    limit: int = 1
 
 
 @runtime_checkable
