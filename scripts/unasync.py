@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "src" / "fencelock"
 SOURCES: list[tuple[str, str]] = [  # (asyncio source, generated blocking file), under src/fencelock
     ("_async/lock.py", "_sync/lock.py"),
+    ("_async/primitives.py", "_sync/primitives.py"),
     ("backends/redis/_async.py", "backends/redis/_sync.py"),
 ]
 

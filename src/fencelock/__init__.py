@@ -28,6 +28,7 @@ from ._errors import (
     StaleFence,
 )
 from ._sync.lock import Lease, Lock
+from ._sync.primitives import Election, Leader, ReadWriteLock, Semaphore
 from .backends import REGISTRY
 from .backends.base import Attempt, LockInfo
 
@@ -53,16 +54,20 @@ __all__ = [
     "BackendRejected",
     "BackendUnavailable",
     "ConfigurationError",
+    "Election",
     "FenceLockError",
     "Lease",
     "LeaseError",
     "LeaseLost",
+    "Leader",
     "LimitMismatch",
     "Lock",
     "LockInfo",
     "LockTimeout",
     "NotHeld",
+    "ReadWriteLock",
     "ReplicationUnconfirmed",
+    "Semaphore",
     "StaleFence",
     "__version__",
     *(spec.export for spec in REGISTRY),

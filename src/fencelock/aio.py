@@ -9,9 +9,13 @@ async with lock as lease:
 
 from ._async.lock import AsyncLease as Lease
 from ._async.lock import AsyncLock as Lock
+from ._async.primitives import AsyncElection as Election
+from ._async.primitives import AsyncReadWriteLock as ReadWriteLock
+from ._async.primitives import AsyncSemaphore as Semaphore
+from ._async.primitives import Leader
 from .backends import REGISTRY
 
-__all__ = ["Lease", "Lock", *(spec.export for spec in REGISTRY)]
+__all__ = ["Election", "Leader", "Lease", "Lock", "ReadWriteLock", "Semaphore", *(spec.export for spec in REGISTRY)]
 
 
 def __getattr__(name: str) -> object:

@@ -75,6 +75,11 @@ class AsyncStopper:
         return True
 
 
+async def sleep(seconds: float) -> None:
+    """Sleep on the event loop (the sync twin sleeps on an Event: libfaketime breaks time.sleep)."""
+    await asyncio.sleep(seconds)
+
+
 def spawn(fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
     """Run a background coroutine (the renewer); keep a strong reference until it ends."""
     task = asyncio.get_running_loop().create_task(fn(*args), name="fencelock-renewer")

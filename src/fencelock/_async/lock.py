@@ -100,6 +100,10 @@ class AsyncLock:
         self._on_lost = on_lost
         self._cancel_on_loss = cancel_on_loss
         self._clock = clock
+        # Counted leases (fencelock.backends.base): a mutex takes 1 of 1 permit; Semaphore and
+        # ReadWriteLock set these. The mutex calls the backend without them (its fast path).
+        self._limit = 1
+        self._weight = 1
         # Leases entered with ``with lock`` by *this* thread or task: a Lock shared by several
         # threads/tasks must never pop another's lease (one whose lease expired inside the block
         # would otherwise release its successor's lock on exit).
@@ -185,9 +189,15 @@ class AsyncLock:
         give_up = started + wait
         queue = wait > 0
         try:
+            counted = self._limit != 1 or self._weight != 1
             while True:
                 sent = clock()
-                attempt = await backend.try_acquire(p.name, token, p.ttl_ms, p.label, queue)
+                if counted:
+                    attempt = await backend.try_acquire(
+                        p.name, token, p.ttl_ms, p.label, queue, self._limit, self._weight
+                    )
+                else:
+                    attempt = await backend.try_acquire(p.name, token, p.ttl_ms, p.label, queue)
                 if attempt.fence is not None:
                     return self._granted(token, attempt.fence, sent, started)
                 left = give_up - clock()

@@ -81,6 +81,12 @@ class Stopper:
         return self._event.wait(max(0.0, seconds))
 
 
+def sleep(seconds: float) -> None:
+    """Sleep on an Event, not time.sleep: under libfaketime (FAKETIME_DONT_FAKE_MONOTONIC=1)
+    time.sleep fails with EINVAL (NOTES.md)."""
+    threading.Event().wait(max(0.0, seconds))
+
+
 def spawn(fn: Callable[..., None], *args: Any) -> None:
     """Run the renewer on a daemon thread (it holds only a weak reference to its lease)."""
     threading.Thread(target=fn, args=args, name="fencelock-renewer", daemon=True).start()

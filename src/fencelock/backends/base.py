@@ -9,15 +9,16 @@ Each primitive exists twice with the same meaning: ``Backend`` (blocking) and ``
 user gave it (the backend maps it to its own keys/paths safely: a name is data, never code);
 ``token`` is the holder's 128-bit secret.
 
-Counted leases. Every name holds at most ``limit`` permits, and each holder takes ``weight`` of them:
-a mutex is 1 of 1, a semaphore's permit 1 of N, a read-write lock's reader 1 of ``RW_LIMIT`` and its
-writer all ``RW_LIMIT``. While a name has holders or queued waiters, every request must carry the
-same limit: one with another (a semaphore of 3 where others use 5, a mutex where others run a
-semaphore) raises ``LimitMismatch``, never silently merges; an idle name takes the limit of its next
-user (so a redeploy may change a limit once the old clients are gone). Every grant, whatever its weight, mints the name's next fence. Waiting is
-first come, first served: a request is granted only when no live waiter is ahead of it and its
-weight fits in the free permits; a release hands the freed permits to the waiters at the head of
-the queue, as many as fit (so all the readers queued behind a writer get in together).
+Counted leases. Every name holds at most ``limit`` permits, and each holder takes ``weight`` of
+them: a mutex is 1 of 1, a semaphore's permit 1 of N, a read-write lock's reader 1 of ``RW_LIMIT``
+and its writer all ``RW_LIMIT``. While a name has holders or queued waiters, every request must
+carry the same limit: one with another (a semaphore of 3 where others use 5, a mutex where others
+run a semaphore) raises ``LimitMismatch``, never silently merges; an idle name takes the limit of
+its next user (so a redeploy may change a limit once the old clients are gone). Every grant,
+whatever its weight, mints the name's next fence. Waiting is first come, first served: a request is
+granted only when no live waiter is ahead of it and its weight fits in the free permits; a release
+hands the freed permits to the waiters at the head of the queue, as many as fit (so all the readers
+queued behind a writer get in together).
 
 Required primitives:
 
