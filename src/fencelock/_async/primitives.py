@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from .._core.params import DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_TTL, Clock, check_label, check_timeout
+from .._core.types import Leader
 from .._errors import ConfigurationError
 from ..backends import open_async_backend
 from ..backends.base import RW_LIMIT, AsyncBackend, LockInfo
@@ -160,14 +160,6 @@ class AsyncReadWriteLock:
         """Close connections that fencelock opened for this lock (never a client you passed in)."""
         if self._owns_backend:
             await self._read.backend.aclose()
-
-
-@dataclass(frozen=True, slots=True)
-class Leader:
-    """Who leads an election: the leader's ``value`` and its ``term`` (the fence of its lease)."""
-
-    value: str
-    term: int
 
 
 class AsyncElection:

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
+from .._core.types import Leader
 from .._core.params import DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_TTL, Clock, check_label, check_timeout
 from .._errors import ConfigurationError
 from ..backends import open_backend
@@ -161,14 +161,6 @@ class ReadWriteLock:
         """Close connections that fencelock opened for this lock (never a client you passed in)."""
         if self._owns_backend:
             self._read.backend.close()
-
-
-@dataclass(frozen=True, slots=True)
-class Leader:
-    """Who leads an election: the leader's ``value`` and its ``term`` (the fence of its lease)."""
-
-    value: str
-    term: int
 
 
 class Election:
