@@ -56,8 +56,9 @@ from ._errors import (
     LockTimeout,
 )
 from ._sync.lock import Lease, Lock
+from ._sync.primitives import Election, Semaphore
 from .backends import open_backend, url_help
-from .backends.base import Attempt, Backend, ForceReleases, KnowsLastFence, Passthrough
+from .backends.base import RW_LIMIT, Attempt, Backend, ForceReleases, KnowsLastFence, Passthrough
 from .backends.redis import ReplicationUnconfirmed
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "SignalGuard",
     "Terminated",
     "cleanup_shield",
+    "elect",
     "ended_by_signals",
     "plural",
     "say",
@@ -310,6 +312,14 @@ def say(message: str) -> None:
     help="Seconds between SIGTERM and SIGKILL when terminating on loss.",
 )
 @click.option("--label", default=None, help="Holder label shown by `status` (default hostname:pid).")
+@click.option(
+    "--limit",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Hold one of N permits of a semaphore named NAME instead of the lock (at most N commands at once; "
+    "every client of NAME must use the same N).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     name: str,
@@ -322,34 +332,109 @@ def run(
     kill_on_loss: bool,
     kill_grace: float,
     label: str | None,
+    limit: int | None,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND while holding lock NAME: `fencelock run NAME --lock URL -- COMMAND [ARGS...]`.
 
-    Waits at most --timeout for the lock, renews the lease every ttl/3 while the command runs,
-    and releases it when the command ends. The command finds FENCELOCK_NAME, FENCELOCK_FENCE
-    (pass it to storage that checks fences) and FENCELOCK_TOKEN in its environment. SIGINT,
-    SIGTERM and SIGHUP are forwarded to its process group. If the lease is lost, fencelock says so
-    on stderr and (with --kill-on-loss) terminates the command: SIGTERM, then SIGKILL after
-    --kill-grace seconds.
+    Waits at most --timeout for the lock (with --limit N: for one of N permits), renews the lease
+    every ttl/3 while the command runs, and releases it when the command ends. The command finds
+    FENCELOCK_NAME, FENCELOCK_FENCE (pass it to storage that checks fences) and FENCELOCK_TOKEN in
+    its environment. SIGINT, SIGTERM and SIGHUP are forwarded to its process group. If the lease is
+    lost, fencelock says so on stderr and (with --kill-on-loss) terminates the command: SIGTERM,
+    then SIGKILL after --kill-grace seconds.
     """
     with _reported():
         if kill_grace < 0:
             _fail(EXIT_USAGE, "--kill-grace must be >= 0")
         holder = label or default_label()
-        spec = _backend_spec(url, tls_ca, tls_cert, tls_key)
-        backend, owned = open_backend(spec)
-        owned = owned or not isinstance(spec, str)  # the TLS backend was made here for this run
-        granted = [False]
-        try:
-            lock = Lock(name, _GrantWatch(backend, granted), ttl=ttl, timeout=timeout, label=holder)
-            code = _run_locked(lock, granted, holder, timeout, list(command), kill_on_loss, kill_grace)
-        finally:
-            if owned:
-                try:
-                    backend.close()
-                except BackendError:  # pragma: no cover - closing our own connection pool
-                    pass
+
+        def make(backend: Backend) -> Lock:
+            if limit is None:
+                return Lock(name, backend, ttl=ttl, timeout=timeout, label=holder)
+            return Semaphore(name, backend, limit=limit, ttl=ttl, timeout=timeout, label=holder)
+
+        code = _run_under(make, url, tls_ca, tls_cert, tls_key, holder, timeout, list(command), kill_on_loss,
+                          kill_grace)
+    sys.exit(code)
+
+
+def _run_under(
+    make: Any,
+    url: str,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    holder: str,
+    timeout: float,
+    command: list[str],
+    kill_on_loss: bool,
+    kill_grace: float,
+) -> int:
+    """Open the backend, make the lock (``make(backend)``) on it through the grant watcher, run."""
+    spec = _backend_spec(url, tls_ca, tls_cert, tls_key)
+    backend, owned = open_backend(spec)
+    owned = owned or not isinstance(spec, str)  # the TLS backend was made here for this run
+    granted = [False]
+    try:
+        lock = make(_GrantWatch(backend, granted))
+        return _run_locked(lock, granted, holder, timeout, command, kill_on_loss, kill_grace)
+    finally:
+        if owned:
+            try:
+                backend.close()
+            except BackendError:  # pragma: no cover - closing our own connection pool
+                pass
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@_lock_options
+@click.option("--value", required=True, help="What the others see of this candidate while it leads (address, id).")
+@click.option("--ttl", type=float, default=DEFAULT_TTL, show_default=True, help="Lease length of the leadership.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_ACQUIRE_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait to become leader (a standby waiting its turn wants a long one: every wait is bounded).",
+)
+@click.option(
+    "--kill-grace",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds between SIGTERM and SIGKILL when leadership is lost.",
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def elect(
+    name: str,
+    url: str,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    value: str,
+    ttl: float,
+    timeout: float,
+    kill_grace: float,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND only while this candidate leads election NAME: `fencelock elect NAME --value V --lock URL -- CMD`.
+
+    Campaigns for at most --timeout, then runs the command as leader; FENCELOCK_FENCE is the term
+    (pass it to storage that checks fences, so a deposed leader's late writes are refused). If
+    leadership is lost (the lease could not be renewed), the command is terminated: SIGTERM, then
+    SIGKILL after --kill-grace seconds, exit 79. When the command ends, leadership is resigned.
+    `fencelock status NAME` shows the leader (its value) and the term.
+    """
+    with _reported():
+        if kill_grace < 0:
+            _fail(EXIT_USAGE, "--kill-grace must be >= 0")
+
+        def make(backend: Backend) -> Lock:
+            return Election(name, backend, value=value, ttl=ttl, timeout=timeout)._lock
+
+        code = _run_under(make, url, tls_ca, tls_cert, tls_key, value, timeout, list(command), True, kill_grace)
     sys.exit(code)
 
 
@@ -585,7 +670,8 @@ Exit status:
 @_lock_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 def status(name: str, url: str, tls_ca: str | None, tls_cert: str | None, tls_key: str | None, as_json: bool) -> None:
-    """Show who holds lock NAME: fence, time left, holder label (hostname:pid) and waiters."""
+    """Show who holds NAME: a lock's holder (an election's leader and term), a semaphore's permits
+    and their holders, a read-write lock's readers or writer; fences, time left and waiters."""
     with _reported():
         lock = Lock(name, _backend_spec(url, tls_ca, tls_cert, tls_key))
         try:
@@ -596,22 +682,48 @@ def status(name: str, url: str, tls_ca: str | None, tls_cert: str | None, tls_ke
     data: dict[str, Any] = {"name": name, "backend": lock.backend.name, "held": info is not None}
     if info is not None:
         data.update(fence=info.fence, holder=info.holder, ttl_remaining=info.ttl_remaining, waiters=info.waiters)
+        data["kind"] = _kind(info.limit)
+        data["limit"] = info.limit
+        data["holders"] = [
+            {"fence": h.fence, "holder": h.holder, "ttl_remaining": h.ttl_remaining, "weight": h.weight}
+            for h in info.holders
+        ]
     data["last_fence"] = last_fence
     if as_json:
         click.echo(json.dumps(data, sort_keys=True))
         return
     if info is None:
         click.echo(f"{name}: free (backend {data['backend']})")
-    else:
-        left = (
-            "ends with the holder's session or lease (not known to others)"
-            if info.ttl_remaining is None
-            else f"{info.ttl_remaining:.3f} s left"
-        )
+    elif info.limit == 1:
         waiters = "unknown" if info.waiters is None else str(info.waiters)
-        click.echo(f"{name}: held by {info.holder or '?'}, fence {info.fence}, {left}, waiters {waiters}")
+        click.echo(f"{name}: held by {info.holder or '?'}, fence {info.fence} (as an election: leader "
+                   f"{info.holder or '?'}, term {info.fence}), {_left(info.ttl_remaining)}, waiters {waiters}")
+    else:
+        holders = info.holders or ()
+        waiters = "unknown" if info.waiters is None else str(info.waiters)
+        if info.limit >= RW_LIMIT:
+            writer = [h for h in holders if h.weight >= RW_LIMIT]
+            what = "held by a writer" if writer else f"held by {plural(len(holders), 'reader')}"
+        else:
+            what = f"{len(holders)} of {info.limit} permits held"
+        click.echo(f"{name}: {data['kind']}, {what}, waiters {waiters}")
+        for h in holders:
+            role = ("writer" if h.weight >= RW_LIMIT else "reader") if info.limit >= RW_LIMIT else "permit"
+            click.echo(f"  {role} {h.holder or '?'}, fence {h.fence}, {_left(h.ttl_remaining)}")
     if last_fence is not None:
         click.echo(f"  last fence issued: {last_fence}")
+
+
+def _kind(limit: int) -> str:
+    if limit >= RW_LIMIT:
+        return "read-write lock"
+    return "lock" if limit == 1 else f"semaphore of {limit}"
+
+
+def _left(ttl_remaining: float | None) -> str:
+    if ttl_remaining is None:
+        return "ends with the holder's session or lease (not known to others)"
+    return f"{ttl_remaining:.3f} s left"
 
 
 # -- release -------------------------------------------------------------------------------------
@@ -667,4 +779,4 @@ def release(
     log.warning("force release of %r: removed the lock fence=%s holder=%s", name, fence, holder)
 
 
-COMMANDS = [run, status, release]
+COMMANDS = [run, elect, status, release]
