@@ -207,28 +207,30 @@ def test_admit_outside_a_transaction_is_refused(sqlite_db: Path, pg: str) -> Non
         assert fencing.current_fence(pconn, "r") == 1
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="sqlite3's autocommit= is new in Python 3.12 (CI runs 3.13)")
-def test_sqlite_pep249_autocommit_outside_a_transaction_is_refused(sqlite_db: Path) -> None:
-    """``sqlite3.connect(autocommit=True)`` (3.12+) leaves ``isolation_level`` at its default ``''``,
-    yet opens no transaction: the fence upsert would commit on its own, before the data it guards."""
-    conn = sqlite3.connect(sqlite_db, timeout=WAIT, autocommit=True)  # type: ignore[call-arg,unused-ignore]
-    assert conn.isolation_level == "" and not conn.in_transaction
-    with pytest.raises(ConfigurationError, match="inside the transaction"):
-        fencing.admit(conn, "r", 1)
-    assert _sqlite_value(sqlite_db, "r") == (None, None), "nothing was committed"
-    conn.execute("BEGIN IMMEDIATE")  # an explicit transaction is fine
-    fencing.admit(conn, "r", 2)
-    conn.execute("INSERT INTO data VALUES ('r', 'two')")
-    conn.execute("ROLLBACK")
-    assert _sqlite_value(sqlite_db, "r") == (None, None), "the fence went with the rolled-back data"
-    conn.close()
-    # autocommit=False: always inside a transaction (PEP 249), committed by conn.commit().
-    manual = sqlite3.connect(sqlite_db, timeout=WAIT, autocommit=False)  # type: ignore[call-arg,unused-ignore]
-    fencing.admit(manual, "r", 3)
-    manual.execute("INSERT INTO data VALUES ('r', 'three')")
-    manual.commit()
-    manual.close()
-    assert _sqlite_value(sqlite_db, "r") == ("three", 3)
+# sqlite3's autocommit= is new in Python 3.12: the test exists where the attribute does (CI runs 3.13).
+if sys.version_info >= (3, 12):
+
+    def test_sqlite_pep249_autocommit_outside_a_transaction_is_refused(sqlite_db: Path) -> None:
+        """``sqlite3.connect(autocommit=True)`` (3.12+) leaves ``isolation_level`` at its default ``''``,
+        yet opens no transaction: the fence upsert would commit on its own, before the data it guards."""
+        conn = sqlite3.connect(sqlite_db, timeout=WAIT, autocommit=True)  # type: ignore[call-arg,unused-ignore]
+        assert conn.isolation_level == "" and not conn.in_transaction
+        with pytest.raises(ConfigurationError, match="inside the transaction"):
+            fencing.admit(conn, "r", 1)
+        assert _sqlite_value(sqlite_db, "r") == (None, None), "nothing was committed"
+        conn.execute("BEGIN IMMEDIATE")  # an explicit transaction is fine
+        fencing.admit(conn, "r", 2)
+        conn.execute("INSERT INTO data VALUES ('r', 'two')")
+        conn.execute("ROLLBACK")
+        assert _sqlite_value(sqlite_db, "r") == (None, None), "the fence went with the rolled-back data"
+        conn.close()
+        # autocommit=False: always inside a transaction (PEP 249), committed by conn.commit().
+        manual = sqlite3.connect(sqlite_db, timeout=WAIT, autocommit=False)  # type: ignore[call-arg,unused-ignore]
+        fencing.admit(manual, "r", 3)
+        manual.execute("INSERT INTO data VALUES ('r', 'three')")
+        manual.commit()
+        manual.close()
+        assert _sqlite_value(sqlite_db, "r") == ("three", 3)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "3", True, None])

@@ -224,8 +224,10 @@ def test_log_records_carry_name_and_fence_and_never_the_token(
             assert lost.wait(WAIT)
         finally:
             server.resume()
-        with contextlib.suppress(fencelock.LeaseLost):
-            lease.release()  # deletes the key if the server has not expired it yet
+        # deletes the key if the server has not expired it yet; with this client's 50 ms socket
+        # timeout a loaded machine may not hear back: then the lease's TTL frees it, as designed
+        with contextlib.suppress(fencelock.LeaseLost, fencelock.BackendUnavailable):
+            lease.release()
 
         second = fencelock.Lock(name, client, ttl=0.6, label="obs-holder").acquire(timeout=WAIT)
         tokens.append(second.token)
