@@ -341,6 +341,28 @@ def _skew(e: object) -> float:
     return wall - getattr(e, "t", 0) / 1e9 - ours
 
 
+def leader_paused(r: Run) -> None:
+    """12. Election: leader A is frozen (SIGSTOP) after its check, past its lease; B is elected with
+    a higher term and writes the file; A, resumed, writes with its old term."""
+    f = _first_file(r)
+    common = [sys.executable, "-m", "fencelock_chaos.standin", "lead", "--share", str(r.share), "--file", f,
+              "--lock", r.lock_url, "--db", r.dsn, "--fencing" if r.fencing else "--no-fencing",
+              "--ttl", f"{r.s.ttl:g}"]
+    r.spawn("A", [*common, "--pause-before-write", "2.0", "--history", str(r.hist_dir / "A.jsonl"), "--id", "A"])
+    inv = r.wait_op("A", "write", "invoke", f)
+    r.sigstop("A")
+    r.ensure_not_written("A", f)
+    r.spawn("B", [*common, "--history", str(r.hist_dir / "B.jsonl"), "--id", "B"])
+    ok = r.wait_op("B", "write", "ok", f)
+    if ok.fence is None or inv.fence is None or ok.fence <= inv.fence:
+        raise ScenarioError(f"B's term {ok.fence} is not above A's {inv.fence}: B was not elected after A")
+    time.sleep(r.s.ttl / 2)
+    r.sigcont("A")
+    r.wait_write_result("A", f)
+    r.ensure_successor_first("B", "A", f)
+    r.wait_all()
+
+
 def _zk_blocked() -> str | None:
     return zookeeper_usable()
 
@@ -397,6 +419,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("zk-session-expiry", "11", "ZooKeeper session expires while holding the lock",
              zookeeper_session_expiry, STALE, "the session's lock node is deleted; the old holder writes late",
              blocked=_zk_blocked),
+    Scenario("leader-paused", "12", "elected leader paused (SIGSTOP) past its lease", leader_paused, STALE,
+             "a new leader is elected with a higher term; the deposed one writes with its old term", files=1),
 ]
 
 

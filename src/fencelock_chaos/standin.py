@@ -1,10 +1,9 @@
 """STAND-IN consumer, producer and racing writer for the chaos harness.
 
 This is *not* the demo system (``fencelock_demo``); it is the smallest consumer that follows the
-same contract, so that the harness has something to break while the demo's consumer is being
-built, and so that it can inject faults at points the demo may not expose (between commit and
-archive, a writer that holds its transaction open). The runner prefers the demo's
-``fencelock consume`` when it exists (``--consumer demo``); see ``runner.py``.
+same contract, so that the harness can inject faults at points the demo does not expose (between
+commit and archive, a writer that holds its transaction open, a leader elected per file). The
+runner uses the demo's ``fencelock consume`` by default (``--consumer demo``); see ``runner.py``.
 
 It writes the demo's tables (``demo_transactions``, ``demo_files``, ``fencelock_fences``) the demo's
 way: one transaction per file, ``fencelock.fencing.admit`` first (with ``--fencing``), rows inserted
@@ -328,6 +327,57 @@ def _process(path: Path, archive: Path, lease: Any, conn: Any, hist: Any, proc_i
         _sleep(pause_before_archive)
     with contextlib.suppress(FileNotFoundError):
         os.replace(path, archive / name)
+
+
+@main.command()
+@click.option("--share", type=click.Path(path_type=Path), required=True)
+@click.option("--file", "name", required=True)
+@click.option("--lock", "lock_url", required=True)
+@click.option("--db", "db_url", required=True)
+@click.option("--history", type=click.Path(path_type=Path), required=True)
+@click.option("--fencing/--no-fencing", default=True)
+@click.option("--pause-before-write", type=float, default=0.0)
+@click.option("--ttl", type=float, default=2.0)
+@click.option("--campaign-timeout", type=float, default=60.0)
+@click.option("--id", "proc_id", required=True)
+def lead(share: Path, name: str, lock_url: str, db_url: str, history: Path, fencing: bool,
+         pause_before_write: float, ttl: float, campaign_timeout: float, proc_id: str) -> None:
+    """Campaign in the election of FILE; once leader, write the file's rows with the term as the
+    fence (the demo's tables), then resign. Its lease renews in the background while it leads."""
+    import psycopg
+
+    from fencelock import Election, FenceLockError, LeaseError
+
+    from .history import HistoryWriter
+
+    hist = HistoryWriter(history, proc_id)
+    conn = psycopg.connect(db_url, autocommit=True, connect_timeout=10)
+    archive = share / ARCHIVE
+    archive.mkdir(exist_ok=True)
+
+    def on_lost(lease: Any) -> None:
+        hist.record("lease-lost", "ok", file=name, fence=lease.fence, error=lease.lost_reason or "")
+
+    election = Election(f"leader:{name}", lock_url, value=proc_id, ttl=ttl, on_lost=on_lost)
+    try:
+        hist.record("acquire", "invoke", file=name)
+        lease = election.campaign(timeout=campaign_timeout)
+        hist.record("acquire", "ok", file=name, fence=lease.fence)
+        try:
+            _process(share / name, archive, lease, conn, hist, proc_id, fencing, pause_before_write, 0.0)
+        finally:
+            hist.record("release", "invoke", file=name, fence=lease.fence)
+            try:
+                lease.release()
+                hist.record("release", "ok", file=name, fence=lease.fence)
+            except LeaseError as err:
+                hist.record("release", "fail", file=name, fence=lease.fence, error=repr(err))
+            except FenceLockError as err:
+                hist.record("release", "unknown", file=name, fence=lease.fence, error=repr(err))
+    finally:
+        election.close()
+        conn.close()
+        hist.close()
 
 
 @main.command()
