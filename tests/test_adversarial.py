@@ -299,9 +299,11 @@ async def test_asyncio_timeout_around_an_acquire_keeps_its_cancel(lock_server: A
     # asyncio.timeout()/wait_for cancel the acquire; they only work if the cancel comes back out.
     holder = await aio.Lock(name, lock_server.url, ttl=30, renew=False).acquire(timeout=5)
     waiter = aio.Lock(name, lock_server.url, ttl=30, renew=False)
-    for budget in (0.05, 0.2, 0.31):
+    # budgets well inside the acquire's own timeout: the outer cancel comes first, so it must come
+    # back out (a cancel that lands in the acquire's cleanup is tested deterministically above)
+    for budget in (0.05, 0.2):
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(waiter.acquire(timeout=0.3), budget)
+            await asyncio.wait_for(waiter.acquire(timeout=1.0), budget)
     await holder.release()
 
 
