@@ -18,6 +18,14 @@ except ImportError:  # pragma: no cover
     pass
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("stress", "randomized stress test (tests/stress)")
+    group.addoption("--stress-seed", type=int, default=None, help="replay one seed of the stress test")
+    group.addoption("--stress-long", action="store_true", help="run the long tier: many seeds until the time is up")
+    group.addoption("--stress-minutes", type=float, default=10.0, help="long tier: minutes in total (all backends)")
+    group.addoption("--stress-duration", type=float, default=None, help="seconds of workload per run")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs(*caps): run only against backends with these capabilities")
     config.addinivalue_line("markers", "backends(*names): restrict a contract test to these backends")
