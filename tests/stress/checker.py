@@ -155,6 +155,8 @@ class Lease:
     held: list[tuple[float, float, str]] = field(default_factory=list)
     sect_end: tuple[float, str] | None = None
     with_exit: Call | None = None
+    inject: list[str] = field(default_factory=list)
+    """Client faults injected into the holder's process (shown with every violation of it)."""
 
     def deadline_at(self, t: float) -> float:
         """The lease's deadline as last set at or before ``t`` (the library's own value)."""
@@ -186,6 +188,7 @@ class Proc:
     died: float | None = None
     frozen: list[tuple[float, float]] = field(default_factory=list)
     worker: int | None = None
+    inject: list[str] = field(default_factory=list)
 
     def frozen_in(self, a: float, b: float) -> float:
         return sum(max(0.0, min(b, f1) - max(a, f0)) for f0, f1 in self.frozen)
@@ -253,6 +256,7 @@ def build(events: Iterable[Event]) -> Model:
         p.end = max(p.end, e["t"])
         if kind == "start":
             p.worker = e.get("worker")
+            p.inject = list(e.get("inject") or [])
         elif kind == "call":
             m.calls[(pid, e["cid"])] = Call(
                 pid, e["cid"], e["op"], e.get("name", ""), e.get("api", ""), e["t"], e.get("timeout"),
@@ -295,6 +299,7 @@ def build(events: Iterable[Event]) -> Model:
             p.died = f.t1 if f.kind == "crowd" else f.t0
             p.end = min(max(p.end, p.start), p.died) if p.start != math.inf else p.died
     for key, lease in m.leases.items():
+        lease.inject = m.proc(lease.pid).inject
         lease.deadlines = sorted(
             (d[0], d[1]) for d in dls.get(key, []) if d[0] >= lease.t_req - 1e-6 and _same(lease, d[2])
         )
@@ -369,7 +374,8 @@ def _short(token: str) -> str:
 
 
 def _where(lease: Lease) -> str:
-    return f"pid {lease.pid} {lease.api} {lease.op} fence {lease.fence} token {_short(lease.token)}"
+    where = f"pid {lease.pid} {lease.api} {lease.op} fence {lease.fence} token {_short(lease.token)}"
+    return where + (f" in a process with injected {'+'.join(lease.inject)}" if lease.inject else "")
 
 
 # -- rules -----------------------------------------------------------------------------------------
@@ -487,10 +493,30 @@ def check_signals(m: Model, bounds: Bounds) -> list[Violation]:
             continue
         lt = loss_time(lease, m, bounds)
         first = _first_signal(lease)
+        if lease.deadlines and lease.deadlines[-1][0] <= lease.t_ok:
+            # dead on arrival: acquire returned a lease whose deadline had already passed (its
+            # request outlived the TTL); the caller never had a valid moment
+            dl = lease.deadline_at(lease.t_ok)
+            if dl < lease.t_ok - 0.05 and not proc.frozen_in(lease.t_req, lease.t_ok):
+                out.append(
+                    Violation(
+                        "c",
+                        f"{lease.name}: [{_where(lease)}] acquire returned at {lease.t_ok:.3f} a lease already "
+                        f"{lease.t_ok - dl:.3f} s past its deadline (asked at {lease.t_req:.3f})",
+                        {"token": lease.token, "signal": "doa"},
+                    )
+                )
         if lt is not None:
             when, why = lt
             due = when + bounds.signal + bounds.slack + proc.frozen_in(when, when + bounds.signal + bounds.slack + 60)
-            if proc.end >= due:
+            # a holder that let go right after the loss (or right after a dead-on-arrival grant)
+            # gave the library no time to tell it: only the release's own answer counts then
+            gave_time = (
+                lease.rel_call is None
+                or lease.rel_call > max(when, lease.t_ok) + bounds.signal
+                or why == "server refused release"  # the release found the loss: it must signal it
+            )
+            if proc.end >= due and gave_time:
                 for kind in LOSS_KINDS:
                     got = lease.signals.get(kind)
                     if kind == "on_lost" and why == "server refused release" and got is None:

@@ -83,6 +83,16 @@ class Injector:
         weights = [KINDS[k][0] for k in self.kinds]
         threads: list[threading.Thread] = []
         crowds = 0
+        # one crowd in every run long enough for it (start ~1 s, queue, kill, dead for 2 s, TTL 5 s):
+        # the state a FIFO queue must survive, a long queue of dead waiters ahead of live ones
+        room = self.until - time.monotonic() - 10.0
+        if "crowd" in self.kinds and room > 0:
+            at = self.rng.uniform(0.0, room)
+            crowds += 1
+            th = threading.Thread(target=self._later, args=(at, "crowd", random.Random(self.rng.random())),
+                                  name="fault-crowd", daemon=True)
+            th.start()
+            threads.append(th)
         for _ in range(max_faults):
             gap = min(4.0, self.rng.expovariate(1.0 / mean_gap))
             if time.monotonic() + gap >= self.until - 1.0:
@@ -100,6 +110,10 @@ class Injector:
             threads.append(th)
         for th in threads:
             th.join(max(0.0, self.until + 15 - time.monotonic()))
+
+    def _later(self, delay: float, kind: str, rng: random.Random) -> None:
+        time.sleep(delay)
+        self._apply(kind, rng)
 
     def _apply(self, kind: str, rng: random.Random) -> None:
         lock = self._server_lock if KINDS[kind][1] is not None else self._proxy_lock if KINDS[kind][2] else None

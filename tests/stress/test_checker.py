@@ -189,6 +189,14 @@ def test_c_every_signal_must_fire_when_the_deadline_passes() -> None:
     assert _expired(("on_lost", "event", "reason"), at=3.5) == {"on_lost", "event", "reason"}  # too late
 
 
+def test_c_a_lease_returned_past_its_deadline_fails_and_needs_no_signal_if_released_at_once() -> None:
+    h = H().start(1)
+    h.lease(1, "A", 10, 1.0, 4.0, ttl=2.0)  # the request took 3 s: the lease ended at 3.0
+    h.release(1, "A", 4.02)
+    h.stop(1)
+    assert [v.detail.get("signal") for v in h.check()] == ["doa"]
+
+
 def test_c_a_frozen_holder_gets_its_signals_after_it_wakes() -> None:
     h = H().start(1)
     h.lease(1, "A", 10, 1.0, 1.01, ttl=1.0)
@@ -203,9 +211,18 @@ def test_c_a_refused_extend_needs_every_signal() -> None:
     h = H().start(1)
     h.lease(1, "A", 10, 1.0, 1.01, ttl=3.0)
     h.op(1, "extend", 1.5, 1.51, token="A", out="err", exc="LeaseLost").sig(1, "A", 1.51, "extend")
-    h.release(1, "A", 1.6, out="err", exc="LeaseLost")
+    h.release(1, "A", 2.5, out="err", exc="LeaseLost")
     h.stop(1)
     assert {v.detail.get("signal") for v in h.check()} == {"on_lost", "event", "reason"}
+
+
+def test_c_a_refused_release_must_signal_too() -> None:
+    h = H().start(1)
+    h.lease(1, "A", 10, 1.0, 1.01, ttl=5.0)
+    h.fault("delete_lock", 1.2, 1.21, name="n")
+    h.release(1, "A", 2.0, out="err", exc="LeaseLost").sig(1, "A", 2.01, "release", "event", "reason")
+    h.stop(1)
+    assert [v.detail.get("sub") for v in h.check()] == ["release-refused-no-on_lost"]
 
 
 def test_c_held_after_the_deadline_or_after_a_signal_fails() -> None:
@@ -373,3 +390,74 @@ def test_every_rule_is_covered_by_a_failing_history(rule: str) -> None:
 
     src = inspect.getsource(sys.modules[__name__])
     assert f"def test_{rule}_" in src
+
+
+# -- property-based: random correct histories pass, one injected defect is always seen ---------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_lease_plan = st.lists(
+    st.tuples(
+        st.floats(0.01, 2.0),  # gap before the acquire call
+        st.floats(0.001, 0.2),  # acquire's latency
+        st.floats(0.05, 1.0),  # time held (less than the TTL below)
+        st.integers(1, 3),  # process
+        st.booleans(),  # sync or async
+    ),
+    min_size=2,
+    max_size=12,
+)
+
+
+def _sequential(plan: list[tuple[float, float, float, int, bool]]) -> tuple[H, list[tuple[str, float, float]]]:
+    """Leases of one name one after another, each released before the next is asked for."""
+    h = H().start(1, 2, 3)
+    t, fence, spans = 1.0, 100, []
+    for i, (gap, latency, held, pid, is_async) in enumerate(plan):
+        t += gap
+        token = f"T{i}"
+        fence += 1 + i
+        h.lease(pid, token, fence, t, t + latency, ttl=2.0, api="async" if is_async else "sync")
+        h.ev(t + latency + held / 2, pid, "held", t0=t + latency + held / 2, token=token, how="ensure")
+        h.release(pid, token, t + latency + held)
+        spans.append((token, t + latency, t + latency + held))
+        t += latency + held + 0.02
+    h.stop(1, 2, 3, t=t + 10)
+    return h, spans
+
+
+@settings(max_examples=150, deadline=None)
+@given(_lease_plan)
+def test_property_sequential_leases_pass(plan: list[tuple[float, float, float, int, bool]]) -> None:
+    h, _ = _sequential(plan)
+    assert h.check() == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(_lease_plan, st.data())
+def test_property_a_lease_granted_inside_another_is_always_seen(
+    plan: list[tuple[float, float, float, int, bool]], data: st.DataObject
+) -> None:
+    h, spans = _sequential(plan)
+    _, s, e = spans[data.draw(st.integers(0, len(spans) - 1))]
+    at = data.draw(st.floats(s + 0.01, max(s + 0.011, e - 0.01))) if e - s > 0.03 else s + 0.01
+    if at >= e - 0.002:
+        return
+    h.lease(9, "intruder", 10**6, at - 0.001, at, ttl=2.0)
+    h.release(9, "intruder", e + 0.01)
+    h.start(9)
+    assert "a" in rules(h.check())
+
+
+@settings(max_examples=150, deadline=None)
+@given(_lease_plan, st.data())
+def test_property_a_fence_that_goes_down_is_always_seen(
+    plan: list[tuple[float, float, float, int, bool]], data: st.DataObject
+) -> None:
+    h, spans = _sequential(plan)
+    i = data.draw(st.integers(1, len(spans) - 1))
+    for e in h.events:  # give lease i a fence no higher than lease i-1's
+        if e["ev"] == "ret" and e.get("token") == spans[i][0]:
+            e["fence"] = 100 + sum(range(1, i + 1))
+    assert "b" in rules(h.check())
