@@ -641,7 +641,16 @@ def _possibly_held(m: Model, bounds: Bounds) -> dict[str, list[tuple[float, floa
 
 
 def _disturbed(m: Model, bounds: Bounds) -> list[tuple[float, float]]:
-    return [(f.t0 - 0.2, f.t1 + bounds.settle) for f in m.faults if f.kind in CONNECTIVITY_FAULTS]
+    """Windows in which no liveness is promised: a connectivity or server fault and ``settle`` s
+    after it. A restore from an older snapshot can bring back a lock of a lease that was released
+    since: it stays until that lease's TTL runs out, so it disturbs for the longest TTL more."""
+    max_ttl = max((x.ttl for x in m.leases.values()), default=5.0)
+    out = []
+    for f in m.faults:
+        if f.kind in CONNECTIVITY_FAULTS:
+            extra = max_ttl if f.kind == "restart_snapshot" else 0.0
+            out.append((f.t0 - 0.2, f.t1 + bounds.settle + extra))
+    return out
 
 
 def _free_time(busy: list[tuple[float, float]], a: float, b: float) -> list[tuple[float, float]]:

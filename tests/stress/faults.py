@@ -65,6 +65,7 @@ class Injector:
     counts: dict[str, int] = field(default_factory=dict)
     paused_server: bool = False
     stopped: set[int] = field(default_factory=set)
+    calms: list[tuple[float, float]] = field(default_factory=list)
     _server_lock: threading.Lock = field(default_factory=threading.Lock)
     _proxy_lock: threading.Lock = field(default_factory=threading.Lock)
     _mutex: threading.Lock = field(default_factory=threading.Lock)
@@ -93,11 +94,19 @@ class Injector:
                                   name="fault-crowd", daemon=True)
             th.start()
             threads.append(th)
+        # Storms and calms: faults come in storms of 3-6 s; the calms between (2.5-4.5 s) are where
+        # liveness and FIFO are promised, so every run has stretches in which they are checked.
+        storm_end = time.monotonic() + self.rng.uniform(3.0, 6.0)
         for _ in range(max_faults):
-            gap = min(4.0, self.rng.expovariate(1.0 / mean_gap))
-            if time.monotonic() + gap >= self.until - 1.0:
+            at = time.monotonic() + min(4.0, self.rng.expovariate(1.0 / mean_gap))
+            if at > storm_end:
+                calm = self.rng.uniform(2.5, 4.5)
+                at = storm_end + calm
+                self.calms.append((storm_end, at))
+                storm_end = at + self.rng.uniform(3.0, 6.0)
+            if at >= self.until - 1.0:
                 break
-            time.sleep(gap)
+            time.sleep(max(0.0, at - time.monotonic()))
             kind = self.rng.choices(self.kinds, weights)[0]
             if kind == "crowd":
                 crowds += 1

@@ -38,11 +38,11 @@ __all__ = ["BOUNDS", "RunResult", "Settings", "bounds_for", "run_stress"]
 BOUNDS: dict[str, Bounds] = {
     # redis-py socket timeout fencelock sets (5 s); a dead waiter stays "alive" for its 2 s
     # registration window and may be handed the lock in it (then holds it for its TTL)
-    "redis": Bounds(request=5.0, dead_hold=2.0 + 1.0, settle=7.0),
+    "redis": Bounds(request=5.0, dead_hold=2.0 + 1.0, settle=2.0),
     # kazoo request timeout (3 s); a dead contender's node lives until its session (4 s) expires
-    "zookeeper": Bounds(request=3.0, dead_hold=4.0 + 1.0, settle=9.0),
+    "zookeeper": Bounds(request=3.0, dead_hold=4.0 + 1.0, settle=5.0),
     # SQLite busy timeout (5 s); no registration: a dead waiter's row is skipped once it is stale
-    "sqlite": Bounds(request=5.0, dead_hold=2.0, settle=7.0),
+    "sqlite": Bounds(request=5.0, dead_hold=2.0, settle=2.0),
 }
 
 
@@ -64,7 +64,7 @@ class Settings:
     tasks: int = 4
     names: int = 3
     crowd: int = 40
-    mean_fault_gap: float = 1.0
+    mean_fault_gap: float = 0.6
     faults: bool = True
     grace: float = 25.0
     spawn_fail_share: float = 0.34

@@ -210,7 +210,15 @@ def fenced_write(path: str, lease: Any) -> None:
 # -- recording fencelock calls --------------------------------------------------------------------
 
 
+ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("stress_actor", default="")
+ERRORS: dict[str, int] = {}
+"""Backend errors per actor since its last operation (the actor backs off when it sees one)."""
+
+
 def _classify(err: BaseException) -> dict[str, Any]:
+    if isinstance(err, fencelock.BackendError):
+        actor = ACTOR.get()
+        ERRORS[actor] = ERRORS.get(actor, 0) + 1
     documented = isinstance(err, (FenceLockError, asyncio.CancelledError))
     out: dict[str, Any] = {
         "out": "cancelled" if isinstance(err, asyncio.CancelledError) else "err",
@@ -259,12 +267,17 @@ class SyncActor:
         return True, value
 
     def run(self) -> None:
+        ACTOR.set(self.actor)
         until = self.cfg["until"]
         for _ in range(self.cfg.get("max_ops", 400)):
             if now() >= until:
                 return
             lock, spec = self.rng.choice(self.locks)
             r = self.rng.random()
+            if ERRORS.pop(self.actor, 0):
+                # the server was unreachable: back off a little, as an application would (and so
+                # that a cut does not use up the actor's operations in a second)
+                time.sleep(self.rng.uniform(0.05, 0.3))
             try:
                 if r < 0.35:
                     self.op_acquire(lock, spec, self.rng.choice([0.0, 0.3, 1.0, 2.0, 4.0, 6.0]))
@@ -357,11 +370,15 @@ class SyncActor:
             elif r < 0.6:
                 fenced_write(self.cfg["fence_db"], lease)
             elif r < 0.8:
-                length = pick_extend(self.rng, ttl)
-                ok, err = self.call("extend", lease.name, lambda n=length: lease.extend(n) or True,
-                                    token=lease.token, ttl=length)
-                if not ok and isinstance(err, LeaseLost):
-                    emit("sig", token=lease.token, kind="extend", fence=lease.fence)
+                # one extend, or a burst of them racing the renewer (which may be mid-request)
+                for _ in range(1 if self.rng.random() < 0.7 else self.rng.randint(3, 10)):
+                    length = pick_extend(self.rng, ttl)
+                    ok, err = self.call("extend", lease.name, lambda n=length: lease.extend(n) or True,
+                                        token=lease.token, ttl=length)
+                    if not ok:
+                        if isinstance(err, LeaseLost):
+                            emit("sig", token=lease.token, kind="extend", fence=lease.fence)
+                        break
             else:
                 check_held(lease)
 
@@ -437,6 +454,7 @@ class AsyncActor:
         return True, value
 
     async def run(self) -> None:
+        ACTOR.set(self.actor)
         until = self.cfg["until"]
         for _ in range(self.cfg.get("max_ops", 400)):
             if now() >= until:
@@ -470,6 +488,8 @@ class AsyncActor:
             else:
                 await asyncio.sleep(self.rng.uniform(0.01, 0.2))
                 continue
+            if ERRORS.pop(self.actor, 0):
+                await asyncio.sleep(self.rng.uniform(0.05, 0.3))
             what = coro.__qualname__
             task_id = new_id("k")
             task = asyncio.get_running_loop().create_task(_in_task(task_id, coro))
@@ -615,15 +635,18 @@ class AsyncActor:
             elif r < 0.6:
                 await asyncio.to_thread(fenced_write, self.cfg["fence_db"], lease)
             elif r < 0.8:
-                length = pick_extend(self.rng, ttl)
+                for _ in range(1 if self.rng.random() < 0.7 else self.rng.randint(3, 10)):
+                    length = pick_extend(self.rng, ttl)
 
-                async def ext(length: float | None = length) -> bool:
-                    await lease.extend(length)
-                    return True
+                    async def ext(length: float | None = length) -> bool:
+                        await lease.extend(length)
+                        return True
 
-                ok, err = await self.call("extend", lease.name, ext, token=lease.token, ttl=length)
-                if not ok and isinstance(err, LeaseLost):
-                    emit("sig", token=lease.token, kind="extend", fence=lease.fence)
+                    ok, err = await self.call("extend", lease.name, ext, token=lease.token, ttl=length)
+                    if not ok:
+                        if isinstance(err, LeaseLost):
+                            emit("sig", token=lease.token, kind="extend", fence=lease.fence)
+                        break
             else:
                 check_held(lease)
 
