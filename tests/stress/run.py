@@ -58,7 +58,7 @@ def bounds_for(kind: str, capabilities: frozenset[str]) -> Bounds:
 @dataclass
 class Settings:
     seed: int
-    duration: float = 12.0
+    duration: float = 10.0
     workers: int = 3
     threads: int = 3
     tasks: int = 4

@@ -22,9 +22,9 @@ from servers import BACKENDS
 
 from .run import RunResult, Settings, run_stress
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stress]
 
-SHORT_DURATION = 12.0
+SHORT_DURATION = 10.0
 LONG_DURATION = 30.0
 
 
@@ -67,6 +67,7 @@ def test_stress(lock_server: Any, backend_name: str, stress_seed: int, tmp_path:
     assert not res.violations, failure_report([res])
 
 
+@pytest.mark.timeout(6 * 3600)  # bounded by its own time budget (--stress-minutes), not by the suite's 300 s
 def test_stress_long(lock_server: Any, backend_name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if not request.config.getoption("--stress-long"):
         pytest.skip("long tier: run with --stress-long [--stress-minutes M]")
