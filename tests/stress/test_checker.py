@@ -115,6 +115,17 @@ def test_a_overlap_is_excused_by_a_data_loss_fault_and_not_by_a_pause() -> None:
     assert "a" in run("pause")
 
 
+def test_a_overlap_is_excused_by_a_deletion_while_a_waiter_was_still_acquiring() -> None:
+    # the lock was handed to waiter B, deleted under it, then granted to A; B learns of its grant late
+    h = H().start(1, 2)
+    h.lease(2, "B", 10, 0.5, 2.01, ttl=2.0)
+    h.fault("delete_lock", 1.0, 1.01, name="n")
+    h.lease(1, "A", 11, 1.5, 2.0, ttl=2.0).release(1, "A", 3.0)
+    h.release(2, "B", 3.0, out="err", exc="LeaseLost")
+    h.stop(1, 2)
+    assert "a" not in rules(h.check())
+
+
 def test_a_a_deadline_the_renewer_sets_too_late_does_not_revive_the_lease() -> None:
     h = H().start(1, 2)
     h.lease(1, "A", 10, 1.0, 1.01, ttl=1.0)  # deadline 2.0
