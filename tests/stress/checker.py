@@ -514,9 +514,10 @@ def check_signals(m: Model, bounds: Bounds) -> list[Violation]:
             due = when + bounds.signal + bounds.slack + proc.frozen_in(when, when + bounds.signal + bounds.slack + 60)
             # a holder that let go right after the loss (or right after a dead-on-arrival grant)
             # gave the library no time to tell it: only the release's own answer counts then
+            since = max(when, lease.t_ok)
             gave_time = (
                 lease.rel_call is None
-                or lease.rel_call > max(when, lease.t_ok) + bounds.signal
+                or lease.rel_call - proc.frozen_in(since, lease.rel_call) > since + bounds.signal
                 or why == "server refused release"  # the release found the loss: it must signal it
             )
             if proc.end >= due and gave_time:

@@ -218,6 +218,15 @@ def test_c_a_frozen_holder_gets_its_signals_after_it_wakes() -> None:
     assert h.check() == []
 
 
+def test_c_a_holder_frozen_past_its_deadline_that_releases_on_waking_needs_no_signal() -> None:
+    h = H().start(1)
+    h.lease(1, "A", 10, 1.0, 1.01, ttl=1.0)
+    h.fault("sigstop", 1.5, 5.0, target=1)
+    h.release(1, "A", 5.01, out="err", exc="LeaseLost")
+    h.stop(1)
+    assert h.check() == []
+
+
 def test_c_a_refused_extend_needs_every_signal() -> None:
     h = H().start(1)
     h.lease(1, "A", 10, 1.0, 1.01, ttl=3.0)
