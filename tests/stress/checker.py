@@ -125,6 +125,7 @@ class Call:
     token: str | None = None
     actor: str = ""
     task: str | None = None
+    ttl: float | None = None
     t1: float | None = None
     out: str | None = None
     exc: str | None = None
@@ -147,6 +148,7 @@ class Lease:
     renew: Any
     col: bool
     obj: int | None = None
+    cid: str = ""
     """id() of the Lease object returned (the library may make another with the same token)."""
     deadlines: list[tuple[float, float]] = field(default_factory=list)
     rel_call: float | None = None
@@ -261,7 +263,7 @@ def build(events: Iterable[Event]) -> Model:
         elif kind == "call":
             m.calls[(pid, e["cid"])] = Call(
                 pid, e["cid"], e["op"], e.get("name", ""), e.get("api", ""), e["t"], e.get("timeout"),
-                e.get("token"), e.get("actor", ""), e.get("task"),
+                e.get("token"), e.get("actor", ""), e.get("task"), e.get("ttl"),
             )
         elif kind == "ret":
             c = m.calls.get((pid, e["cid"]))
@@ -272,7 +274,7 @@ def build(events: Iterable[Event]) -> Model:
             if c.out == "ok" and c.op in ACQUIRE_OPS and e.get("token"):
                 m.leases[(pid, e["token"])] = Lease(
                     pid, e["token"], c.name, int(e["fence"]), c.api, c.op, c.t0, e["t"],
-                    float(e.get("ttl") or 0), e.get("renew"), bool(e.get("col")), e.get("obj"),
+                    float(e.get("ttl") or 0), e.get("renew"), bool(e.get("col")), e.get("obj"), c.cid,
                 )
         elif kind == "dl":
             dls[(pid, e["token"])].append((e["t"], float(e["deadline"]), e.get("obj")))
@@ -604,42 +606,59 @@ def _user_cancelled(m: Model, pid: int, task: str | None) -> bool:
 
 def _possibly_held(m: Model, bounds: Bounds) -> dict[str, list[tuple[float, float, Any]]]:
     """Per name, intervals in which some contender may have held the lock on the server, with
-    whose (a lease's (pid, token) or a call's (pid, cid))."""
+    whose (a lease's (pid, token) or a call's (pid, cid)).
+
+    A lease released cleanly held it until its release returned; any other lease until its key's
+    expiry (its last deadline update plus its TTL). A waiter that gave up (timeout, cancellation)
+    may have been handed the lock at the end of its wait, or any time it was frozen, and passed it
+    on in its cleanup; if a connectivity fault was near, that cleanup may have failed, and the lock
+    stays with it for a TTL. A waiter that died (or any other error) may hold it for the dead-waiter
+    window plus a TTL."""
     out: dict[str, list[tuple[float, float, Any]]] = defaultdict(list)
-    ttl_of: dict[tuple[int, str], float] = {}
     for lease in m.leases.values():
-        ttl_of[(lease.pid, lease.token)] = lease.ttl
-        proc = m.procs.get(lease.pid)
         if lease.rel_end is not None and lease.rel_out == "ok":
             end = lease.rel_end
         else:
             last = lease.deadlines[-1][0] if lease.deadlines else lease.t_ok
             end = max(last + lease.ttl, lease.deadline_at(math.inf), lease.rel_end or 0.0) + bounds.slack
-        if proc is not None:
-            for f0, f1 in proc.frozen:
-                if f0 < end:
-                    end = max(end, f1 + lease.ttl + bounds.dead_hold)
         out[lease.name].append((lease.t_req, end, (lease.pid, lease.token)))
     max_ttl = max((x.ttl for x in m.leases.values()), default=5.0) or 5.0
+    links = [(f.t0, f.t1) for f in m.faults if f.kind in CONNECTIVITY_FAULTS]
+    by_name: dict[str, list[Lease]] = defaultdict(list)
+    for lease in m.leases.values():
+        by_name[lease.name].append(lease)
     for c in m.calls.values():
         if c.op not in ACQUIRE_OPS or c.out == "ok":
             continue
         proc = m.procs.get(c.pid)
         start, end = c.t0, c.t1
         if end is None:  # never returned: killed, or the run ended
+            # a live, running waiter that is granted returns at once: it can have held the lock
+            # without saying so only just before it died or while it was frozen. Dead, it can
+            # still be handed the lock for ``dead_hold`` s, and then holds it for its TTL; but not
+            # past a grant to another contender whose granting request was sent after that window
+            # (the lock was not the dead waiter's then, and could not become it again).
             died = proc.died if proc is not None and proc.died is not None else m.end
-            end = died + bounds.dead_hold + max_ttl + bounds.slack
-        elif c.out == "none" or c.exc == "LockTimeout":
-            # a waiter that gave up may have been handed the lock just before: its cleanup passes
-            # it on; only the end of its wait counts
+            start = max(start, died - 0.5)
+            if proc is not None:
+                start = min([start] + [f0 for f0, f1 in proc.frozen if f1 > c.t0 and f0 < died])
+            end = died + bounds.dead_hold + (c.ttl or max_ttl) + bounds.slack
+            later = [
+                x.t_ok for x in by_name.get(c.name, [])
+                if x.pid != c.pid and x.deadlines and x.deadlines[0][1] - x.ttl >= died + bounds.dead_hold
+            ]
+            if later:
+                end = max(start, min(end, min(later)))
+        elif c.out in ("none", "cancelled") or c.exc == "LockTimeout":
             start = max(start, end - 0.5)
+            if proc is not None:
+                start = min([start] + [f0 for f0, f1 in proc.frozen if f1 > c.t0 and f0 < end])
+            if any(f0 < end + 1.0 and f1 > c.t0 for f0, f1 in links):
+                end = end + max_ttl + bounds.slack
+            else:
+                end = end + 0.5
         else:
-            end = end + max_ttl + bounds.slack  # cleanup after an error may have failed: held to its TTL
-        if proc is not None:
-            for f0, f1 in proc.frozen:
-                if f0 < end and f1 > c.t0:
-                    start = min(start, f0)
-                    end = max(end, f1 + bounds.dead_hold + max_ttl)
+            end = end + max_ttl + bounds.slack  # an error: its cleanup may have failed
         out[c.name].append((start, end, (c.pid, c.cid)))
     return out
 
@@ -680,21 +699,25 @@ def check_liveness(m: Model, bounds: Bounds) -> list[Violation]:
     out: list[Violation] = []
     held = _possibly_held(m, bounds)
     disturbed = _disturbed(m, bounds)
+    own = {(x.pid, x.cid): (x.pid, x.token) for x in m.leases.values()}
     for c in m.calls.values():
-        if c.op not in ("acquire", "with") or c.t1 is None or c.exc != "LockTimeout":
+        # every blocking acquire that waited: one that timed out, and one granted only after a wait
+        if c.op not in ("acquire", "with") or c.t1 is None or not (c.exc == "LockTimeout" or c.out == "ok"):
             continue
-        if (c.timeout or 0) < bounds.liveness:
+        if (c.timeout or 0) < bounds.liveness or c.t1 - c.t0 < bounds.liveness:
             continue
         proc = m.procs.get(c.pid)
-        busy = [(s, e) for s, e, who in held.get(c.name, []) if who != (c.pid, c.cid)] + disturbed
+        mine = {(c.pid, c.cid), own.get((c.pid, c.cid))}
+        busy = [(s, e) for s, e, who in held.get(c.name, []) if who not in mine] + disturbed
         if proc is not None:
             busy += [(f0 - 0.2, f1 + bounds.dead_hold) for f0, f1 in proc.frozen]
         for s, e in _free_time(busy, c.t0 + 0.2, c.t1):
             if e - s >= bounds.liveness:
+                ended = f"timed out at {c.t1:.3f}" if c.out != "ok" else f"was granted only at {c.t1:.3f}"
                 out.append(
                     Violation(
                         "d",
-                        f"{c.name}: pid {c.pid} {c.api} acquire(timeout={c.timeout:g}) timed out at {c.t1:.3f} "
+                        f"{c.name}: pid {c.pid} {c.api} acquire(timeout={c.timeout:g}) {ended} "
                         f"although the lock was free and nothing was disturbed from {s:.3f} to {e:.3f} "
                         f"({e - s:.2f} s)",
                         {"name": c.name, "pid": c.pid, "cid": c.cid, "free": (s, e)},

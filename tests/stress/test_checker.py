@@ -202,7 +202,8 @@ def test_c_every_signal_must_fire_when_the_deadline_passes() -> None:
 
 def test_c_a_lease_returned_past_its_deadline_fails_and_needs_no_signal_if_released_at_once() -> None:
     h = H().start(1)
-    h.lease(1, "A", 10, 1.0, 4.0, ttl=2.0)  # the request took 3 s: the lease ended at 3.0
+    h.lease(1, "A", 10, 1.0, 4.0, ttl=2.0)  # the request took 3 s (the server was paused): it ended at 3.0
+    h.fault("pause", 1.0, 3.9)
     h.release(1, "A", 4.02)
     h.stop(1)
     assert [v.detail.get("signal") for v in h.check()] == ["doa"]
@@ -316,6 +317,19 @@ def test_d_two_waiters_timing_out_together_on_a_free_lock_both_fail() -> None:
     assert [v.rule for v in h.check()] == ["d", "d"]
 
 
+def test_d_a_waiter_granted_only_long_after_the_lock_was_freed_fails() -> None:
+    h = H().start(1, 2)
+    h.lease(1, "A", 10, 1.0, 1.01, ttl=30.0).release(1, "A", 2.0)
+    h.lease(2, "B", 11, 1.5, 7.0, ttl=30.0, timeout=10.0).release(2, "B", 7.5)  # waited 5 s on a free lock
+    h.stop(1, 2)
+    assert rules(h.check()) == {"d"}
+    h = H().start(1, 2)
+    h.lease(1, "A", 10, 1.0, 1.01, ttl=30.0).release(1, "A", 6.9)
+    h.lease(2, "B", 11, 1.5, 7.0, ttl=30.0, timeout=10.0).release(2, "B", 7.5)
+    h.stop(1, 2)
+    assert h.check() == []
+
+
 def test_d_no_liveness_promise_while_held_or_near_a_fault() -> None:
     h = H().start(1, 2)
     h.lease(1, "A", 10, 1.0, 1.01, ttl=30.0).release(1, "A", 7.6)
@@ -337,6 +351,19 @@ def test_d_a_killed_holder_keeps_the_lock_for_its_ttl() -> None:
     h.op(2, "acquire", 1.2, 5.2, timeout=4.0, out="err", exc="LockTimeout")
     h.stop(2)
     assert h.check() == []
+
+
+def test_d_a_dead_waiter_stops_counting_as_holder_once_another_is_granted_after_its_window() -> None:
+    # 40 waiters of pid 5 die at 2.0 (dead_hold 0.5, their TTL 5); B is granted from a request sent
+    # at 3.0 and releases at 3.2; C then waits from 3.3 to 9.3 on a free lock: a stall, not a dead waiter
+    h = H().start(1, 2, 3, 5)
+    for _ in range(40):
+        h.ev(1.0, 5, "call", cid=h.cid(), op="acquire", name="n", api="async", timeout=8.0, ttl=5.0)
+    h.fault("sigkill", 2.0, 2.0, target=5)
+    h.lease(2, "B", 11, 1.5, 3.01, ttl=5.0, deadline=8.0).release(2, "B", 3.2)
+    h.op(3, "acquire", 3.3, 9.3, timeout=6.0, out="err", exc="LockTimeout")
+    h.stop(1, 2, 3)
+    assert rules(h.check()) == {"d"}
 
 
 def test_d_fifo_a_later_waiter_granted_first_fails() -> None:

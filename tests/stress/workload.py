@@ -297,7 +297,7 @@ class SyncActor:
 
     def op_acquire(self, lock: Any, spec: dict[str, Any], timeout: float) -> None:
         cid = new_id("c")
-        emit("call", cid=cid, op="acquire", name=lock.name, api="sync", actor=self.actor, timeout=timeout)
+        emit("call", cid=cid, op="acquire", name=lock.name, ttl=lock.ttl, api="sync", actor=self.actor, timeout=timeout)
         try:
             lease = lock.acquire(timeout=timeout)
         except Exception as err:
@@ -312,7 +312,7 @@ class SyncActor:
 
     def op_try(self, lock: Any, spec: dict[str, Any]) -> None:
         cid = new_id("c")
-        emit("call", cid=cid, op="try_acquire", name=lock.name, api="sync", actor=self.actor, timeout=0)
+        emit("call", cid=cid, op="try_acquire", name=lock.name, ttl=lock.ttl, api="sync", actor=self.actor, timeout=0)
         try:
             lease = lock.try_acquire()
         except Exception as err:
@@ -332,7 +332,7 @@ class SyncActor:
         cid = new_id("c")
         exit_cid: str | None = None
         timeout = lock._params.acquire_timeout
-        emit("call", cid=cid, op="with", name=lock.name, api="sync", actor=self.actor, timeout=timeout)
+        emit("call", cid=cid, op="with", name=lock.name, ttl=lock.ttl, api="sync", actor=self.actor, timeout=timeout)
         lease = None
         try:
             with lock as lease:
@@ -532,7 +532,7 @@ class AsyncActor:
 
     async def op_acquire(self, lock: Any, spec: dict[str, Any], timeout: float, io: bool = False) -> None:
         cid = new_id("c")
-        emit("call", cid=cid, op="acquire", name=lock.name, api="async", actor=self.actor, timeout=timeout)
+        emit("call", cid=cid, op="acquire", name=lock.name, ttl=lock.ttl, api="async", actor=self.actor, timeout=timeout)
         try:
             lease = await lock.acquire(timeout=timeout)
         except asyncio.CancelledError as err:
@@ -554,7 +554,7 @@ class AsyncActor:
 
     async def op_try(self, lock: Any, spec: dict[str, Any], *_: Any, io: bool = False) -> None:
         cid = new_id("c")
-        emit("call", cid=cid, op="try_acquire", name=lock.name, api="async", actor=self.actor, timeout=0)
+        emit("call", cid=cid, op="try_acquire", name=lock.name, ttl=lock.ttl, api="async", actor=self.actor, timeout=0)
         try:
             lease = await lock.try_acquire()
         except asyncio.CancelledError as err:
@@ -580,7 +580,7 @@ class AsyncActor:
     async def op_with(self, lock: Any, spec: dict[str, Any], *_: Any, io: bool = False) -> None:
         cid = new_id("c")
         exit_cid: str | None = None
-        emit("call", cid=cid, op="with", name=lock.name, api="async", actor=self.actor,
+        emit("call", cid=cid, op="with", name=lock.name, ttl=lock.ttl, api="async", actor=self.actor,
              timeout=lock._params.acquire_timeout)
         lease = None
         try:
@@ -657,7 +657,7 @@ class AsyncActor:
 def make_specs(cfg: dict[str, Any], rng: random.Random, n: int) -> list[dict[str, Any]]:
     specs = []
     for i in range(n):
-        ttl = rng.choice(cfg.get("ttls", [0.6, 1.0, 2.0, 5.0]))
+        ttl = rng.choice(cfg.get("ttls", [0.6, 1.0, 2.0, 4.0, 5.0]))
         renew: bool | float = rng.choice([True, True, False, 0.1])
         specs.append(
             {
@@ -747,7 +747,7 @@ def make_noop() -> Callable[[], Awaitable[None]]:
 
 async def _crowd_hold(actor: AsyncActor, lock: Any, spec: dict[str, Any], until: float) -> None:
     cid = new_id("c")
-    emit("call", cid=cid, op="acquire", name=lock.name, api="async", actor="crowd", timeout=10.0)
+    emit("call", cid=cid, op="acquire", name=lock.name, ttl=lock.ttl, api="async", actor="crowd", timeout=10.0)
     try:
         lease = await lock.acquire(timeout=10.0)
     except Exception as err:
@@ -761,7 +761,7 @@ async def _crowd_hold(actor: AsyncActor, lock: Any, spec: dict[str, Any], until:
 
 async def _crowd_wait(actor: AsyncActor, lock: Any, spec: dict[str, Any]) -> None:
     cid = new_id("c")
-    emit("call", cid=cid, op="acquire", name=lock.name, api="async", actor="crowd", timeout=8.0)
+    emit("call", cid=cid, op="acquire", name=lock.name, ttl=lock.ttl, api="async", actor="crowd", timeout=8.0)
     try:
         lease = await lock.acquire(timeout=8.0)
     except Exception as err:
