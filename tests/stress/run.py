@@ -82,6 +82,7 @@ class RunResult:
     leases: int = 0
     writes: Counter[str] = field(default_factory=Counter)
     max_overrun: float = 0.0
+    overrun: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -90,7 +91,8 @@ class RunResult:
         return (
             f"{self.backend} seed {self.seed}: {self.wall:.1f} s, {self.events} events, "
             f"ops {dict(sorted(self.ops.items()))}, leases {self.leases}, writes {dict(self.writes)}, "
-            f"faults {dict(sorted(self.faults.items()))}, violations {dict(sorted(rules.items())) or 0}"
+            f"faults {dict(sorted(self.faults.items()))}, longest past timeout {self.overrun}, "
+            f"violations {dict(sorted(rules.items())) or 0}"
         )
 
 
@@ -243,6 +245,16 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
     result.ops.update(c.op for c in model.calls.values())
     result.leases = len(model.leases)
     result.writes.update(w.get("res", "?") for w in model.writes)
+    for c in model.calls.values():
+        # how far past its own timeout a call returned (frozen time excluded): what rule e bounds
+        if c.t1 is None or c.op == "with_exit":
+            continue
+        proc = model.procs.get(c.pid)
+        took = c.t1 - c.t0 - (proc.frozen_in(c.t0, c.t1) if proc else 0.0)
+        over = took - (c.timeout or 0.0 if c.op in ("acquire", "with") else 0.0)
+        key = c.op
+        result.max_overrun = max(result.max_overrun, over)
+        result.overrun[key] = round(max(result.overrun.get(key, 0.0), over), 3)
     result.wall = time.monotonic() - started
     return result
 

@@ -88,15 +88,18 @@ def test_stress_long(lock_server: Any, backend_name: str, tmp_path: Path, reques
     totals: Counter[str] = Counter()
     faults: Counter[str] = Counter()
     ops: Counter[str] = Counter()
+    overrun: dict[str, float] = {}
     for res in results:
         totals.update(v.rule for v in res.violations)
         faults.update(res.faults)
         ops.update(res.ops)
+        for op, over in res.overrun.items():
+            overrun[op] = max(overrun.get(op, 0.0), over)
     _say(
         request,
         f"\n{backend_name}: {len(results)} runs (seeds {base}..{base + len(results) - 1}), "
         f"{sum(ops.values())} operations {dict(ops)}, {sum(r.leases for r in results)} leases, "
-        f"faults {dict(faults)}, violations {dict(totals) or 0} in seeds "
+        f"faults {dict(faults)}, longest past timeout {overrun}, violations {dict(totals) or 0} in seeds "
         f"{[r.seed for r in results if r.violations]}",
     )
     assert results, "the time budget allowed no run"

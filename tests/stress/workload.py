@@ -532,7 +532,8 @@ class AsyncActor:
 
     async def op_acquire(self, lock: Any, spec: dict[str, Any], timeout: float, io: bool = False) -> None:
         cid = new_id("c")
-        emit("call", cid=cid, op="acquire", name=lock.name, ttl=lock.ttl, api="async", actor=self.actor, timeout=timeout)
+        emit("call", cid=cid, op="acquire", name=lock.name, ttl=lock.ttl, api="async", actor=self.actor,
+             timeout=timeout)
         try:
             lease = await lock.acquire(timeout=timeout)
         except asyncio.CancelledError as err:
