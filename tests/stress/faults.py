@@ -60,6 +60,7 @@ class Injector:
     workers: Callable[[], dict[int, bool]]
     respawn: Callable[[], None]
     spawn_crowd: Callable[[], int | None]
+    crowd_ready: Callable[[int], bool]
     until: float
     max_sigstop: float = 5.0
     counts: dict[str, int] = field(default_factory=dict)
@@ -193,7 +194,13 @@ class Injector:
         pid = self.spawn_crowd()
         if pid is None:
             return
-        time.sleep(rng.uniform(2.0, 3.5))  # process start (~1 s) + the waiters queueing
+        # kill it once its holder holds and its waiters have queued (its own history says so), a
+        # little later still; bounded, so a crowd that never got the lock is killed anyway
+        for _ in range(100):
+            if self.crowd_ready(pid) or time.monotonic() > t0 + 8.0:
+                break
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.2, 1.0))
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -163,6 +163,7 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
     proxy_url = server.url_through(proxy.port) if proxy is not None else None
 
     spawn_lock = threading.Lock()
+    history_of: dict[int, Path] = {}
 
     def spawn(crowd: bool = False) -> int | None:
         with spawn_lock:
@@ -196,10 +197,19 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
         proc.start()
         assert proc.pid is not None
         procs[proc.pid] = (proc, crowd)
+        history_of[proc.pid] = Path(cfg["history"])
         return proc.pid
 
     def respawn() -> None:
         spawn()
+
+    def crowd_ready(pid: int) -> bool:
+        """The crowd worker holds its lock and all its waiters have called acquire."""
+        path = history_of.get(pid)
+        if path is None or not path.exists():
+            return False
+        text = path.read_text(errors="replace")
+        return text.count('"op":"acquire"') >= settings.crowd + 1 and '"out":"ok"' in text
 
     def live_workers() -> dict[int, bool]:
         with spawn_lock:
@@ -219,6 +229,7 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
                 workers=live_workers,
                 respawn=respawn,
                 spawn_crowd=lambda: spawn(crowd=True),
+                crowd_ready=crowd_ready,
                 until=until,
             )
             time.sleep(1.5)
