@@ -474,14 +474,14 @@ def _sequential(plan: list[tuple[float, float, float, int, bool]]) -> tuple[H, l
     return h, spans
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)  # no .hypothesis/ in the tree
 @given(_lease_plan)
 def test_property_sequential_leases_pass(plan: list[tuple[float, float, float, int, bool]]) -> None:
     h, _ = _sequential(plan)
     assert h.check() == []
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)  # no .hypothesis/ in the tree
 @given(_lease_plan, st.data())
 def test_property_a_lease_granted_inside_another_is_always_seen(
     plan: list[tuple[float, float, float, int, bool]], data: st.DataObject
@@ -497,7 +497,7 @@ def test_property_a_lease_granted_inside_another_is_always_seen(
     assert "a" in rules(h.check())
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)  # no .hypothesis/ in the tree
 @given(_lease_plan, st.data())
 def test_property_a_fence_that_goes_down_is_always_seen(
     plan: list[tuple[float, float, float, int, bool]], data: st.DataObject
