@@ -152,7 +152,6 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
     proxy: Proxy | None = None
     injector: Injector | None = None
     until = time.monotonic() + 2.0 + settings.duration  # 2 s for the workers to start
-    max_lease = 4.0 if kind == "zookeeper" else 99.0
     io_url = server.url if kind == "redis" else None
     counter = iter(range(1_000_000))
     result = RunResult(backend, settings.seed, directory, [], 0)
@@ -188,7 +187,6 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
             "threads": settings.threads,
             "tasks": settings.tasks,
             "inject": inject,
-            "max_lease": max_lease,
             "io_redis_url": io_url,
             "crowd": settings.crowd if crowd else 0,
             "crowd_name": names[0],

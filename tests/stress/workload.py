@@ -664,7 +664,7 @@ def make_specs(cfg: dict[str, Any], rng: random.Random, n: int) -> list[dict[str
             {
                 "name": rng.choice(cfg["names"]) if i >= len(cfg["names"]) else cfg["names"][i],
                 "ttl": ttl,
-                "ttl_eff": min(ttl, cfg.get("max_lease", ttl)),
+                "ttl_eff": ttl,  # replaced by the lock's own once it exists (a backend may cap it)
                 "renew": renew,
                 "col": rng.random() < 0.5,
                 "timeout": rng.choice([1.0, 3.0, 6.0]),
@@ -686,6 +686,7 @@ async def async_main(cfg: dict[str, Any], rng: random.Random) -> None:
             spec["name"], _url(cfg, rng), ttl=spec["ttl"], renew=renew, timeout=spec["timeout"],
             on_lost=on_lost, cancel_on_loss=spec["col"],
         )
+        spec["ttl_eff"] = lock.ttl
         locks.append((lock, spec))
     io = await make_io(cfg)
     if cfg.get("crowd"):
@@ -731,7 +732,7 @@ async def crowd(cfg: dict[str, Any], rng: random.Random, locks: list[tuple[Any, 
     name = cfg["crowd_name"]
     lock = fencelock.aio.Lock(name, cfg["url"], ttl=cfg.get("crowd_ttl", 5.0), renew=True, timeout=8.0,
                               on_lost=on_lost)
-    spec = {"ttl_eff": min(cfg.get("crowd_ttl", 5.0), cfg.get("max_lease", 99)), "renew": True, "col": False}
+    spec = {"ttl_eff": lock.ttl, "renew": True, "col": False}
     actor = AsyncActor(cfg, "crowd", [(lock, spec)], rng, make_noop())
     holder = asyncio.get_running_loop().create_task(_crowd_hold(actor, lock, spec, cfg["until"]))
     await asyncio.sleep(0.3)
@@ -775,11 +776,12 @@ async def _crowd_wait(actor: AsyncActor, lock: Any, spec: dict[str, Any]) -> Non
 
 def sync_main(cfg: dict[str, Any], rng: random.Random) -> list[threading.Thread]:
     specs = make_specs(cfg, rng, cfg.get("sync_locks", 4))
-    shared = [
-        (fencelock.Lock(s["name"], _url(cfg, rng), ttl=s["ttl"], renew=s["renew"], timeout=s["timeout"],
-                        on_lost=on_lost), s)
-        for s in specs
-    ]
+    shared = []
+    for s in specs:
+        lock = fencelock.Lock(s["name"], _url(cfg, rng), ttl=s["ttl"], renew=s["renew"], timeout=s["timeout"],
+                              on_lost=on_lost)
+        s["ttl_eff"] = lock.ttl  # a backend may cap the TTL (ZooKeeper: the session timeout)
+        shared.append((lock, s))
     threads = []
     for i in range(cfg.get("threads", 3)):
         arng = random.Random(f"{cfg['seed']}:{cfg['worker']}:T{i}")
