@@ -26,6 +26,7 @@ could itself mark the lease lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import random
@@ -678,6 +679,9 @@ def _url(cfg: dict[str, Any], rng: random.Random) -> str:
 
 
 async def async_main(cfg: dict[str, Any], rng: random.Random) -> None:
+    if cfg.get("crowd"):
+        await crowd(cfg, rng)
+        return
     specs = make_specs(cfg, rng, cfg.get("async_locks", 4))
     locks: list[tuple[Any, dict[str, Any]]] = []
     for spec in specs:
@@ -689,9 +693,6 @@ async def async_main(cfg: dict[str, Any], rng: random.Random) -> None:
         spec["ttl_eff"] = lock.ttl
         locks.append((lock, spec))
     io = await make_io(cfg)
-    if cfg.get("crowd"):
-        await crowd(cfg, rng, locks)
-        return
     actors = [
         AsyncActor(cfg, f"A{i}", locks, random.Random(f"{cfg['seed']}:{cfg['worker']}:A{i}"), io)
         for i in range(cfg.get("tasks", 4))
@@ -727,15 +728,17 @@ async def make_io(cfg: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
     return sleep_io
 
 
-async def crowd(cfg: dict[str, Any], rng: random.Random, locks: list[tuple[Any, dict[str, Any]]]) -> None:
+async def crowd(cfg: dict[str, Any], rng: random.Random) -> None:
     """Take ``crowd_name`` and hold it; queue ``crowd`` waiters behind; wait to be killed."""
     name = cfg["crowd_name"]
     lock = fencelock.aio.Lock(name, cfg["url"], ttl=cfg.get("crowd_ttl", 5.0), renew=True, timeout=8.0,
                               on_lost=on_lost)
     spec = {"ttl_eff": lock.ttl, "renew": True, "col": False}
     actor = AsyncActor(cfg, "crowd", [(lock, spec)], rng, make_noop())
-    holder = asyncio.get_running_loop().create_task(_crowd_hold(actor, lock, spec, cfg["until"]))
-    await asyncio.sleep(0.3)
+    held = asyncio.Event()
+    holder = asyncio.get_running_loop().create_task(_crowd_hold(actor, lock, spec, cfg["until"], held))
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(held.wait(), 10.0)  # queue behind our own holder (bounded)
     waiters = [asyncio.get_running_loop().create_task(_crowd_wait(actor, lock, spec)) for _ in range(cfg["crowd"])]
     await asyncio.wait([holder, *waiters], timeout=max(0.0, cfg["until"] - now()))
 
@@ -747,15 +750,22 @@ def make_noop() -> Callable[[], Awaitable[None]]:
     return noop
 
 
-async def _crowd_hold(actor: AsyncActor, lock: Any, spec: dict[str, Any], until: float) -> None:
-    cid = new_id("c")
-    emit("call", cid=cid, op="acquire", name=lock.name, ttl=lock.ttl, api="async", actor="crowd", timeout=10.0)
-    try:
-        lease = await lock.acquire(timeout=10.0)
-    except Exception as err:
-        emit("ret", cid=cid, **_classify(err))
+async def _crowd_hold(actor: AsyncActor, lock: Any, spec: dict[str, Any], until: float, held: asyncio.Event) -> None:
+    for _ in range(5):  # a server restart or a cut may get in the way: try again (bounded)
+        cid = new_id("c")
+        emit("call", cid=cid, op="acquire", name=lock.name, ttl=lock.ttl, api="async", actor="crowd", timeout=10.0)
+        try:
+            lease = await lock.acquire(timeout=10.0)
+            break
+        except Exception as err:
+            emit("ret", cid=cid, **_classify(err))
+            if not isinstance(err, fencelock.BackendError):
+                return
+            await asyncio.sleep(0.2)
+    else:
         return
     actor._granted(cid, lease, spec)
+    held.set()
     await asyncio.sleep(max(0.0, min(30.0, until - now())))
     emit("sect_end", token=lease.token, how="normal")
     await actor.release(lease)
