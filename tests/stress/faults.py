@@ -63,6 +63,8 @@ class Injector:
     crowd_ready: Callable[[int], bool]
     until: float
     max_sigstop: float = 5.0
+    quiet_crowd: bool = False
+    quiet: float = 13.0
     counts: dict[str, int] = field(default_factory=dict)
     paused_server: bool = False
     stopped: set[int] = field(default_factory=set)
@@ -85,12 +87,18 @@ class Injector:
         weights = [KINDS[k][0] for k in self.kinds]
         threads: list[threading.Thread] = []
         crowds = 0
-        # one crowd in every run long enough for it (start ~1 s, queue, kill, dead for 2 s, TTL 5 s):
-        # the state a FIFO queue must survive, a long queue of dead waiters ahead of live ones
-        room = self.until - time.monotonic() - 10.0
-        if "crowd" in self.kinds and room > 0:
-            at = self.rng.uniform(0.0, room)
+        # One crowd in every run: the state a FIFO queue must survive, a long queue of dead waiters
+        # ahead of live ones. With ``quiet_crowd``, nothing else is injected from the crowd's start
+        # until ``quiet`` s later (start ~1 s, queue, kill, dead for 2 s, a TTL, then a TTL more), so
+        # the aftermath is judged against the liveness and FIFO promises, which no fault excuses.
+        quiet: tuple[float, float] | None = None
+        room = self.until - time.monotonic() - (self.quiet if self.quiet_crowd else 10.0)
+        if "crowd" in self.kinds and (room > 0 or self.quiet_crowd):
+            at = self.rng.uniform(0.0, max(0.0, room))
             crowds += 1
+            if self.quiet_crowd:
+                start = time.monotonic() + at
+                quiet = (start - 0.5, start + self.quiet)
             th = threading.Thread(target=self._later, args=(at, "crowd", random.Random(self.rng.random())),
                                   name="fault-crowd", daemon=True)
             th.start()
@@ -105,6 +113,9 @@ class Injector:
                 at = storm_end + calm
                 self.calms.append((storm_end, at))
                 storm_end = at + self.rng.uniform(3.0, 6.0)
+            if quiet is not None and quiet[0] <= at < quiet[1]:
+                at = quiet[1]
+                storm_end = max(storm_end, at + self.rng.uniform(3.0, 6.0))
             if at >= self.until - 1.0:
                 break
             time.sleep(max(0.0, at - time.monotonic()))

@@ -1,5 +1,10 @@
 """One stress run against one backend: workers, faults, history, verdict.
 
+Two scenarios, by seed: odd seeds inject every fault the backend allows, in storms with calms
+between; even seeds start with a crowd of waiters that is killed, then inject nothing else for 13 s,
+so that what a queue of dead waiters does to the live ones is judged by liveness and FIFO, which no
+fault excuses.
+
     result = run_stress("redis-debian", server, Settings(seed=7, duration=12), directory)
     result.violations      # [] when every property held
     result.summary()       # what ran: operations, faults per kind, leases, writes
@@ -228,6 +233,9 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
                 respawn=respawn,
                 spawn_crowd=lambda: spawn(crowd=True),
                 crowd_ready=crowd_ready,
+                # even seeds: a crowd, then nothing else for a while (liveness after dead waiters);
+                # odd seeds: storms of every fault with calms between
+                quiet_crowd=settings.seed % 2 == 0,
                 until=until,
             )
             time.sleep(1.5)
