@@ -1,8 +1,9 @@
 """The stress test against every backend in ``tests/servers.py`` ``BACKENDS`` (see run.py).
 
 Short tier (default, CI): each seed of ``SHORT_SEEDS`` (one of each scenario: see run.py) for
-``SHORT_DURATION`` s of workload per backend. Replay a failure with the command its message prints (``--stress-seed N``: the same fault
-schedule and operation sequences; thread timing is the machine's, so a race may need a few tries).
+``SHORT_DURATION`` s of workload per backend. Replay a failure with the command its message prints
+(``--stress-seed N``: the same fault schedule and operation sequences; thread timing is the
+machine's, so a race may need a few tries).
 
 Long tier: ``pytest tests/stress --stress-long --stress-minutes 30`` runs seed after seed on every
 backend until its share of the time is up, then prints what ran and every violation's seed.
