@@ -68,7 +68,7 @@ class Settings:
     threads: int = 3
     tasks: int = 4
     names: int = 3
-    crowd: int = 40
+    crowd: int = 72
     mean_fault_gap: float = 0.6
     faults: bool = True
     grace: float = 25.0
