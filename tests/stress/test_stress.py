@@ -68,7 +68,8 @@ def test_stress(lock_server: Any, backend_name: str, stress_seed: int, tmp_path:
     res = run_stress(backend_name, lock_server, Settings(seed=stress_seed, duration=duration), tmp_path)
     _say(request, "\n" + res.summary())
     assert res.leases > 0, f"the run granted no lease at all: {res.summary()}"
-    assert not res.violations, failure_report([res])
+    if res.violations:
+        pytest.fail(failure_report([res]), pytrace=False)
 
 
 @pytest.mark.timeout(6 * 3600)  # bounded by its own time budget (--stress-minutes), not by the suite's 300 s
@@ -107,4 +108,5 @@ def test_stress_long(lock_server: Any, backend_name: str, tmp_path: Path, reques
         f"{[r.seed for r in results if r.violations]}",
     )
     assert results, "the time budget allowed no run"
-    assert not totals, failure_report(results)
+    if totals:
+        pytest.fail(failure_report(results), pytrace=False)
