@@ -365,6 +365,16 @@ def believed(lease: Lease, m: Model) -> tuple[float, float]:
     return lease.t_ok, max(lease.t_ok, end)
 
 
+def _key_since(lease: Lease, m: Model) -> float:
+    """Earliest moment the lease's key can have existed on the server: when the request that won
+    it was sent (its first deadline minus its TTL; the library measures from then). A waiter that
+    was frozen while it waited may have been handed the lock earlier: then since its acquire call."""
+    proc = m.procs.get(lease.pid)
+    if not lease.deadlines or (proc is not None and proc.frozen_in(lease.t_req, lease.t_ok) > 0):
+        return lease.t_req
+    return min(lease.t_ok, lease.deadlines[0][1] - lease.ttl)
+
+
 def _data_loss(m: Model, name: str, a: float, b: float) -> Fault | None:
     for f in m.faults:
         if f.kind in DATA_LOSS_FAULTS and (f.kind not in NAMED_FAULTS or f.name == name) and f.t0 <= b and f.t1 >= a:
@@ -400,9 +410,10 @@ def check_overlap(m: Model) -> list[Violation]:
                 overlap = min(e, e0) - s
                 if overlap <= 1e-3:
                     continue
-                # excused when the server lost data while either lease was held or still being
-                # acquired (a lock deleted just after it was handed to a waiter is gone under it)
-                if _data_loss(m, name, min(other.t_req, lease.t_req), s) is not None:
+                # excused when the server lost data after either lease's key could exist and
+                # before the second grant (a lock deleted under its holder, or just after it was
+                # handed to a waiter that had not heard of it yet)
+                if _data_loss(m, name, min(_key_since(other, m), _key_since(lease, m)), s) is not None:
                     continue
                 out.append(
                     Violation(

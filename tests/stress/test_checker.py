@@ -126,6 +126,16 @@ def test_a_overlap_is_excused_by_a_deletion_while_a_waiter_was_still_acquiring()
     assert "a" not in rules(h.check())
 
 
+def test_a_a_data_loss_before_either_key_existed_excuses_nothing() -> None:
+    # A waited from 0.5 and won with a request sent at 1.9; the restart at 1.0 did not lose its key
+    h = H().start(1, 2)
+    h.fault("restart_empty", 1.0, 1.1)
+    h.lease(1, "A", 10, 0.5, 2.0, ttl=2.0, deadline=3.9).release(1, "A", 3.5)
+    h.lease(2, "B", 11, 2.4, 2.5, ttl=2.0).release(2, "B", 3.0)
+    h.stop(1, 2)
+    assert rules(h.check()) == {"a"}
+
+
 def test_a_a_deadline_the_renewer_sets_too_late_does_not_revive_the_lease() -> None:
     h = H().start(1, 2)
     h.lease(1, "A", 10, 1.0, 1.01, ttl=1.0)  # deadline 2.0

@@ -81,9 +81,31 @@ def install_deadline_probe(cls: type) -> None:
     def put(self: Any, value: float) -> None:
         t = now()  # before the store: an update is never stamped later than it took effect
         self.__dict__["_stress_deadline"] = value
+        if _in_renewer():
+            self.__dict__["_stress_renewed_at"] = t  # for the workload's extends timed to collide
         emit("dl", t=t, token=self.token, deadline=value, obj=id(self))
 
     cls._deadline = property(get, put)  # type: ignore[attr-defined]
+
+
+def _in_renewer() -> bool:
+    """True when the caller is fencelock's renewer (its thread, or its asyncio task)."""
+    if threading.current_thread().name == "fencelock-renewer":
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return False
+    return task is not None and task.get_name() == "fencelock-renewer"
+
+
+def next_renewal(lease: Any) -> float | None:
+    """When the lease's renewer will next send its extend (last renewal + interval), if it runs."""
+    interval = lease._lock._params.renew_interval
+    last = lease.__dict__.get("_stress_renewed_at")
+    if interval is None or last is None:
+        return None
+    return float(last) + float(interval)
 
 
 class Monitor:
@@ -370,6 +392,16 @@ class SyncActor:
                 time.sleep(pick_sleep(self.rng, ttl))
             elif r < 0.6:
                 fenced_write(self.cfg["fence_db"], lease)
+            elif r < 0.8 and self.rng.random() < 0.3 and (due := next_renewal(lease)) is not None:
+                # a short extend sent just as the renewer sends its own: the two race on the server
+                # and back on the client (which answer sets the deadline last?); then keep holding
+                time.sleep(max(0.0, min(2.0, due - now() - self.rng.uniform(0.0, 0.002))))
+                length = round(self.rng.uniform(0.2, 0.5), 3)
+                ok, err = self.call("extend", lease.name, lambda n=length: lease.extend(n) or True,
+                                    token=lease.token, ttl=length)
+                if not ok and isinstance(err, LeaseLost):
+                    emit("sig", token=lease.token, kind="extend", fence=lease.fence)
+                time.sleep(self.rng.uniform(0.2, 1.0))
             elif r < 0.8:
                 # one extend, or a burst of them racing the renewer (which may be mid-request)
                 for _ in range(1 if self.rng.random() < 0.7 else self.rng.randint(3, 10)):
@@ -636,6 +668,19 @@ class AsyncActor:
                     await asyncio.sleep(d)
             elif r < 0.6:
                 await asyncio.to_thread(fenced_write, self.cfg["fence_db"], lease)
+            elif r < 0.8 and self.rng.random() < 0.3 and (due := next_renewal(lease)) is not None:
+                # a short extend sent just as the renewer sends its own (see the blocking twin)
+                await asyncio.sleep(max(0.0, min(2.0, due - now() - self.rng.uniform(0.0, 0.002))))
+                length = round(self.rng.uniform(0.2, 0.5), 3)
+
+                async def ext_short(length: float = length) -> bool:
+                    await lease.extend(length)
+                    return True
+
+                ok, err = await self.call("extend", lease.name, ext_short, token=lease.token, ttl=length)
+                if not ok and isinstance(err, LeaseLost):
+                    emit("sig", token=lease.token, kind="extend", fence=lease.fence)
+                await asyncio.sleep(self.rng.uniform(0.2, 1.0))
             elif r < 0.8:
                 for _ in range(1 if self.rng.random() < 0.7 else self.rng.randint(3, 10)):
                     length = pick_extend(self.rng, ttl)
