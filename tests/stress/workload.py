@@ -80,6 +80,7 @@ def install_deadline_probe(cls: type) -> None:
 
     def put(self: Any, value: float) -> None:
         t = now()  # before the store: an update is never stamped later than it took effect
+        self.__dict__.setdefault("_stress_granted_at", t)
         self.__dict__["_stress_deadline"] = value
         if _in_renewer():
             self.__dict__["_stress_renewed_at"] = t  # for the workload's extends timed to collide
@@ -100,9 +101,10 @@ def _in_renewer() -> bool:
 
 
 def next_renewal(lease: Any) -> float | None:
-    """When the lease's renewer will next send its extend (last renewal + interval), if it runs."""
+    """When the lease's renewer will next send its extend, if it runs: its last renewal plus the
+    interval, or (none yet) the grant plus the interval, when the renewer starts and extends."""
     interval = lease._lock._params.renew_interval
-    last = lease.__dict__.get("_stress_renewed_at")
+    last = lease.__dict__.get("_stress_renewed_at", lease.__dict__.get("_stress_granted_at"))
     if interval is None or last is None:
         return None
     return float(last) + float(interval)
@@ -401,7 +403,7 @@ class SyncActor:
                                     token=lease.token, ttl=length)
                 if not ok and isinstance(err, LeaseLost):
                     emit("sig", token=lease.token, kind="extend", fence=lease.fence)
-                time.sleep(self.rng.uniform(0.2, 1.0))
+                time.sleep(self.rng.uniform(0.5, 1.5))  # long enough for a waiter to take the key
             elif r < 0.8:
                 # one extend, or a burst of them racing the renewer (which may be mid-request)
                 for _ in range(1 if self.rng.random() < 0.7 else self.rng.randint(3, 10)):
@@ -680,7 +682,7 @@ class AsyncActor:
                 ok, err = await self.call("extend", lease.name, ext_short, token=lease.token, ttl=length)
                 if not ok and isinstance(err, LeaseLost):
                     emit("sig", token=lease.token, kind="extend", fence=lease.fence)
-                await asyncio.sleep(self.rng.uniform(0.2, 1.0))
+                await asyncio.sleep(self.rng.uniform(0.5, 1.5))
             elif r < 0.8:
                 for _ in range(1 if self.rng.random() < 0.7 else self.rng.randint(3, 10)):
                     length = pick_extend(self.rng, ttl)
