@@ -25,7 +25,7 @@ from .run import RunResult, Settings, run_stress
 
 pytestmark = [pytest.mark.slow, pytest.mark.stress]
 
-SHORT_DURATION = (14.0, 8.0)
+SHORT_DURATION = (13.0, 8.0)
 """Seconds of workload per short run: even seeds (a crowd of dead waiters, then no other fault
 for 13 s), odd seeds (storms of every fault)."""
 LONG_DURATION = 30.0

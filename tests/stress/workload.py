@@ -391,7 +391,7 @@ class SyncActor:
         for _ in range(self.rng.randint(0, 5)):
             r = self.rng.random()
             if r < 0.35:
-                time.sleep(pick_sleep(self.rng, ttl))
+                time.sleep(pick_sleep(self.rng, ttl, self.cfg['until']))
             elif r < 0.6:
                 fenced_write(self.cfg["fence_db"], lease)
             elif r < 0.8 and self.rng.random() < 0.3 and (due := next_renewal(lease)) is not None:
@@ -418,13 +418,16 @@ class SyncActor:
                 check_held(lease)
 
 
-def pick_sleep(rng: random.Random, ttl: float) -> float:
+def pick_sleep(rng: random.Random, ttl: float, until: float) -> float:
     r = rng.random()
     if r < 0.7:
-        return rng.uniform(0.01, 0.2)
-    if r < 0.93:
-        return rng.uniform(0.3, 1.0) * ttl
-    return rng.uniform(1.1, 2.0) * ttl  # past the TTL: renewal must carry it, or the loss be signalled
+        d = rng.uniform(0.01, 0.2)
+    elif r < 0.93:
+        d = rng.uniform(0.3, 1.0) * ttl
+    else:
+        d = rng.uniform(1.1, 2.0) * ttl  # past the TTL: renewal must carry it, or the loss be signalled
+    # not much past the end of the run: the run waits for every worker to finish its last hold
+    return max(0.01, min(d, until + 0.5 - now()))
 
 
 def pick_extend(rng: random.Random, ttl: float) -> float | None:
@@ -658,7 +661,7 @@ class AsyncActor:
         for _ in range(self.rng.randint(0, 5)):
             r = self.rng.random()
             if r < 0.35:
-                d = pick_sleep(self.rng, ttl)
+                d = pick_sleep(self.rng, ttl, self.cfg['until'])
                 if io:
                     # the section does I/O with a timeout until d is over (what a real one does)
                     end = now() + d
