@@ -622,6 +622,7 @@ class AsyncActor:
         emit("call", cid=cid, op="with", name=lock.name, ttl=lock.ttl, api="async", actor=self.actor,
              timeout=lock._params.acquire_timeout)
         lease = None
+        body_error: BaseException | None = None
         try:
             async with lock as lease:
                 self._granted(cid, lease, spec)
@@ -630,6 +631,11 @@ class AsyncActor:
                     await self.hold(lease, spec, io)
                 except asyncio.CancelledError:
                     how = "cancelled"
+                    raise
+                except Exception as err:
+                    # the section's own error (its I/O): it leaves the with block, but it is not
+                    # fencelock's; asyncio.wait_for on Python <= 3.11 can turn a cancellation into one
+                    how, body_error = "error", err
                     raise
                 finally:
                     emit("sect_end", token=lease.token, how=how, col=spec.get("col", False))
@@ -640,7 +646,11 @@ class AsyncActor:
             emit("ret", cid=exit_cid or cid, **_classify(err))
             raise
         except Exception as err:
-            emit("ret", cid=exit_cid or cid, **_classify(err))
+            fields = _classify(err)
+            if err is body_error:
+                fields.update(documented=True, from_body=True)
+                fields.pop("tb", None)
+            emit("ret", cid=exit_cid or cid, **fields)
             if isinstance(err, LeaseLost) and lease is not None and exit_cid is not None:
                 emit("sig", token=lease.token, kind="with_exit", fence=lease.fence)
         else:
