@@ -13,6 +13,14 @@ from srv_sqlite import sqlite_server  # noqa: F401
 from srv_zookeeper import zookeeper_server  # noqa: F401
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("stress", "randomized stress test (tests/stress)")
+    group.addoption("--stress-seed", type=int, default=None, help="replay one seed of the stress test")
+    group.addoption("--stress-long", action="store_true", help="run the long tier: many seeds until the time is up")
+    group.addoption("--stress-minutes", type=float, default=10.0, help="long tier: minutes in total (all backends)")
+    group.addoption("--stress-duration", type=float, default=None, help="seconds of workload per run")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs(*caps): run only against backends with these capabilities")
     config.addinivalue_line("markers", "backends(*names): restrict a contract test to these backends")

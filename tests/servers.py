@@ -77,6 +77,16 @@ class LockServer:
         """The highest fence the server has issued for ``name`` (0 if none)."""
         raise NotImplementedError
 
+    @property
+    def upstream(self) -> tuple[str, str] | tuple[str, str, int] | None:
+        """Where a loopback TCP proxy (``fencelock_chaos.proxy.Proxy``) forwards to reach this
+        server, or None when the backend has no connection to cut (SQLite)."""
+        return None
+
+    def url_through(self, port: int) -> str:
+        """The lock URL for clients that reach the server through a proxy on 127.0.0.1:``port``."""
+        raise NotImplementedError
+
 
 class RedisLockServer(LockServer):
     """A redis-server or valkey-server binary on a private unix socket, with a password."""
@@ -134,6 +144,20 @@ class RedisLockServer(LockServer):
     def last_fence(self, name: str) -> int:
         value = self.admin.get(RedisKeys("fencelock:", name).fence)
         return int(value) if value is not None else 0
+
+    @property
+    def upstream(self) -> tuple[str, str]:
+        return ("unix", str(self.server.socket))
+
+    def url_through(self, port: int) -> str:
+        return f"redis://:{self.PASSWORD}@127.0.0.1:{port}"
+
+    def ping(self) -> bool:
+        """True when the server answers (the stress run leaves it usable for the other tests)."""
+        try:
+            return bool(self.admin.ping())
+        except redis.RedisError:
+            return False
 
     def stop(self) -> None:
         self.admin.close()

@@ -187,6 +187,13 @@ class ZooKeeperLockServer(servers.LockServer):
     def resume(self) -> None:
         self.server.resume()
 
+    @property
+    def upstream(self) -> tuple[str, str, int]:
+        return ("tcp", "127.0.0.1", self.server.port)
+
+    def url_through(self, port: int) -> str:
+        return f"zk://127.0.0.1:{port}/?session_timeout={SESSION_TIMEOUT:g}"
+
     def lock_path(self, name: str) -> str:
         from fencelock.backends.zookeeper import lock_parent
 

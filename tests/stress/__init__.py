@@ -1,0 +1,1 @@
+"""Randomized, seeded stress test of every backend: workers, faults, a history, a property checker."""

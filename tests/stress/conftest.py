@@ -1,0 +1,16 @@
+"""Seeds for the stress test: ``--stress-seed N`` replays one (options live in tests/conftest.py,
+so that they exist whichever directory pytest is started on)."""
+
+from __future__ import annotations
+
+import pytest
+
+SHORT_SEEDS = (1, 2)
+"""Seeds of the short tier (CI). A failing seed found by the long tier can be added here."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "stress_seed" in metafunc.fixturenames:
+        seed = metafunc.config.getoption("--stress-seed")
+        seeds = (seed,) if seed is not None else SHORT_SEEDS
+        metafunc.parametrize("stress_seed", seeds, ids=[f"seed{s}" for s in seeds])
