@@ -485,3 +485,86 @@ async def test_a_cancel_from_elsewhere_during_a_loss_still_cancels_the_task(lock
     else:  # 3.10 keeps no count of cancel requests: documented, reported as the loss
         assert isinstance(outcome[0], (fencelock.LeaseLost, asyncio.CancelledError))
     await lock.aclose()
+
+
+# -- found by the stress test (tests/stress) ----------------------------------------------------
+
+
+def test_a_shorter_extend_moves_the_loss_signal_to_the_new_deadline(lock_server: Any, name: str) -> None:
+    fired = threading.Event()
+    lock = fencelock.Lock(name, lock_server.url, ttl=30, renew=False, on_lost=lambda lease: fired.set())
+    lease = lock.acquire(timeout=5)
+    try:
+        lease.extend(ttl=0.5)
+        assert fired.wait(5), "on_lost waited for the old (30 s) deadline"
+        assert lease.lost_event.is_set()
+    finally:
+        with_suppressed(lease.release)
+
+
+def test_acquire_never_returns_a_lease_that_ended_before_its_answer_arrived(lock_server: Any, name: str) -> None:
+    # The grant's answer reaches the client after the whole TTL (a stalled link or process): that
+    # lease is over before the caller sees it. acquire must restart it (or queue again), and no
+    # loss signal may fire for a lease the caller never had.
+    hooked = Hooked(lock_server.url)
+    late = [True]
+    real = hooked.try_acquire
+
+    def slow_answer(key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Any:
+        got = real(key, token, ttl_ms, label, queue)
+        if late[0] and got.fence is not None:
+            late[0] = False
+            time.sleep(ttl_ms / 1000 + 0.3)
+        return got
+
+    hooked.try_acquire = slow_answer  # type: ignore[method-assign]
+    lost: list[int] = []
+    lock = fencelock.Lock(name, hooked, ttl=1, renew=False, on_lost=lambda lease: lost.append(lease.fence))
+    lease = lock.acquire(timeout=10)
+    try:
+        assert lease.remaining() > 0.5, f"a lease dead on arrival ({lease.remaining():.3f} s left)"
+        assert lease.held and lost == []
+    finally:
+        with_suppressed(lease.release)
+
+
+@pytest.mark.needs("delete_key")
+def test_a_release_that_finds_the_lease_gone_fires_on_lost_too(lock_server: Any, name: str) -> None:
+    fired: list[int] = []
+    lock = fencelock.Lock(name, lock_server.url, ttl=30, renew=False, on_lost=lambda lease: fired.append(lease.fence))
+    lease = lock.acquire(timeout=5)
+    lock_server.delete_lock(name)  # found out only by the release
+    with pytest.raises(fencelock.LeaseLost):
+        lease.release()
+    assert fired == [lease.fence], "every loss signal fires, also when the release is what finds the loss"
+    assert lease.lost_event.is_set()
+
+
+async def test_a_cancel_that_a_library_swallows_still_stops_the_acquire(lock_server: Any, name: str) -> None:
+    # asyncio.wait_for on Python <= 3.11 can drop a cancel that lands as the inner call completes;
+    # redis.asyncio wraps every command in it. The hooked wait below swallows a cancel the same way.
+    holder = await aio.Lock(name, lock_server.url, ttl=30, renew=False).acquire(timeout=5)
+    swallowing = AsyncHooked(lock_server.url)
+    inside = asyncio.Event()
+    real_wait = swallowing.inner.wait
+
+    async def swallow(key: str, token: str, timeout: float) -> Any:
+        inside.set()
+        try:
+            return await real_wait(key, token, timeout)
+        except asyncio.CancelledError:
+            return None  # swallowed, as wait_for does when the inner result is ready
+
+    swallowing.wait = swallow  # type: ignore[method-assign]
+    waiter = aio.Lock(name, swallowing, ttl=30, renew=False)
+    task = asyncio.create_task(waiter.acquire(timeout=3))
+    await asyncio.wait_for(inside.wait(), 10)
+    task.cancel()
+    outcome = await asyncio.gather(task, return_exceptions=True)
+    await holder.release()
+    if sys.version_info >= (3, 11):
+        assert task.cancelled(), f"the swallowed cancel did not stop the acquire: {outcome!r}"
+    else:  # 3.10 counts no cancel requests: a swallowed one cannot be seen (documented)
+        assert isinstance(outcome[0], (fencelock.LockTimeout, asyncio.CancelledError))
+    probe = await aio.Lock(name, lock_server.url, ttl=5).acquire(timeout=5)  # nothing left behind
+    await probe.release()

@@ -61,8 +61,6 @@ def failure_report(results: list[RunResult], limit: int = 25) -> str:
 
 def test_stress(lock_server: Any, backend_name: str, stress_seed: int, tmp_path: Path,
                 request: pytest.FixtureRequest) -> None:
-    if request.config.getoption("--stress-long"):
-        pytest.skip("--stress-long: the long tier runs instead")
     # even seeds run the quiet-crowd scenario, which needs ~13 s to play out; odd seeds storms
     duration = request.config.getoption("--stress-duration") or SHORT_DURATION[stress_seed % 2]
     res = run_stress(backend_name, lock_server, Settings(seed=stress_seed, duration=duration), tmp_path)
@@ -74,8 +72,6 @@ def test_stress(lock_server: Any, backend_name: str, stress_seed: int, tmp_path:
 
 @pytest.mark.timeout(6 * 3600)  # bounded by its own time budget (--stress-minutes), not by the suite's 300 s
 def test_stress_long(lock_server: Any, backend_name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    if not request.config.getoption("--stress-long"):
-        pytest.skip("long tier: run with --stress-long [--stress-minutes M]")
     budget = request.config.getoption("--stress-minutes") * 60.0 / len(BACKENDS)
     duration = request.config.getoption("--stress-duration") or LONG_DURATION
     base = request.config.getoption("--stress-seed") or random.SystemRandom().randrange(1, 10**6)

@@ -399,7 +399,7 @@ class SyncActor:
                 # and back on the client (which answer sets the deadline last?); then keep holding
                 time.sleep(max(0.0, min(2.0, due - now() - self.rng.uniform(0.0, 0.002))))
                 length = round(self.rng.uniform(0.2, 0.5), 3)
-                ok, err = self.call("extend", lease.name, lambda n=length: lease.extend(n) or True,
+                ok, err = self.call("extend", lease.name, lambda n=length: lease.extend(ttl=n) or True,
                                     token=lease.token, ttl=length)
                 if not ok and isinstance(err, LeaseLost):
                     emit("sig", token=lease.token, kind="extend", fence=lease.fence)
@@ -408,7 +408,7 @@ class SyncActor:
                 # one extend, or a burst of them racing the renewer (which may be mid-request)
                 for _ in range(1 if self.rng.random() < 0.7 else self.rng.randint(3, 10)):
                     length = pick_extend(self.rng, ttl)
-                    ok, err = self.call("extend", lease.name, lambda n=length: lease.extend(n) or True,
+                    ok, err = self.call("extend", lease.name, lambda n=length: lease.extend(ttl=n) or True,
                                         token=lease.token, ttl=length)
                     if not ok:
                         if isinstance(err, LeaseLost):
@@ -689,7 +689,7 @@ class AsyncActor:
                 length = round(self.rng.uniform(0.2, 0.5), 3)
 
                 async def ext_short(length: float = length) -> bool:
-                    await lease.extend(length)
+                    await lease.extend(ttl=length)
                     return True
 
                 ok, err = await self.call("extend", lease.name, ext_short, token=lease.token, ttl=length)
@@ -701,7 +701,7 @@ class AsyncActor:
                     length = pick_extend(self.rng, ttl)
 
                     async def ext(length: float | None = length) -> bool:
-                        await lease.extend(length)
+                        await lease.extend(ttl=length)
                         return True
 
                     ok, err = await self.call("extend", lease.name, ext, token=lease.token, ttl=length)

@@ -36,6 +36,9 @@ log = logging.getLogger("fencelock")
 
 
 class _Deadlined(Protocol):
+    _watch_gen: int
+    _timer: Any
+
     def _check_deadline(self) -> float | None: ...
 
 
@@ -88,17 +91,21 @@ def spawn(fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
 
 
 def watch_deadline(obj: _Deadlined, delay: float) -> None:
-    """Call ``obj._check_deadline()`` after ``delay`` s (again after any delay it returns).
+    """Call ``obj._check_deadline()`` after ``delay`` s (again after any delay it returns), as long
+    as ``obj._watch_gen`` is what it was when this watch started (a newer watch replaces it).
 
     Holds only a weak reference: a lease nobody refers to any more is not kept alive by its watch.
-    A check that raises is tried again shortly: the deadline must never go unwatched.
+    The pending timer is kept in ``obj._timer`` so that a release can cancel it (no timer left in
+    the loop for a lease that ended). A check that raises is tried again shortly: the deadline
+    must never go unwatched.
     """
     ref = weakref.ref(obj)
     loop = asyncio.get_running_loop()
+    gen = obj._watch_gen
 
     def fire() -> None:
         target = ref()
-        if target is None:
+        if target is None or target._watch_gen != gen:
             return
         try:
             again = target._check_deadline()
@@ -106,9 +113,9 @@ def watch_deadline(obj: _Deadlined, delay: float) -> None:
             log.exception("fencelock: a lease's deadline check failed; checking again shortly")
             again = RECHECK
         if again is not None:
-            loop.call_later(max(again, 0.001), fire)
+            target._timer = loop.call_later(max(again, 0.001), fire)
 
-    loop.call_later(max(delay, 0.0), fire)
+    obj._timer = loop.call_later(max(delay, 0.0), fire)
 
 
 RECHECK = 0.1
@@ -181,6 +188,23 @@ def interrupt_owner(owner: object, message: str, lease: _Interruptible) -> None:
 
     with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile: nothing left to stop
         loop.call_soon_threadsafe(deliver)
+
+
+def cancel_requests() -> int:
+    """How many cancellations of the current task are pending (Python 3.11+; 0 before, where
+    asyncio keeps no count). Taken before a call, compared after it by ``check_cancel``."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return int(cancelling()) if cancelling is not None else 0
+
+
+def check_cancel(before: int) -> None:
+    """Raise ``CancelledError`` if the current task was asked to stop since ``cancel_requests()``
+    returned ``before`` but the request never reached us: a library swallowed it (asyncio.wait_for
+    on Python <= 3.11, which redis.asyncio and others wrap around each command, drops a cancel that
+    lands just as the inner operation completes). The task asked to stop; it must stop."""
+    if cancel_requests() > before:
+        raise asyncio.CancelledError("fencelock: a cancellation swallowed by a library call, delivered again")
 
 
 def settle_cancels(owner: object, ours: int) -> bool:

@@ -188,6 +188,10 @@ class AsyncLock:
         started = clock()
         give_up = started + wait
         queue = wait > 0
+        # A cancellation that a library swallowed (asyncio.wait_for on Python <= 3.11 drops one that
+        # lands as the inner operation completes) is still counted on the task: look after each
+        # round trip, so a cancelled acquire never goes on to wait, or to return a lease.
+        cancels = _compat.cancel_requests()
         try:
             counted = self._limit != 1 or self._weight != 1
             while True:
@@ -198,24 +202,29 @@ class AsyncLock:
                     )
                 else:
                     attempt = await backend.try_acquire(p.name, token, p.ttl_ms, p.label, queue)
-                if attempt.fence is not None:
-                    return self._granted(token, attempt.fence, sent, started)
-                left = give_up - clock()
-                if left <= 0:
-                    break
-                pause = left if attempt.retry_after is None else min(left, max(attempt.retry_after, 0.001))
-                handed = await backend.wait(p.name, token, pause)
-                if handed is None:
-                    continue
-                # Handed over after our last try_acquire was sent: measure the lease from that send.
-                if lease_deadline(sent, p.ttl) - clock() < p.ttl / 2:
-                    # We slept long since that poll (a stalled process): restart the grant from now
-                    # before a lease exists. A grant that ran out meanwhile was never the caller's,
-                    # so nothing may signal its loss: we just queue again.
-                    sent = clock()
-                    if not await backend.extend(p.name, token, p.ttl_ms):
+                _compat.check_cancel(cancels)
+                fence = attempt.fence
+                if fence is None:
+                    left = give_up - clock()
+                    if left <= 0:
+                        break
+                    pause = left if attempt.retry_after is None else min(left, max(attempt.retry_after, 0.001))
+                    fence = await backend.wait(p.name, token, pause)
+                    _compat.check_cancel(cancels)
+                    if fence is None:
                         continue
-                return self._granted(token, handed, sent, started)
+                # Granted: by this request (the lease runs from its send) or handed over after our
+                # last poll was sent (it runs from that send, which precedes the grant).
+                if lease_deadline(sent, p.ttl) - clock() < p.ttl / 2:
+                    # The answer reached us long after the request (a stalled process or link):
+                    # restart the lease from now before a lease object exists. A grant that ran out
+                    # meanwhile was never the caller's, so nothing may signal its loss: queue again.
+                    sent = clock()
+                    renewed = await backend.extend(p.name, token, p.ttl_ms)
+                    _compat.check_cancel(cancels)
+                    if not renewed:
+                        continue
+                return self._granted(token, fence, sent, started)
         except BaseException:
             # The request in flight may have succeeded on the server (we just never heard back), or
             # we may sit in the queue: leave nothing behind that would block the others.
@@ -293,6 +302,8 @@ class AsyncLease:
         self._stopper: _compat.AsyncStopper | None = None
         self._renewing = False
         self._unwatch: Callable[[], None] | None = None
+        self._watch_gen = 0  # the deadline watch of this generation is the live one
+        self._timer: Any = None  # the pending deadline timer (asyncio): cancelled on release
 
     def __repr__(self) -> str:
         state = "released" if self._released else ("lost" if self.lost else "held")
@@ -406,16 +417,27 @@ class AsyncLease:
                 raise NotHeld(f"cannot extend lease on {self.name!r}: it was already released")
             if self._lost_reason is not None:
                 raise LeaseLost(self.name, self.fence, self._lost_reason)
+            cancels = _compat.cancel_requests()
             sent = self._clock()
             try:
                 ok = await self._lock._backend.extend(self.name, self.token, max(1, int(length * 1000)))
             except BaseException:
-                self._deadline = min(self._deadline, lease_deadline(sent, length))
+                self._set_deadline(min(self._deadline, lease_deadline(sent, length)))
                 raise
             if ok:
-                self._deadline = lease_deadline(sent, length)
+                self._set_deadline(lease_deadline(sent, length))
                 self._doubt = None
+            _compat.check_cancel(cancels)
             return ok
+
+    def _set_deadline(self, deadline: float) -> None:
+        """Move the deadline; when it moves earlier (a shorter extend), the deadline watch moves
+        with it, so the loss is signalled at the new deadline, not the old one."""
+        earlier = deadline < self._deadline
+        self._deadline = deadline
+        if earlier and not self._released and self._lost_reason is None:
+            self._watch_gen += 1  # the running watch stops at its next round: this one replaces it
+            _compat.watch_deadline(self, deadline - self._clock())
 
     async def release(self) -> None:
         """Release the lock. Never deletes a successor's lock: if the lease had already expired and
@@ -433,12 +455,10 @@ class AsyncLease:
         if not ok:
             reason = was_lost or "expired before release; the lock was not ours any more, so nothing was deleted"
             if was_lost is None:
+                # Found out only now: every signal still fires (no interruption: we are leaving)
                 with self._mutex:
                     self._lost_reason = reason
-                    event = self._lost_event
-                if event is not None:
-                    event.set()
-                instruments.lost(self.name, reason)
+                self._signal_loss(reason, interrupt=False)
             raise LeaseLost(self.name, self.fence, reason)
 
     async def __aenter__(self) -> AsyncLease:
@@ -499,6 +519,9 @@ class AsyncLease:
         _compat.watch_deadline(self, delay)
 
     def _stop_background(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()  # no timer is left pending for a lease that ended
         if self._stopper is not None:
             self._stopper.stop()
         if self._unwatch is not None:
@@ -557,10 +580,15 @@ class AsyncLease:
             if self._lost_reason is not None or self._released:
                 return
             self._lost_reason = reason
+        self._signal_loss(reason, interrupt=True)
+
+    def _signal_loss(self, reason: str, interrupt: bool) -> None:
+        """Every loss signal but the flag (set by the caller): metrics, log, the holder's task,
+        ``on_lost``, and last ``lost_event``."""
         self._stop_background()
         instruments.lost(self.name, reason)
         log.warning("lease on %r fence=%d holder=%s lost: %s", self.name, self.fence, self._lock._params.label, reason)
-        if self._owner is not None:
+        if interrupt and self._owner is not None:
             self._cancelled_by_us = True
             _compat.interrupt_owner(self._owner, f"fencelock: lease on {self.name!r} was lost: {reason}", self)
         callback = self._lock._on_lost

@@ -56,6 +56,8 @@ def decorate(lock: Any, fn: Callable[P, R]) -> Callable[P, R]:
 
 
 class _Deadlined(Protocol):
+    _watch_gen: int
+
     def _check_deadline(self) -> float | None: ...
 
 
@@ -170,13 +172,26 @@ if hasattr(os, "register_at_fork"):
 
 
 def watch_deadline(obj: _Deadlined, delay: float) -> None:
-    """Call ``obj._check_deadline()`` after ``delay`` s, again after any delay it returns."""
-    _watcher.watch(obj, delay, _check)
+    """Call ``obj._check_deadline()`` after ``delay`` s, again after any delay it returns, as long
+    as ``obj._watch_gen`` is what it was when this watch started (a newer watch replaces it)."""
+    gen = obj._watch_gen
+
+    def check(target: Any) -> float | None:
+        if target._watch_gen != gen:
+            return None
+        result: float | None = target._check_deadline()
+        return result
+
+    _watcher.watch(obj, delay, check)
 
 
-def _check(obj: Any) -> float | None:
-    result: float | None = obj._check_deadline()
-    return result
+def cancel_requests() -> int:
+    """Threads have no cancellation (the asyncio twin counts pending ones)."""
+    return 0
+
+
+def check_cancel(before: int) -> None:
+    return None
 
 
 RECHECK = 0.1

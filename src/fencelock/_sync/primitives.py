@@ -32,8 +32,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .._core.types import Leader
 from .._core.params import DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_TTL, Clock, check_label, check_timeout
+from .._core.types import Leader
 from .._errors import ConfigurationError
 from ..backends import open_backend
 from ..backends.base import RW_LIMIT, Backend, LockInfo
