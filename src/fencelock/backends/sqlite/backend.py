@@ -286,10 +286,11 @@ class SqliteBackend:
                 return
 
             def look(conn: sqlite3.Connection) -> list[str]:
-                now = self._clock()
-                rows = [row for row in conn.execute(_SELECT_HOLDERS, (key,)).fetchall() if self._live(row, now)]
-                limit = int(rows[0][7]) if rows else int(head[4])
-                return self._fitting(conn, key, now, limit - sum(int(row[6]) for row in rows))
+                rows = conn.execute(_SELECT_HOLDERS, (key,)).fetchall()
+                now = self._clock()  # after the read, as in probe(): no fresh row looks "ahead of our clock"
+                live = [row for row in rows if self._live(row, now)]
+                limit = int(live[0][7]) if live else int(head[4])
+                return self._fitting(conn, key, now, limit - sum(int(row[6]) for row in live))
 
             for token in self.db.run("wake", look):
                 self.bells.ring(token)
