@@ -5,6 +5,11 @@
     .venv/bin/python bench/bench_onehost.py             # disk temp dir + /dev/shm, about 45 s
     .venv/bin/python bench/bench_onehost.py --quick     # about 25 s
     .venv/bin/python bench/bench_onehost.py --dir /var/tmp --contended-dir /var/tmp
+    .venv/bin/python bench/bench_onehost.py --baseline /tmp/old/src --only-baseline   # A/B only
+
+``--baseline SRC`` also measures this tree's fencelock against another checkout's (``SRC`` is its
+``src`` directory, e.g. ``git archive v0.1.0 src | tar -x -C /tmp/old``): uncontended mutex
+acquire+release on SQLite, each round in a fresh process per side, the sides alternating, medians.
 
 Measures:
   1. uncontended acquire+release of one lock, in each directory (ratios against ``filelock``);
@@ -34,6 +39,7 @@ import queue
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -134,6 +140,61 @@ def uncontended(directory: Path, rounds: int, seconds: float) -> dict[str, float
         alock = aio.Lock("u-aio", f"sqlite:///{directory}/fencelock.db", ttl=30, renew=False)
         results["fencelock.aio"].append(asyncio.run(async_rate(alock, seconds)))
     return {k: statistics.median(v) for k, v in results.items()}
+
+
+# -- this tree against a baseline checkout, same run ------------------------------------------
+
+
+def ab_child(directory: str) -> None:
+    """One side of the A/B rounds (run with PYTHONPATH set to that side's src): prints the module it
+    imported, then answers each line SECONDS on stdin with its rate over that long."""
+    acquire, release = make_lock("fencelock", Path(directory), "ab")
+    rate(acquire, release, 0.2)  # warm up: file created, connection open, statements prepared
+    print(fencelock.__file__, flush=True)
+    for line in sys.stdin:
+        print(rate(acquire, release, float(line)), flush=True)
+
+
+def ab_rounds(baseline: str, parent: str, rounds: int, seconds: float) -> dict[str, float]:
+    """Uncontended mutex rate of this tree and of ``baseline``, each side in a process of its own
+    on a lock file of its own (a newer layout may migrate an older file), the sides taking turns
+    in short bursts so that the drifts of a shared machine hit both alike. Returns each side's
+    median and the median of the per-turn ratios (the steadier figure)."""
+    sides = {"this tree": str(Path(__file__).resolve().parents[1] / "src"), "baseline": os.path.abspath(baseline)}
+    results: dict[str, list[float]] = {k: [] for k in sides}
+    procs: dict[str, subprocess.Popen[str]] = {}
+    with bench_dir(parent) as directory:
+        try:
+            for side, src in sides.items():
+                where = directory / side.replace(" ", "-")
+                where.mkdir()
+                procs[side] = subprocess.Popen(
+                    [sys.executable, __file__, "--ab-child", str(where)],
+                    env={**os.environ, "PYTHONPATH": src},
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                module = procs[side].stdout.readline().strip()  # type: ignore[union-attr]
+                if not module.startswith(src):
+                    raise RuntimeError(f"{side}: imported {module!r}, not the tree under {src}")
+            for i in range(rounds):
+                for side in list(sides) if i % 2 == 0 else list(reversed(sides)):
+                    proc = procs[side]
+                    proc.stdin.write(f"{seconds}\n")  # type: ignore[union-attr]
+                    proc.stdin.flush()  # type: ignore[union-attr]
+                    results[side].append(float(proc.stdout.readline()))  # type: ignore[union-attr]
+        finally:
+            for proc in procs.values():
+                proc.stdin.close()  # type: ignore[union-attr]
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(30)
+    medians = {k: statistics.median(v) for k, v in results.items()}
+    ratios = [a / b for a, b in zip(results["this tree"], results["baseline"], strict=True)]
+    return {**medians, "ratio": statistics.median(ratios)}
 
 
 # -- contended --------------------------------------------------------------------------------
@@ -238,13 +299,37 @@ def main() -> int:
     ap.add_argument("--contended-dir", default=tempfile.gettempdir(), help="parent dir for the contended runs")
     ap.add_argument("--quick", action="store_true", help="shorter rounds (about 25 s in all)")
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--baseline", metavar="SRC", help="also compare the uncontended mutex with fencelock from SRC")
+    ap.add_argument("--only-baseline", action="store_true", help="with --baseline: only the A/B comparison")
+    ap.add_argument("--ab-rounds", type=int, default=40, help="A/B turns per side (default 40, of 0.25 s)")
+    ap.add_argument("--ab-child", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.ab_child:
+        ab_child(args.ab_child)
+        return 0
     rounds, secs, cont_secs = (3, 0.25, 1.5) if args.quick else (5, 0.4, 3.0)
     out = [
         f"python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, filelock {filelock.__version__}, "
         f"portalocker {portalocker.__version__}, {os.cpu_count()} cores"
     ]
     print(out[0], flush=True)
+    if args.baseline:
+        parent = (args.dir or default_dirs)[0]
+        ab_secs = 0.25
+        res = ab_rounds(args.baseline, parent, args.ab_rounds, ab_secs)
+        rows = [
+            ["this tree", f"{res['this tree']:,.0f}", f"{res['ratio']:.2f}x"],
+            ["baseline", f"{res['baseline']:,.0f}", "1.00x"],
+        ]
+        title = (
+            f"fencelock mutex on SQLite, uncontended acquire+release, this tree vs {args.baseline}, in {parent} "
+            f"({fs_type(parent)}; {args.ab_rounds} alternating turns of {ab_secs:g} s per side, one process a side; "
+            "ops/s: medians; vs baseline: median of the per-turn ratios)"
+        )
+        out.append(table(title, ["fencelock", "ops/s", "vs baseline"], rows))
+        print(out[-1], flush=True)
+        if args.only_baseline:
+            return 0
     for parent in args.dir or default_dirs:
         with bench_dir(parent) as directory:
             res = uncontended(directory, rounds, secs)

@@ -2,7 +2,8 @@
 
 Registers itself in ``servers.BACKENDS`` at import (conftest imports it). Capabilities: only what a
 file honestly has: an operator can delete a lock row (``delete_key``) or make it expire now
-(``expire_key``); waiters are served in arrival order (``fifo``). There is no server to pause,
+(``expire_key``); waiters are served in arrival order (``fifo``); names hold counted leases
+(semaphores, read-write locks: ``counted``). There is no server to pause,
 restart, snapshot or protect with a password.
 """
 
@@ -25,7 +26,7 @@ class SqliteLockServer(LockServer):
     """A fresh SQLite lock file; fault hooks go through a connection of their own."""
 
     kind = "sqlite"
-    capabilities = frozenset({"delete_key", "expire_key", "fifo"})
+    capabilities = frozenset({"counted", "delete_key", "expire_key", "fifo"})
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -40,13 +41,14 @@ class SqliteLockServer(LockServer):
 
     def delete_lock(self, name: str) -> None:
         with closing(self._admin()) as db:
-            assert db.execute("DELETE FROM fencelock_lock WHERE name = ?", (name,)).rowcount == 1
+            # every lease of the name (a counted name has one row per holder)
+            assert db.execute("DELETE FROM fencelock_lease WHERE name = ?", (name,)).rowcount >= 1
 
     def expire_lock(self, name: str) -> None:
         # A deadline in the past of CLOCK_MONOTONIC: every process sees the lease as over.
         with closing(self._admin()) as db:
-            cur = db.execute("UPDATE fencelock_lock SET deadline = -1 WHERE name = ?", (name,))
-            assert cur.rowcount == 1
+            cur = db.execute("UPDATE fencelock_lease SET deadline = -1 WHERE name = ?", (name,))
+            assert cur.rowcount >= 1
 
     def last_fence(self, name: str) -> int:
         with closing(self._admin()) as db:

@@ -30,9 +30,11 @@ import pytest
 
 import fencelock
 from fencelock import aio
+from fencelock.backends.base import RW_LIMIT
 from fencelock.backends.sqlite import AsyncSqliteBackend, SqliteBackend, parse_sqlite_url, poll_delay
 from fencelock.backends.sqlite import backend as sqlite_backend
 from fencelock.backends.sqlite import boot as sqlite_boot
+from fencelock.backends.sqlite import schema as sqlite_schema
 from fencelock.backends.sqlite.backend import BACKOFF_CAP, HEAD_CAP, HEAD_POLL, REGISTRATION
 from servers import kill_pid
 
@@ -62,7 +64,7 @@ def url_of(path: Path, **query: str) -> str:
 def lock_row(path: Path, name: str) -> tuple[Any, ...] | None:
     with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
         row: tuple[Any, ...] | None = conn.execute(
-            "SELECT token, fence, deadline FROM fencelock_lock WHERE name = ?", (name,)
+            "SELECT token, fence, deadline FROM fencelock_lease WHERE name = ?", (name,)
         ).fetchone()
         return row
 
@@ -491,7 +493,7 @@ def _die_mid_transaction(path: str, name: str, ready: Any) -> None:
     conn.execute("PRAGMA cache_size = 2")  # spill uncommitted pages into the WAL file
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("UPDATE fencelock_fence SET last = last + 1000000000 WHERE name = ?", (name,))
-    conn.execute("UPDATE fencelock_lock SET deadline = deadline + 1000000 WHERE name = ?", (name,))
+    conn.execute("UPDATE fencelock_lease SET deadline = deadline + 1000000 WHERE name = ?", (name,))
     conn.execute("CREATE TABLE scratch (x)")
     conn.executemany("INSERT INTO scratch VALUES (?)", ((os.urandom(512),) for _ in range(2000)))
     ready.put(fence)  # the write lock is ours and half a transaction is on disk
@@ -854,3 +856,289 @@ async def test_async_cancel_before_the_threads_commit_still_leaves_no_row(
     assert await backend.inspect("job") is None, "the acquire committed after its cleanup"
     assert await backend.last_fence("job") > 0, "the acquire did commit (and was then undone)"
     await backend.aclose()
+
+
+# -- counted leases: statements, doorbells, a killed holder ------------------------------------------
+
+RW = RW_LIMIT
+
+
+def traced(backend: SqliteBackend) -> list[str]:
+    """The statements the backend's next calls run (single-threaded: the one idle connection is reused)."""
+    statements: list[str] = []
+    conn = backend.db.checkout()
+    conn.set_trace_callback(statements.append)
+    backend.db.checkin(conn)
+    return statements
+
+
+def test_the_uncontended_mutex_runs_the_statements_it_always_did(db: Path) -> None:
+    """Counted leases must not slow the mutex down: acquire stays one transaction of five statements
+    (holders, queue head, fence read, fence write, lease write) and release one delete plus one look
+    at the queue for whom to wake."""
+    backend = SqliteBackend(db)
+    assert backend.try_acquire("warm", "w" * 32, 30_000, "w", False).fence is not None  # file set up
+    statements = traced(backend)
+    assert backend.try_acquire("job", "a" * 32, 30_000, "a", True).fence is not None
+    acquire = list(statements)
+    statements.clear()
+    assert backend.release("job", "a" * 32)
+    release = list(statements)
+    assert [s.split()[0] for s in acquire] == ["BEGIN", "SELECT", "SELECT", "SELECT", "INSERT", "INSERT", "COMMIT"]
+    assert [s.split()[0] for s in release] == ["DELETE", "SELECT"]
+    backend.close()
+
+
+def test_dead_waiters_ahead_cost_a_bounded_number_of_statements(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crowd of crashed writers ahead of a live reader: one grant clears them all with a fixed
+    number of statements (never one per dead waiter), and the reader behind them is first."""
+    reader = SqliteBackend(db)
+    assert reader.try_acquire("job", "r" * 32, 60_000, "r", False, RW, 1).fence is not None
+    monkeypatch.setattr(sqlite_backend, "REGISTRATION", 0.05)
+    crowd = SqliteBackend(db)
+    for i in range(200):
+        assert crowd.try_acquire("job", f"{i:032d}", 60_000, "dead", True, RW, RW).fence is None
+    time.sleep(0.2)  # the crowd's registrations lapse: they "crashed"
+    monkeypatch.setattr(sqlite_backend, "REGISTRATION", 60.0)
+    late = SqliteBackend(db)
+    assert late.try_acquire("warm", "x" * 32, 1_000, "x", False).fence is not None
+    statements = traced(late)
+    got = late.try_acquire("job", "l" * 32, 60_000, "l", True, RW, 1)
+    assert got.fence is not None, "the reader behind dead writers must get in beside the live reader"
+    assert len(statements) <= 12, statements
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM fencelock_waiter WHERE name = 'job'").fetchone() == (0,)
+    for b in (reader, crowd, late):
+        b.close()
+
+
+def test_a_writers_release_rings_every_reader_at_the_head_and_no_one_behind_a_writer(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "REGISTRATION", 60.0)  # waiters that do not poll stay live
+    backend = SqliteBackend(db)
+    assert backend.try_acquire("rw", "W" * 32, 30_000, "writer", False, RW, RW).fence is not None
+    queue = [("1" * 32, 1), ("2" * 32, 1), ("3" * 32, 1), ("X" * 32, RW), ("4" * 32, 1)]
+    bells = {}
+    for token, weight in queue:
+        assert backend.try_acquire("rw", token, 30_000, token[0], True, RW, weight).fence is None
+        bells[token] = backend.bells.listen(token)
+        assert bells[token] is not None, "doorbells work on Linux"
+    assert backend.release("rw", "W" * 32)
+    for token in ("1" * 32, "2" * 32, "3" * 32):
+        assert bells[token].recv(16) == b"!", "every reader at the head is woken"  # type: ignore[union-attr]
+    for token in ("X" * 32, "4" * 32):
+        with pytest.raises(BlockingIOError):  # the next writer must wait for them, the reader behind it too
+            bells[token].recv(16)  # type: ignore[union-attr]
+    # The third reader asks before the first two: refused (they came first), and woken again as soon
+    # as the first grant leaves room for it.
+    assert backend.try_acquire("rw", "3" * 32, 30_000, "3", True, RW, 1).fence is None
+    assert backend.try_acquire("rw", "1" * 32, 30_000, "1", True, RW, 1).fence is not None
+    assert bells["3" * 32].recv(16) == b"!"  # type: ignore[union-attr]
+    assert backend.try_acquire("rw", "2" * 32, 30_000, "2", True, RW, 1).fence is not None
+    assert backend.try_acquire("rw", "3" * 32, 30_000, "3", True, RW, 1).fence is not None
+    assert backend.try_acquire("rw", "4" * 32, 30_000, "4", True, RW, 1).fence is None, "overtook the writer"
+    for token in ("X" * 32, "4" * 32):
+        with pytest.raises(BlockingIOError):
+            bells[token].recv(16)  # type: ignore[union-attr]
+    backend.close()
+
+
+def test_a_killed_semaphore_holders_permit_frees_at_its_deadline_not_before(db: Path) -> None:
+    ready = CTX.Queue()
+    child = CTX.Process(target=_take_permit_and_hang, args=(str(db), ready))
+    child.start()
+    try:
+        child_fence = ready.get(timeout=120)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        child.join(30)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        (ends,) = conn.execute("SELECT deadline FROM fencelock_lease WHERE fence = ?", (child_fence,)).fetchone()
+    backend = SqliteBackend(db)
+    assert backend.try_acquire("pool", "m" * 32, 60_000, "me", False, 2, 1).fence is not None
+    end = time.monotonic() + 60
+    while (got := backend.try_acquire("pool", "l" * 32, 30_000, "late", True, 2, 1)).fence is None:
+        assert time.monotonic() < end, "the dead holder's permit was never freed"
+        backend.wait("pool", "l" * 32, min(got.retry_after or 1.0, end - time.monotonic()))
+    assert time.monotonic() >= ends, "the dead holder's permit was given away before its lease ended"
+    assert got.fence > child_fence
+    info = backend.inspect("pool")
+    assert info is not None and [h.holder for h in info.holders] == ["me", "late"]
+    backend.close()
+
+
+def _take_permit_and_hang(path: str, ready: Any) -> None:
+    backend = SqliteBackend(path)
+    ready.put(backend.try_acquire("pool", "k" * 32, 1_500, "doomed", False, 2, 1).fence)
+    time.sleep(120)
+
+
+# -- the lock file of fencelock 0.1.0 ---------------------------------------------------------------
+
+# The tables exactly as fencelock 0.1.0 created them (one lease row per name), and the statements
+# with which a 0.1.0 process writes leases: the on-disk contract of that release.
+SCHEMA_0_1 = (
+    "CREATE TABLE IF NOT EXISTS fencelock_fence (name TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS fencelock_lock (name TEXT PRIMARY KEY, token TEXT NOT NULL, fence INTEGER NOT NULL, "
+    "label TEXT NOT NULL, boot TEXT NOT NULL, deadline REAL NOT NULL, ttl REAL NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS fencelock_waiter (name TEXT NOT NULL, token TEXT NOT NULL, seq INTEGER NOT NULL, "
+    "boot TEXT NOT NULL, alive REAL NOT NULL, PRIMARY KEY (name, token)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS fencelock_waiter_order ON fencelock_waiter (name, seq)",
+)
+STORE_LOCK_0_1 = (
+    "INSERT OR REPLACE INTO fencelock_lock (name, token, fence, label, boot, deadline, ttl) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+RELEASE_0_1 = "DELETE FROM fencelock_lock WHERE name = ? AND token = ?"
+EXTEND_0_1 = "UPDATE fencelock_lock SET deadline = ?, ttl = ? WHERE name = ? AND token = ?"
+SELECT_LOCK_0_1 = "SELECT token, fence, boot, deadline, ttl, label FROM fencelock_lock WHERE name = ?"
+ENQUEUE_0_1 = "INSERT INTO fencelock_waiter (name, token, seq, boot, alive) VALUES (?, ?, ?, ?, ?)"
+
+
+def old_file(path: Path, holder_ttl: float = 60.0) -> int:
+    """A lock file as 0.1.0 leaves it: 'job' held by token h... (label 'old-holder') and one live
+    waiter w...; 'idle' was used once. Returns the holder's fence."""
+    boot = sqlite_boot.read_boot_id()
+    fence = time.time_ns() // 1000
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        for statement in SCHEMA_0_1:
+            conn.execute(statement)
+        conn.execute("INSERT INTO fencelock_fence VALUES ('job', ?), ('idle', ?)", (fence, fence - 5))
+        now = time.monotonic()
+        conn.execute(STORE_LOCK_0_1, ("job", "h" * 32, fence, "old-holder", boot, now + holder_ttl, holder_ttl))
+        conn.execute(ENQUEUE_0_1, ("job", "w" * 32, 1, boot, now + 600))  # stays live: see REGISTRATION below
+    return fence
+
+
+def layout(path: Path) -> dict[str, str]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return dict(conn.execute("SELECT name, type FROM sqlite_master WHERE name LIKE 'fencelock%'").fetchall())
+
+
+def test_a_lock_file_of_0_1_is_upgraded_with_its_leases_queue_and_fences(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "REGISTRATION", 600.0)  # the old waiter stays live
+    old_fence = old_file(db)
+    backend = SqliteBackend(db)
+    info = backend.inspect("job")  # opening the file upgrades it
+    assert layout(db)["fencelock_lock"] == "view" and layout(db)["fencelock_lease"] == "table"
+    assert info is not None and (info.fence, info.holder, info.limit, info.waiters) == (old_fence, "old-holder", 1, 1)
+    assert [(h.fence, h.weight) for h in info.holders] == [(old_fence, 1)]
+    assert backend.try_acquire("job", "n" * 32, 30_000, "new", True).fence is None, "the old lease still holds"
+    with pytest.raises(fencelock.LimitMismatch):  # a mutex name, held and queued as one
+        backend.try_acquire("job", "s" * 32, 30_000, "sem", False, 3, 1)
+    assert backend.extend("job", "h" * 32, 30_000), "the old lease is found by its token"
+    assert backend.release("job", "h" * 32)
+    assert backend.try_acquire("job", "n" * 32, 30_000, "new", True).fence is None, "the old waiter came first"
+    got = backend.try_acquire("job", "w" * 32, 30_000, "old-waiter", True)
+    assert got.fence is not None and got.fence > old_fence, "the fence counter carried on"
+    idle = backend.try_acquire("idle", "i" * 32, 30_000, "i", False, 5, 1)
+    assert idle.fence is not None and idle.fence >= old_fence - 4
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    backend.close()
+
+
+def test_a_0_1_process_on_an_upgraded_file_fails_loudly_and_never_takes_a_held_name(db: Path) -> None:
+    """A 0.1.0 process still running when the file is upgraded: its reads see the holders, its lease
+    writes abort with a message that says to upgrade, and its setup never re-creates its table."""
+    old_file(db, holder_ttl=60.0)
+    backend = SqliteBackend(db)
+    assert backend.inspect("job") is not None  # upgraded
+    assert backend.try_acquire("other", "a" * 32, 30_000, "new", False, 3, 1).fence is not None
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as old:
+        for statement in SCHEMA_0_1:  # a 0.1.0 process opening the file: no-ops, no table of its own
+            old.execute(statement)
+        assert layout(db)["fencelock_lock"] == "view"
+        row = old.execute(SELECT_LOCK_0_1, ("other",)).fetchone()
+        assert row is not None and row[0] == "a" * 32, "a 0.1.0 process must see the new holders"
+        now = time.monotonic()
+        writes = [
+            (STORE_LOCK_0_1, ("free", "o" * 32, 1, "old", backend.boot, now + 30, 30.0)),
+            (RELEASE_0_1, ("job", "h" * 32)),
+            (EXTEND_0_1, (now + 30, 30.0, "job", "h" * 32)),
+        ]
+        for sql, params in writes:
+            with pytest.raises(sqlite3.IntegrityError, match="upgrade fencelock here"):
+                old.execute(sql, params)
+    assert backend.inspect("free") is None
+    info = backend.inspect("job")
+    assert info is not None and info.holder == "old-holder", "the 0.1.0 holder's lease is untouched"
+    backend.close()
+
+
+def test_an_interrupted_upgrade_leaves_the_0_1_file_as_it_was(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old_fence = old_file(db)
+    before = layout(db)
+    real = sqlite_schema._upgrade_0_1
+
+    def upgrade_then_fail(conn: sqlite3.Connection) -> None:
+        real(conn)
+        raise sqlite3.OperationalError("disk I/O error")  # e.g. the disk fills up mid-upgrade
+
+    monkeypatch.setattr(sqlite_schema, "_upgrade_0_1", upgrade_then_fail)
+    with pytest.raises(fencelock.BackendError):
+        SqliteBackend(db).inspect("job")
+    assert layout(db) == before, "half an upgrade was committed"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute(SELECT_LOCK_0_1, ("job",)).fetchone()[1] == old_fence
+    monkeypatch.setattr(sqlite_schema, "_upgrade_0_1", real)
+    backend = SqliteBackend(db)
+    info = backend.inspect("job")
+    assert info is not None and info.fence == old_fence
+    backend.close()
+
+
+def test_a_file_of_a_newer_layout_is_refused_with_what_to_do(db: Path) -> None:
+    SqliteBackend(db).close()
+    _make_db(db)
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:  # as a later version would
+        conn.execute("ALTER TABLE fencelock_lease RENAME TO fencelock_lease_v3")
+        conn.execute("CREATE VIEW fencelock_lease AS SELECT * FROM fencelock_lease_v3")
+    with pytest.raises(fencelock.BackendRejected, match=r"newer fencelock.*upgrade fencelock"):
+        SqliteBackend(db).inspect("job")
+
+
+def _open_old_file_and_take_a_permit(url: str, start: Any, out: Any) -> None:
+    start.wait(60)
+    try:
+        backend = SqliteBackend(parse_sqlite_url(url)[0])
+        token = os.urandom(16).hex()
+        fence = backend.try_acquire("pool", token, 30_000, "p", False, 8, 1).fence
+        out.put(fence)
+        time.sleep(0.5)  # hold it while the others come in
+        backend.release("pool", token)
+        backend.close()
+    except Exception as err:
+        out.put(repr(err))
+
+
+def test_many_processes_opening_a_0_1_file_at_once_upgrade_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "locks.db"
+    old_fence = old_file(path)
+    url, start, out = url_of(path), CTX.Event(), CTX.Queue()
+    procs = [CTX.Process(target=_open_old_file_and_take_a_permit, args=(url, start, out)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    try:
+        time.sleep(1.0)  # let them import; they then open the file together
+        start.set()
+        results = [out.get(timeout=120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                p.join(10)
+    assert all(isinstance(r, int) for r in results), results
+    assert len(set(results)) == 6
+    backend = SqliteBackend(path)
+    info = backend.inspect("job")
+    assert info is not None and info.fence == old_fence, "the 0.1.0 lease survived the upgrade"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM fencelock_lease WHERE name = 'job'").fetchone() == (1,)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    backend.close()

@@ -8,15 +8,39 @@ Tables (all in the one file; names start with ``fencelock_`` but keep other data
 a long write transaction of your own would stall every lock call for up to the busy timeout)::
 
     fencelock_fence(name PK, last)                  last fence issued; never decreases, never deleted
-    fencelock_lock(name PK, token, fence, label,    the current lease; ``deadline`` is on the host's
-                   boot, deadline, ttl)             CLOCK_MONOTONIC of boot ``boot``
-    fencelock_waiter(name, token PK, seq, boot,     FIFO queue of live waiters
-                     alive)
+    fencelock_lease(name, token, fence, label,      one row per holder (a mutex has at most one);
+                    boot, deadline, ttl, weight,    ``deadline`` is on the host's CLOCK_MONOTONIC of
+                    lim, PK (name, token))          boot ``boot``; ``lim`` the name's limit
+    fencelock_waiter(name, token, seq, boot,        FIFO queue of live waiters, with what each asks
+                     alive, weight, lim)
+    fencelock_lock                                  0.1.0's lease table, now a read-only view (below)
+
+Counted leases. A name holds at most ``lim`` permits, each holder ``weight`` of them (a mutex 1 of 1,
+a semaphore's permit 1 of N, a read-write lock's reader 1 and writer all of ``RW_LIMIT``). A request
+is granted when no live waiter is ahead of it and its weight fits beside the live holders'. Every
+holder row carries the limit it was granted under, and every waiter row the limit it asked with, so
+the limit binds exactly while the name has live holders or waiters (a request with another raises
+``LimitMismatch``, changing nothing) and an idle name keeps no state that would need forgetting.
+This backend never hands permits over: after a release, each waiter at the head whose weight fits
+finds its next ``try_acquire`` granted, in queue order, and its doorbell is rung (see *Waiting*).
+The mutex runs the same statements as before counted leases existed (one indexed range of the
+primary key reads a name's holders: zero or one row).
+
+Upgrading a 0.1.0 file. 0.1.0 kept one lease row per name in a table ``fencelock_lock``. The first
+process of this version that opens such a file moves the leases into ``fencelock_lease`` (as mutex
+holders, deadlines unchanged, so a lease held at that moment stays held until it ends), gives the
+waiters their weight and limit columns, and replaces ``fencelock_lock`` with a view of the holders
+whose writes abort with a message saying to upgrade: all in one write transaction (``BEGIN
+IMMEDIATE``; processes opening the file together take turns, and the others find it done). A 0.1.0
+process still running on the file then sees who holds every name but cannot write a lease: it
+fails loudly and never grants a name beside the new holders, and it cannot re-create its table (the
+view takes the name). Every process sharing a file must be upgraded; one that was not says so.
 
 Transactions. ``try_acquire`` is one ``BEGIN IMMEDIATE`` transaction (it takes SQLite's single write
 lock at once, so reading the row and writing the new lease cannot interleave with another process);
-``extend`` and ``release`` are one write statement each (an autocommit write statement takes the
-write lock when it starts and commits when it ends: one transaction, no read-then-upgrade race).
+``extend`` and ``release`` are one write statement each, on the lease's (name, token) key (an
+autocommit write statement takes the write lock when it starts and commits when it ends: one
+transaction, no read-then-upgrade race).
 ``busy_timeout`` bounds every wait for the write lock; when it runs out the call raises
 ``BackendUnavailable``, never returns False.
 
@@ -50,17 +74,20 @@ different ids, which is the very disagreement to avoid.
 
 Waiting: first come first served; bounded polling, plus a doorbell. A contender that must wait
 enqueues its token in ``fencelock_waiter`` (refreshing an ``alive`` stamp at least every ``REFRESH``
-seconds); a free lock is granted only to the first live waiter, or to anyone when nobody waits, so
+seconds); free permits are granted only to the first live waiter, or to anyone when nobody waits, so
 newcomers cannot barge in. ``wait()`` looks with cheap reads (WAL readers never block on the writer)
 and sleeps between looks with full-jitter exponential backoff, never longer than the holder's
 remaining lease or the timeout. The sleep is cut short by a doorbell: on Linux each waiter listens
 on an abstract unix datagram socket named after its token (no file; it vanishes with the process),
-and ``release``/``abandon`` ring the first waiter's after their commit. The doorbell is only a hint,
-correctness never depends on it: without one (not Linux) the first waiter polls every ``HEAD_POLL``
-seconds; a ring that cannot arrive (waiter in another network namespace) costs the first waiter at
-most ``HEAD_CAP``, its longest sleep. A waiter that stops polling
-(killed, paused) loses its turn ``REGISTRATION`` seconds after its last poll; until then a free lock
-may sit idle.
+and ``release``/``abandon`` ring, after their commit, every waiter at the head that the free
+permits admit (the first one for a mutex; all the readers queued behind a writer), stopping at the
+first that does not fit; a grant from the queue that leaves permits free rings the ones behind it
+(a reader that asked before the reader ahead of it was refused, and may now get in). The doorbell
+is only a hint, correctness never depends on it: without one (not Linux) the first waiter polls
+every ``HEAD_POLL`` seconds; a ring that cannot arrive (waiter in another network namespace) costs
+the first waiter at most ``HEAD_CAP``, its longest sleep. A waiter that stops polling (killed,
+paused) loses its turn ``REGISTRATION`` seconds after its last poll; until then free permits may
+sit idle.
 
 Durability. WAL with ``synchronous=NORMAL``: a commit is appended to the WAL file with ``write()``
 and no ``fsync``; the data is in the kernel's page cache the moment the call returns, so a crash of
@@ -79,7 +106,8 @@ the path is opened, so nobody keeps locking in a deleted file that the others no
 ``AsyncSqliteBackend`` is the blocking backend behind ``fencelock.backends.offload`` (each call in a
 worker thread), with a wait of its own that sleeps on the event loop and listens to its doorbell there.
 
-Modules: ``urls`` (sqlite:// URLs), ``boot`` (the boot id), ``schema`` (tables and statements),
+Modules: ``urls`` (sqlite:// URLs), ``boot`` (the boot id), ``schema`` (tables, the 0.1.0 upgrade,
+statements),
 ``pool`` (connections per process and thread, transactions, error translation), ``doorbell`` (wake-ups
 between processes), ``backend`` (the primitives).
 """

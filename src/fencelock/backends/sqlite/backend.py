@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._core.params import backoff
-from ..._errors import BackendError, ConfigurationError
-from ..base import Attempt, LockInfo
+from ..._errors import BackendError, ConfigurationError, LimitMismatch
+from ..base import RW_LIMIT, Attempt, HolderInfo, LockInfo
 from ..offload import Offloaded, off_loop
 from .boot import UNKNOWN_BOOT, read_boot_id
 from .doorbell import Doorbells, drain
@@ -22,16 +22,20 @@ from .schema import (
     _COUNT_WAITERS,
     _DEQUEUE,
     _DROP_DEAD,
+    _DROP_EXPIRED,
+    _DROP_NAME,
     _DROP_OWN,
     _ENQUEUE,
     _EXTEND,
     _LIVE_HEAD,
+    _LIVE_QUEUE,
+    _REFRESH,
     _RELEASE,
     _SELECT_FENCE,
     _SELECT_HEAD,
-    _SELECT_LOCK,
+    _SELECT_HOLDERS,
     _STORE_FENCE,
-    _STORE_LOCK,
+    _STORE_LEASE,
     EPSILON,
 )
 from .urls import DEFAULT_BUSY_TIMEOUT, check_busy_timeout, parse_sqlite_url
@@ -58,6 +62,26 @@ BACKOFF_CAP = 0.05
 HEAD_CAP = 0.01
 """The first waiter's backoff cap when it has a doorbell: a ring that could not arrive costs it at
 most this."""
+
+RING_MAX = 256
+"""Most waiters one commit rings (readers let in together); those behind are rung by the grants of
+the first ones, or find out by polling."""
+
+MAX_LIMIT = RW_LIMIT
+"""The largest limit a name can have (a read-write lock's)."""
+
+
+def check_counted(limit: int, weight: int) -> None:
+    """A counted request's limit and weight, checked before any I/O (the handles check theirs too)."""
+    for what, value in (("limit", limit), ("weight", weight)):
+        if type(value) is not int or not 1 <= value <= MAX_LIMIT:
+            raise ConfigurationError(
+                f"{what} must be a whole number from 1 to {MAX_LIMIT} (a read-write lock's), got {value!r}"
+            )
+    if weight > limit:
+        raise ConfigurationError(
+            f"a holder cannot take {weight} permits of a name that has {limit}: the weight must be at most the limit"
+        )
 
 
 class SqliteBackend:
@@ -109,49 +133,82 @@ class SqliteBackend:
         return self._same_boot(row[2]) and bool(now < row[3] <= now + row[4] + EPSILON)
 
     def _waiting(self, row: tuple[Any, ...], now: float) -> bool:
-        """Is the waiter row (token, boot, alive) live: of this boot, and polled lately on this clock."""
+        """Is the waiter row (token, boot, alive, ...) live: of this boot, and polled lately on this clock."""
         return self._same_boot(row[1]) and bool(now < row[2] <= now + REGISTRATION + EPSILON)
 
     def try_acquire(
         self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
     ) -> Attempt:
         if limit != 1 or weight != 1:
-            raise ConfigurationError("the SQLite backend serves mutexes (limit 1) only so far")
+            check_counted(limit, weight)
         ttl = ttl_ms / 1000
 
-        def body(conn: sqlite3.Connection, now: float) -> Attempt:
-            row = conn.execute(_SELECT_LOCK, (key,)).fetchone()
-            if row is not None and self._live(row, now):
+        def body(conn: sqlite3.Connection, now: float) -> tuple[Attempt, list[str]]:
+            # The holders: the live ones' weights and limit, the earliest end, and whether dead rows
+            # (expired, crashed holders) are left to clear. A mutex has zero or one row here.
+            used, current, soonest, expired = 0, 0, 0.0, False
+            for row in conn.execute(_SELECT_HOLDERS, (key,)).fetchall():
+                if not self._live(row, now):
+                    expired = True
+                    continue
                 if row[0] == token:  # ours already (a repeated request): refresh and answer again
-                    conn.execute(_STORE_LOCK, (key, token, row[1], label, self.boot, now + ttl, ttl))
-                    return Attempt(fence=int(row[1]))
+                    if row[7] != limit:
+                        raise LimitMismatch(key, limit, int(row[7]))
+                    conn.execute(_REFRESH, (label, self.boot, now + ttl, ttl, key, token))
+                    return Attempt(fence=int(row[1])), []
+                used += row[6]
+                current = row[7]
+                soonest = row[3] if soonest == 0.0 else min(soonest, row[3])
+            if current and current != limit:
+                raise LimitMismatch(key, limit, int(current))  # rolled back: nothing changed
+            if used + weight > limit:  # no room (held, for a mutex): wait for a release or an expiry
                 if queue:
-                    self._enqueue(conn, key, token, now)
-                return Attempt(fence=None, retry_after=min(row[3] - now, REFRESH))
+                    self._enqueue(conn, key, token, now, limit, weight)
+                return Attempt(fence=None, retry_after=min(soonest - now, REFRESH)), []
             head = self._head(conn, key, now)
-            if head is not None and head != token:  # free, but others were waiting first
-                if queue:
-                    self._enqueue(conn, key, token, now)
-                return Attempt(fence=None, retry_after=REFRESH)
+            if head is not None:
+                if not current and head[2] != limit:  # the queue binds the limit of a name nobody holds
+                    raise LimitMismatch(key, limit, int(head[2]))
+                if head[0] != token:  # room, but a live waiter came first (FIFO: no barging)
+                    if queue:
+                        self._enqueue(conn, key, token, now, limit, weight)
+                    retry = REFRESH if not used else min(soonest - now, REFRESH)
+                    return Attempt(fence=None, retry_after=retry), []
             last = conn.execute(_SELECT_FENCE, (key,)).fetchone()
             fence = max((last[0] if last else 0) + 1, time.time_ns() // 1000)
             conn.execute(_STORE_FENCE, (key, fence))
-            conn.execute(_STORE_LOCK, (key, token, fence, label, self.boot, now + ttl, ttl))
+            if expired:  # rows of dead holders would count against nobody, but they clutter the name
+                conn.execute(_DROP_EXPIRED, {"name": key, "boot": self.boot, "now": now})
+            conn.execute(_STORE_LEASE, (key, token, fence, label, self.boot, now + ttl, ttl, weight, limit))
+            ring: list[str] = []
             if head is not None:
                 conn.execute(_DEQUEUE, (key, token))
-            return Attempt(fence=fence)
+                free = limit - used - weight
+                if free > 0:  # room left (readers, permits): the waiters behind us may get in too
+                    ring = self._fitting(conn, key, now, free)
+            return Attempt(fence=fence), ring
 
-        attempt = self.db.write("acquire", body)
+        attempt, ring = self.db.write("acquire", body)
         if attempt.fence is not None:
             self.bells.hang_up(token)
+            for other in ring:
+                self.bells.ring(other)
         return attempt
 
-    def _enqueue(self, conn: sqlite3.Connection, key: str, token: str, now: float) -> None:
-        conn.execute(_ENQUEUE, {"name": key, "token": token, "boot": self.boot, "alive": now + REGISTRATION})
+    def _enqueue(self, conn: sqlite3.Connection, key: str, token: str, now: float, limit: int, weight: int) -> None:
+        params = {
+            "name": key,
+            "token": token,
+            "boot": self.boot,
+            "alive": now + REGISTRATION,
+            "weight": weight,
+            "lim": limit,
+        }
+        conn.execute(_ENQUEUE, params)
 
-    def _head(self, conn: sqlite3.Connection, key: str, now: float) -> str | None:
-        """The first live waiter's token, or None when nobody lives in the queue; drops the dead
-        ones (crashed or paused waiters) in one statement. Inside a write transaction only.
+    def _head(self, conn: sqlite3.Connection, key: str, now: float) -> tuple[str, int, int] | None:
+        """The first live waiter (token, weight, limit), or None when nobody lives in the queue; drops
+        the dead ones (crashed or paused waiters) in one statement. Inside a write transaction only.
 
         One indexed statement, not a bounded loop: a queue full of crashed waiters (a fleet
         restart) must never make a dead one look first, nor the queue look empty."""
@@ -159,27 +216,46 @@ class SqliteBackend:
         if first is None:
             return None  # nobody queued: the common case costs one indexed look
         if self._waiting(first, now):
-            return str(first[0])
+            return str(first[0]), int(first[3]), int(first[4])
         params = {"name": key, "boot": self.boot, "now": now, "registration": REGISTRATION}
         row = conn.execute(_LIVE_HEAD, params).fetchone()
         conn.execute(_DROP_DEAD, params)  # dead ones ahead of it (or only dead ones): clear them
-        return None if row is None else str(row[0])
+        return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
+
+    def _fitting(self, conn: sqlite3.Connection, key: str, now: float, free: int) -> list[str]:
+        """The live waiters at the head of the queue that ``free`` permits admit, in order, stopping
+        at the first that does not fit (a reader behind a waiting writer never goes first). At most
+        RING_MAX: the rest are woken by the grants of those (or by their own polling)."""
+        params = {"name": key, "boot": self.boot, "now": now, "registration": REGISTRATION, "n": RING_MAX}
+        tokens = []
+        for token, weight, _lim in conn.execute(_LIVE_QUEUE, params).fetchall():
+            if weight > free:
+                break
+            free -= weight
+            tokens.append(str(token))
+        return tokens
 
     def probe(self, key: str, token: str) -> tuple[bool, bool, float | None]:
         """A read-only look (no write lock, never blocks on the writer in WAL mode): is it worth
-        calling ``try_acquire`` now, are we first in line, and how long the holder has left."""
+        calling ``try_acquire`` now, are we first in line, and how long until a holder's lease ends
+        (the earliest, while there is no room for us)."""
 
-        def look(conn: sqlite3.Connection) -> tuple[Any, Any]:
-            return conn.execute(_SELECT_LOCK, (key,)).fetchone(), conn.execute(_SELECT_HEAD, (key,)).fetchone()
+        def look(conn: sqlite3.Connection) -> tuple[list[Any], Any]:
+            return conn.execute(_SELECT_HOLDERS, (key,)).fetchall(), conn.execute(_SELECT_HEAD, (key,)).fetchone()
 
-        row, head = self.db.run("wait", look)
+        rows, head = self.db.run("wait", look)
         now = self._clock()  # after the read: a row written meanwhile is not "ahead of our clock"
-        if row is not None and self._live(row, now):
-            return False, head is not None and head[0] == token, float(row[3] - now)
-        if head is None or head[0] == token:
-            return True, True, None
-        live = self._waiting(head, now)
-        return not live, not live, None  # a dead head is dropped by the next try_acquire
+        if head is not None and head[0] != token and self._waiting(head, now):
+            first, weight = False, 1  # someone is ahead of us: not before it goes
+        else:
+            first = True  # no one queued, we are first, or the first one is dead (try_acquire drops it)
+            weight = int(head[3]) if head is not None and head[0] == token else 1
+        live = [row for row in rows if self._live(row, now)]
+        if not live:
+            return first, first, None
+        room = int(live[0][7]) - sum(int(row[6]) for row in live) >= weight
+        holder_left = None if room else float(min(row[3] for row in live) - now)
+        return first and room, first, holder_left
 
     def wait(self, key: str, token: str, timeout: float) -> None:
         """Look (see "Waiting" above) until the lock seems takeable for us or ``timeout`` passes.
@@ -195,17 +271,32 @@ class SqliteBackend:
                 return None  # rung: the lock was just freed for us, try at once (no look first)
         return None
 
-    def ring_first(self, key: str) -> None:
-        """After a commit that may have freed the lock: wake the first waiter (best effort)."""
+    def ring_heads(self, key: str) -> None:
+        """After a commit that may have freed permits: wake every waiter that may now get in, in
+        queue order as far as the free permits go (best effort: a hint, never needed for safety).
+        The common case, nobody queued, costs one indexed read; a mutex's queue one more ring."""
         if not self.bells.enabled:
             return
         with contextlib.suppress(BackendError):
             head = self.db.one("wake", _SELECT_HEAD, (key,))
-            if head is not None:
+            if head is None:
+                return
+            if head[4] == 1:  # a mutex: exactly the first one may get in
                 self.bells.ring(str(head[0]))
+                return
+
+            def look(conn: sqlite3.Connection) -> list[str]:
+                rows = conn.execute(_SELECT_HOLDERS, (key,)).fetchall()
+                now = self._clock()  # after the read, as in probe(): no fresh row looks "ahead of our clock"
+                live = [row for row in rows if self._live(row, now)]
+                limit = int(live[0][7]) if live else int(head[4])
+                return self._fitting(conn, key, now, limit - sum(int(row[6]) for row in live))
+
+            for token in self.db.run("wake", look):
+                self.bells.ring(token)
 
     def abandon(self, key: str, token: str) -> None:
-        """Leave the queue; drop the lock too if an acquire of ``token`` succeeded unseen."""
+        """Leave the queue; drop our lease too if an acquire of ``token`` succeeded unseen."""
 
         def body(conn: sqlite3.Connection, now: float) -> None:
             conn.execute(_DEQUEUE, (key, token))
@@ -213,7 +304,7 @@ class SqliteBackend:
 
         self.bells.hang_up(token)
         self.db.write("abandon", body)
-        self.ring_first(key)  # we may have been first in line, or held it: the next one goes
+        self.ring_heads(key)  # we may have stood in front, or held permits: the next ones go
 
     def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         params = {"name": key, "token": token, "ttl": ttl_ms / 1000, "boot": self.boot, "now": self._clock()}
@@ -223,16 +314,19 @@ class SqliteBackend:
         params = {"name": key, "token": token, "boot": self.boot, "now": self._clock()}
         released = self.db.count("release", _RELEASE, params) == 1
         if released:
-            self.ring_first(key)
+            self.ring_heads(key)
         return released
 
     def inspect(self, key: str) -> LockInfo | None:
-        row = self.db.one("inspect", _SELECT_LOCK, (key,))
+        rows = self.db.all("inspect", _SELECT_HOLDERS, (key,))
         now = self._clock()  # after the read, as in probe()
-        if row is None or not self._live(row, now):
+        live = sorted((row for row in rows if self._live(row, now)), key=lambda row: row[1])  # oldest grant first
+        if not live:
             return None
         waiters = self.db.one("inspect", _COUNT_WAITERS, {"name": key, "boot": self.boot, "now": now})[0]
-        return LockInfo(key, int(row[1]), str(row[5]), max(0.0, row[3] - now), int(waiters))
+        holders = tuple(HolderInfo(int(row[1]), str(row[5]), max(0.0, row[3] - now), int(row[6])) for row in live)
+        newest = holders[-1]
+        return LockInfo(key, newest.fence, newest.holder, newest.ttl_remaining, int(waiters), holders, int(live[-1][7]))
 
     def last_fence(self, key: str) -> int:
         """The last fence issued for ``key`` (0 when none): for tests and monitoring."""
@@ -240,13 +334,15 @@ class SqliteBackend:
         return 0 if row is None else int(row[0])
 
     def force_release(self, key: str) -> str | None:
-        """Operator's override: delete the lock row whatever its token. Returns the holder's label,
-        or None when the lock was not held (an expired row is deleted too, silently)."""
+        """Operator's override: delete every lease of the name whatever its token. Returns the
+        holders' labels (oldest grant first, comma-separated), or None when the name was not held
+        (expired rows are deleted too, silently)."""
 
         def body(conn: sqlite3.Connection, now: float) -> str | None:
-            row = conn.execute(_SELECT_LOCK, (key,)).fetchone()
-            conn.execute("DELETE FROM fencelock_lock WHERE name = ?", (key,))
-            return str(row[5]) if row is not None and self._live(row, now) else None
+            rows = conn.execute(_SELECT_HOLDERS, (key,)).fetchall()
+            conn.execute(_DROP_NAME, (key,))
+            labels = [str(row[5]) for row in sorted(rows, key=lambda row: row[1]) if self._live(row, now)]
+            return ", ".join(labels) if labels else None
 
         return self.db.write("force release", body)
 
@@ -306,6 +402,15 @@ class AsyncSqliteBackend(Offloaded):
     def from_url(cls, url: str) -> AsyncSqliteBackend:
         path, busy = parse_sqlite_url(url)
         return cls(path, busy_timeout=busy)
+
+    async def try_acquire(
+        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
+    ) -> Attempt:
+        # The adapter's own try_acquire predates counted leases and passes only the mutex's arguments;
+        # a mutex's call stays exactly that one.
+        if limit == 1 and weight == 1:
+            return await off_loop(self.sync.try_acquire, key, token, ttl_ms, label, queue)
+        return await off_loop(self.sync.try_acquire, key, token, ttl_ms, label, queue, limit, weight)
 
     @property
     def path(self) -> str:

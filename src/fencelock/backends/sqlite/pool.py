@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..._errors import BackendError, BackendRejected, BackendUnavailable
-from .schema import SCHEMA
+from .schema import ensure_layout
 
 __all__ = ["Connections"]
 
@@ -125,10 +125,13 @@ class Connections:
         except sqlite3.Error as err:
             conn.close()
             raise self.translate(err, "open") from err
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        """WAL mode, durability level, schema: safe when many processes open a new file at once."""
+        """WAL mode, durability level, tables: safe when many processes open a new (or 0.1.0) file at once."""
         # Switching a new file to WAL takes an exclusive lock. Two connections switching at once can
         # each hold the shared lock the other waits on, and SQLite's busy handler would let both
         # wait out the whole busy timeout: so try without waiting, and back off between tries.
@@ -146,20 +149,7 @@ class Connections:
         conn.execute("PRAGMA synchronous=NORMAL")  # per connection; see "Durability" in the package docstring
         if self._schema_ready:
             return
-        present = conn.execute(
-            "SELECT COUNT(*) FROM sqlite_master WHERE name IN "
-            "('fencelock_fence', 'fencelock_lock', 'fencelock_waiter', 'fencelock_waiter_order')"
-        ).fetchone()[0]
-        if present < 4:  # create in one write transaction (readers of a read-only file skip this)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in SCHEMA:
-                    conn.execute(statement)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
+        ensure_layout(conn)  # creates the tables, or upgrades a 0.1.0 file, in one write transaction
         self._schema_ready = True
 
     def close(self) -> None:
@@ -205,6 +195,10 @@ class Connections:
     def one(self, what: str, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> Any:
         """The first row of one read statement (or None)."""
         return self.run(what, lambda conn: conn.execute(sql, params).fetchone())
+
+    def all(self, what: str, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> list[Any]:
+        """Every row of one read statement."""
+        return self.run(what, lambda conn: conn.execute(sql, params).fetchall())
 
     def count(self, what: str, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> int:
         """How many rows one write statement changed."""
