@@ -68,8 +68,12 @@ class Offloaded:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {self.sync!r}>"
 
-    async def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
-        return await off_loop(self.sync.try_acquire, key, token, ttl_ms, label, queue)
+    async def try_acquire(
+        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
+    ) -> Attempt:
+        if limit == 1 and weight == 1:  # the mutex: the blocking backend's own defaults
+            return await off_loop(self.sync.try_acquire, key, token, ttl_ms, label, queue)
+        return await off_loop(self.sync.try_acquire, key, token, ttl_ms, label, queue, limit, weight)
 
     async def wait(self, key: str, token: str, timeout: float) -> int | None:
         if self._native_wait is not None:

@@ -403,15 +403,6 @@ class AsyncSqliteBackend(Offloaded):
         path, busy = parse_sqlite_url(url)
         return cls(path, busy_timeout=busy)
 
-    async def try_acquire(
-        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
-    ) -> Attempt:
-        # The adapter's own try_acquire predates counted leases and passes only the mutex's arguments;
-        # a mutex's call stays exactly that one.
-        if limit == 1 and weight == 1:
-            return await off_loop(self.sync.try_acquire, key, token, ttl_ms, label, queue)
-        return await off_loop(self.sync.try_acquire, key, token, ttl_ms, label, queue, limit, weight)
-
     @property
     def path(self) -> str:
         return self.sync.path
