@@ -344,13 +344,15 @@ class ZooKeeperBackend:
         started = time.monotonic()
         if target.kind == CHILDREN:  # the watch and a look in one request
             return self._settle(k, node, self._contenders(node.parent, watch=on_event), started, armed=True)
+        # ``get``, not ``exists``: on a node that is gone already, exists would leave a watch for
+        # its creation behind (in kazoo and on the server), which never fires for a sequential name.
         try:
-            stat = self._core.call("exists", f"{node.parent}/{target.child}", watch=on_event)
-        except NoNodeError:  # pragma: no cover - exists answers None rather than raising
-            stat = None
-        if stat is not None and not (target.kind == GRANT and int(stat.version) >= 1):
-            return _WAIT, None
-        return self._look(k, node)
+            _, stat = self._core.call("get", f"{node.parent}/{target.child}", watch=on_event)
+        except NoNodeError:
+            return self._look(k, node)
+        if target.kind == GRANT and int(stat.version) >= 1:
+            return self._look(k, node)  # marked granted already: we may be in too
+        return _WAIT, None
 
     def _look(self, k: tuple[str, str], node: Node) -> tuple[str, int | None]:
         started = time.monotonic()
