@@ -458,13 +458,13 @@ class ZooKeeperBackend:
                 break
             if c.limit == limit:  # another limit behind the head: refused, leaving at once
                 holding.append(c)
+        from kazoo.exceptions import NoNodeError
+
         replies = self._core.call_each("get", [(f"{parent}/{c.name}",) for c in holding])
         for reply in replies:
+            if isinstance(reply, NoNodeError):
+                return None
             if isinstance(reply, BaseException):
-                from kazoo.exceptions import NoNodeError
-
-                if isinstance(reply, NoNodeError):
-                    return None
                 raise reply
         return order, list(zip(holding, replies, strict=True))
 
@@ -500,6 +500,8 @@ class ZooKeeperBackend:
         """Operator's override (``fencelock release --force``): delete the holders' nodes whoever
         they are (every holder of a counted name); returns their labels (None when free). Holders
         learn at their next renewal; the waiters next in line get the permits."""
+        from kazoo.exceptions import NoNodeError
+
         core = self._core
         core.ensure_started()
         parent = core.parent(key)
@@ -511,7 +513,9 @@ class ZooKeeperBackend:
                 _, holding = look
                 if not holding:
                     return None
-                core.call_each("delete", [(f"{parent}/{c.name}",) for c, _ in holding])  # gone already: fine
+                for reply in core.call_each("delete", [(f"{parent}/{c.name}",) for c, _ in holding]):
+                    if isinstance(reply, BaseException) and not isinstance(reply, NoNodeError):
+                        raise reply  # gone already is fine; a refusal (ACL) is not
                 return ", ".join((data or b"").decode("utf-8", "replace") for _, (data, _) in holding)
         return None
 
