@@ -571,16 +571,20 @@ def test_each_counted_waiter_watches_only_what_it_waits_for(zk: ZooKeeperLockSer
         assert w3 not in got_rw and r4 not in got_rw, "the writer waits for the readers, the reader behind it too"
         for r in (r1, r2):
             assert b.release(rw, r) is True
-        assert b.release(sem, h0) is True
-        assert wait_until(lambda: s2 in got_sem, 10) and got_sem[s2] is not None
-        for t in (w3, r4):
-            b.try_acquire(rw, t, TTL_MS, "x", True, RW, RW if t == w3 else 1)
+        assert wait_until(lambda: w3 in got_rw, 10) and got_rw[w3] is not None, "the readers' release lets it in"
+        assert r4 not in got_rw
         assert b.release(rw, w3) is True
         assert wait_until(lambda: r4 in got_rw, 10) and got_rw[r4] is not None
-        for t in (h1, s2):
+        assert b.release(rw, r4) is True
+        assert b.release(sem, h0) is True
+        assert wait_until(lambda: s2 in got_sem, 10) and got_sem[s2] is not None
+        assert s3 not in got_sem
+        assert b.release(sem, h1) is True
+        assert wait_until(lambda: s3 in got_sem, 10) and got_sem[s3] is not None
+        assert b.release(sem, s2) is True
+        assert wait_until(lambda: s4 in got_sem, 10) and got_sem[s4] is not None
+        for t in (s3, s4):
             assert b.release(sem, t) is True
-        assert wait_until(lambda: s3 in got_sem and s4 in got_sem, 10)
-        assert got_sem[s3] is not None and got_sem[s4] is not None
         for t in threads:
             t.join(30)
     finally:
