@@ -2,7 +2,9 @@
 
 The contract suite (test_contract.py) covers what every backend shares; here: sessions (expiry,
 connection loss and recovery through a TCP proxy we can cut), fences across parent re-creation,
-FIFO queueing, lock-name encoding, a user's own KazooClient, asyncio, and errors.
+FIFO queueing, counted leases on ZooKeeper's nodes (names, who watches what, the grant mark,
+racing limits; the generic counted tests are in test_counted_primitives.py), lock-name encoding,
+a user's own KazooClient, asyncio, and errors.
 """
 
 from __future__ import annotations

@@ -249,8 +249,9 @@ class ZooKeeperBackend:
         k = (key, token)
         node = core.nodes.get(k)
         if node is None or node.target is None:
-            # nothing to watch (our node kept vanishing): pause as asked, then try again
-            time.sleep(max(0.0, min(timeout, 0.05)))
+            # nothing to watch (our node kept vanishing): pause as asked, then try again (an Event,
+            # not time.sleep, which fails under libfaketime when only the wall clock is faked)
+            threading.Event().wait(max(0.0, min(timeout, 0.05)))
             return None
         with map_errors("wait"):
             for _ in range(_WAIT_ROUNDS):

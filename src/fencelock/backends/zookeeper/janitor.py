@@ -80,7 +80,7 @@ class Janitor:
                 self._reap_due()
             except Exception:  # never let the janitor die: leases would stop ending on the server
                 log.exception("fencelock zookeeper janitor failed; retrying")
-                time.sleep(JANITOR_MAX_SLEEP)
+                threading.Event().wait(JANITOR_MAX_SLEEP)  # not time.sleep: see backend.wait
 
     def _reap_due(self) -> None:
         core = self.core
