@@ -7,9 +7,12 @@ then measures
   rounds, best round each; the ratio kazoo/ours is printed: the target is <= 1.2);
 - contended: N processes, one lock, a 1 ms critical section: acquisitions per second, the wait
   for the lock (p50 / p99) and fairness (fewest / most acquisitions of one worker); alternating
-  rounds too, the round with the most acquisitions of each is shown.
+  rounds too, the round with the most acquisitions of each is shown;
+- the backend's primitives, one client, no contention: ``try_acquire`` + ``release`` per second
+  for a mutex, a semaphore's permit and a read-write lock's reader and writer (counted leases
+  take the same two round trips as the mutex).
 
-Prints a markdown table. Runtime about 45 s with the defaults (bounded: < 60 s). Not a test.
+Prints markdown tables. Runtime about 55 s with the defaults (bounded: < 80 s). Not a test.
 
     .venv/bin/python bench/bench_zookeeper.py [--seconds 3] [--workers 4] [--work-ms 1]
 """
@@ -94,6 +97,41 @@ def uncontended(hosts: str, seconds: float, rounds: int) -> dict[str, float]:
     client.stop()
     client.close()
     return best
+
+
+def primitives(hosts: str, seconds: float, rounds: int) -> dict[str, float]:
+    """try_acquire + release per second at the backend level, per kind of lease (alternating
+    rounds, best round each)."""
+    from fencelock._core.params import new_token
+    from fencelock.backends.base import RW_LIMIT
+    from fencelock.backends.zookeeper import ZooKeeperBackend
+
+    backend = ZooKeeperBackend.from_url(f"zk://{hosts}/")
+    kinds = {
+        "mutex (limit 1)": (1, 1),
+        "semaphore permit (limit 5)": (5, 1),
+        "read-write lock, reader": (RW_LIMIT, 1),
+        "read-write lock, writer": (RW_LIMIT, RW_LIMIT),
+    }
+    rates = dict.fromkeys(kinds, 0.0)
+    try:
+        for _ in range(rounds):
+            for kind, (limit, weight) in kinds.items():
+                name = f"bench:primitives:{limit}:{weight}"
+
+                def once(name: str = name, limit: int = limit, weight: int = weight) -> None:
+                    token = new_token()
+                    if limit == 1:  # the mutex call, as the lock handle makes it
+                        attempt = backend.try_acquire(name, token, 10_000, "bench", False)
+                    else:
+                        attempt = backend.try_acquire(name, token, 10_000, "bench", False, limit, weight)
+                    assert attempt.fence is not None
+                    backend.release(name, token)
+
+                rates[kind] = max(rates[kind], _rate(once, seconds / 2))
+    finally:
+        backend.close()
+    return rates
 
 
 def _worker(kind: str, hosts: str, ready: Any, go: Any, seconds: float, work: float, out: Any) -> None:
@@ -188,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hosts = f"127.0.0.1:{server.port}"
         solo = uncontended(hosts, args.seconds, args.rounds)
+        prims = primitives(hosts, args.seconds, args.rounds)
         busy: dict[str, dict[str, float]] = {}
         for _ in range(args.rounds):  # alternate, best round each (the JVM warms up as we go)
             for k in ("kazoo", "fencelock"):
@@ -215,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             f"| {k} | {r['ops']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
             f"| {r['fairness']:.2f} ({r['min']:.0f}/{r['max']:.0f}) |"
         )
+    print("\n| backend primitives, one client | try_acquire+release/s |")
+    print("|---|---:|")
+    for k, v in prims.items():
+        print(f"| {k} | {v:,.0f} |")
     print(f"\ntotal run {time.monotonic() - began:.0f} s")
     return 0
 

@@ -7,6 +7,7 @@ Capabilities, honestly:
   pause       SIGSTOP / SIGCONT the JVM.
   delete_key  delete the holder's lock node (as an operator would); the renewer must notice.
   fifo        waiters queue as sequential nodes and are served in creation order.
+  counted     semaphores and read-write locks (limit, weight) on the same nodes.
 Not ``restart_empty`` / ``restart_snapshot``: a ZooKeeper that loses (or rolls back) its data
 restarts its zxids, and the fence is the node's creation zxid. Losing acknowledged writes is
 outside ZooKeeper's guarantees (every write is fsynced to a quorum's transaction log before it is
@@ -158,7 +159,7 @@ class ZooKeeperLockServer(servers.LockServer):
     """The contract suite's handle: URL, pause/resume, delete the holder's node."""
 
     kind = "zookeeper"
-    capabilities = frozenset({"pause", "delete_key", "fifo"})
+    capabilities = frozenset({"pause", "delete_key", "fifo", "counted"})
 
     def __init__(self, directory: Path) -> None:
         from kazoo.client import KazooClient

@@ -163,10 +163,11 @@ def _permit_worker(url: str, name: str, limit: int, rounds: int, start: Any, out
     start.wait(30)
     records = []
     for _ in range(rounds):
+        asked = time.monotonic()
         with sem as lease:
             begin = time.monotonic()
             time.sleep(0.005)
-            records.append((begin, time.monotonic(), lease.fence))
+            records.append((begin, time.monotonic(), lease.fence, asked))
     out.put(records)
 
 
@@ -187,13 +188,13 @@ def test_at_most_limit_holders_across_processes_with_unique_rising_fences(lock_s
             if p.is_alive():
                 p.kill()
     assert len(records) == workers * rounds
-    assert max_overlap([(b, e) for b, e, _ in records]) <= limit
-    fences = [f for _, _, f in records]
+    assert max_overlap([(b, e) for b, e, _, _ in records]) <= limit
+    fences = [f for _, _, f, _ in records]
     assert len(set(fences)) == len(fences), "every permit's fence is unique"
-    # grant order: a permit that began after another ended was granted later, so its fence is higher
-    for _, e1, f1 in records:
-        for b2, _, f2 in records:
-            if e1 < b2:
+    # grant order: a permit asked for after another ended was granted later, so its fence is higher
+    for _, e1, f1, _ in records:
+        for _, _, f2, a2 in records:
+            if e1 < a2:
                 assert f1 < f2
 
 

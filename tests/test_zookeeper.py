@@ -2,7 +2,9 @@
 
 The contract suite (test_contract.py) covers what every backend shares; here: sessions (expiry,
 connection loss and recovery through a TCP proxy we can cut), fences across parent re-creation,
-FIFO queueing, lock-name encoding, a user's own KazooClient, asyncio, and errors.
+FIFO queueing, counted leases on ZooKeeper's nodes (names, who watches what, the grant mark,
+racing limits; the generic counted tests are in test_counted_primitives.py), lock-name encoding,
+a user's own KazooClient, asyncio, and errors.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +29,8 @@ from kazoo.client import KazooClient
 
 import fencelock
 from fencelock import aio
+from fencelock._core.params import new_token
+from fencelock.backends.base import RW_LIMIT
 from fencelock.backends.zookeeper import ZooKeeperBackend, encode_name, lock_parent, parse_zk_url, token_tag
 from srv_zookeeper import ZK_ROOT, ZooKeeperLockServer, ZooKeeperServer, free_port
 
@@ -470,6 +475,241 @@ def test_a_waiter_that_gives_up_leaves_the_queue(zk: ZooKeeperLockServer, name: 
     waiter.close()
 
 
+# -- counted leases (semaphores, read-write locks) --------------------------------------------------
+
+RW = RW_LIMIT
+TTL_MS = 30_000
+
+
+def _grant(b: ZooKeeperBackend, name: str, limit: int, weight: int, label: str) -> tuple[str, int]:
+    token = new_token()
+    attempt = b.try_acquire(name, token, TTL_MS, label, False, limit, weight)
+    assert attempt.fence is not None, label
+    return token, attempt.fence
+
+
+def _queue(b: ZooKeeperBackend, name: str, limit: int, weight: int, label: str) -> str:
+    token = new_token()
+    assert b.try_acquire(name, token, TTL_MS, label, True, limit, weight).fence is None, label
+    return token
+
+
+def _child_of(zk: ZooKeeperLockServer, name: str, token: str) -> str:
+    (child,) = [c for c in zk.children(name) if token_tag(token) in c]
+    return f"{zk.lock_path(name)}/{child}"
+
+
+def _waiting(b: ZooKeeperBackend, name: str, tokens: list[str], timeout: float) -> tuple[dict[str, Any], list[Any]]:
+    """Each token's ``wait`` in a thread of its own; the results, by token, once they return."""
+    got: dict[str, Any] = {}
+
+    def run(token: str) -> None:
+        got[token] = b.wait(name, token, timeout)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    return got, threads
+
+
+def test_counted_nodes_carry_limit_and_weight_and_a_mutex_keeps_its_name_form(
+    zk: ZooKeeperLockServer, name: str
+) -> None:
+    b = ZooKeeperBackend.from_url(zk.url)
+    try:
+        mutex, _ = _grant(b, name + ":m", 1, 1, "m")
+        sem, _ = _grant(b, name + ":s", 5, 1, "s")
+        writer, _ = _grant(b, name + ":w", RW, RW, "w")
+        # the form every earlier fencelock version reads (and so refuses to share a name with)
+        assert re.fullmatch(rf"c-{token_tag(mutex)}-\d{{10}}", zk.children(name + ":m")[0])
+        assert re.fullmatch(rf"c-{token_tag(sem)}-L5W1-\d{{10}}", zk.children(name + ":s")[0])
+        assert re.fullmatch(rf"c-{token_tag(writer)}-L{RW}W{RW}-\d{{10}}", zk.children(name + ":w")[0])
+    finally:
+        b.close()
+
+
+def test_each_counted_waiter_watches_only_what_it_waits_for(zk: ZooKeeperLockServer, name: str) -> None:
+    # Backends from one URL share one KazooClient: its watch tables show every waiter's watch.
+    b = ZooKeeperBackend.from_url(zk.url)
+    client = b.client
+    rw, sem = name + ":rw", name + ":sem"
+    try:
+        w0, _ = _grant(b, rw, RW, RW, "w0")
+        r1, r2 = _queue(b, rw, RW, 1, "r1"), _queue(b, rw, RW, 1, "r2")
+        w3 = _queue(b, rw, RW, RW, "w3")
+        r4 = _queue(b, rw, RW, 1, "r4")
+        h0, _ = _grant(b, sem, 2, 1, "h0")
+        h1, _ = _grant(b, sem, 2, 1, "h1")
+        s2, s3, s4 = (_queue(b, sem, 2, 1, f"s{i}") for i in (2, 3, 4))
+        waiting = [r1, r2, w3, r4]
+        got_rw, threads = _waiting(b, rw, waiting, 30)
+        got_sem, more = _waiting(b, sem, [s2, s3, s4], 30)
+        threads += more
+
+        def watched(name: str) -> dict[str, int]:
+            parent = zk.lock_path(name)
+            data = {
+                p[len(parent) + 1 :]: len(w)
+                for p, w in list(client._data_watchers.items())
+                if p.startswith(parent + "/") and w
+            }
+            children = len(client._child_watchers.get(parent, ()))
+            return {**data, **({"children": children} if children else {})}
+
+        def node(name: str, token: str) -> str:
+            return _child_of(zk, name, token).rsplit("/", 1)[1]
+
+        # readers behind a writer watch that writer; a writer its predecessor; a reader behind it that writer
+        expected_rw = {node(rw, w0): 2, node(rw, r2): 1, node(rw, w3): 1}
+        # a semaphore's first waiter watches the children; each later one the node just ahead of it
+        expected_sem = {"children": 1, node(sem, s2): 1, node(sem, s3): 1}
+        assert wait_until(lambda: watched(rw) == expected_rw and watched(sem) == expected_sem, 10), (
+            watched(rw),
+            watched(sem),
+        )
+        assert b.release(rw, w0) is True
+        assert wait_until(lambda: r1 in got_rw and r2 in got_rw, 10)
+        assert got_rw[r1] is not None and got_rw[r2] is not None, "both readers let in by the writer's release"
+        assert w3 not in got_rw and r4 not in got_rw, "the writer waits for the readers, the reader behind it too"
+        for r in (r1, r2):
+            assert b.release(rw, r) is True
+        assert wait_until(lambda: w3 in got_rw, 10) and got_rw[w3] is not None, "the readers' release lets it in"
+        assert r4 not in got_rw
+        assert b.release(rw, w3) is True
+        assert wait_until(lambda: r4 in got_rw, 10) and got_rw[r4] is not None
+        assert b.release(rw, r4) is True
+        assert b.release(sem, h0) is True
+        assert wait_until(lambda: s2 in got_sem, 10) and got_sem[s2] is not None
+        assert s3 not in got_sem
+        assert b.release(sem, h1) is True
+        assert wait_until(lambda: s3 in got_sem, 10) and got_sem[s3] is not None
+        assert b.release(sem, s2) is True
+        assert wait_until(lambda: s4 in got_sem, 10) and got_sem[s4] is not None
+        for t in (s3, s4):
+            assert b.release(sem, t) is True
+        for t in threads:
+            t.join(30)
+    finally:
+        b.close()
+
+
+def test_a_semaphore_waiter_behind_another_is_woken_by_its_grant(zk: ZooKeeperLockServer, name: str) -> None:
+    # Two holders leave at once: the first waiter learns from its children watch; the second waits
+    # for the first one's grant, which the first marks by rewriting its data (version 0 -> 1).
+    b = ZooKeeperBackend.from_url(zk.url)
+    try:
+        holders = [_grant(b, name, 2, 1, f"h{i}")[0] for i in range(2)]
+        s2, s3 = _queue(b, name, 2, 1, "s2"), _queue(b, name, 2, 1, "s3")
+        got, threads = _waiting(b, name, [s2, s3], 20)
+        assert wait_until(lambda: len(b.client._child_watchers.get(zk.lock_path(name), ())) == 1, 10)
+        for h in holders:
+            assert b.release(name, h) is True
+        for t in threads:
+            t.join(30)
+        assert got[s2] is not None, "the first waiter is let in"
+        assert got[s3] is not None, "the second waiter is woken by the first one's grant, not by its timeout"
+        data, stat = zk.admin.get(_child_of(zk, name, s2))
+        assert (data, stat.version) == (b"s2", 1), "the grant mark keeps the label"
+        _, stat = zk.admin.get(_child_of(zk, name, s3))
+        assert stat.version == 0, "nobody waits behind the last one: no mark"
+        for t in (s2, s3):
+            assert b.release(name, t) is True
+    finally:
+        b.close()
+
+
+def test_a_request_refused_for_its_limit_leaves_no_node(zk: ZooKeeperLockServer, name: str) -> None:
+    b = ZooKeeperBackend.from_url(zk.url)
+    try:
+        token, _ = _grant(b, name, 3, 1, "sem")
+        for limit, weight in ((1, 1), (4, 1), (RW, RW)):
+            with pytest.raises(fencelock.LimitMismatch):
+                b.try_acquire(name, new_token(), TTL_MS, "wrong", True, limit, weight)
+        assert zk.children(name) == [_child_of(zk, name, token).rsplit("/", 1)[1]]
+        assert b.release(name, token) is True
+    finally:
+        b.close()
+
+
+def test_concurrent_requests_with_different_limits_never_hold_together(zk: ZooKeeperLockServer, name: str) -> None:
+    # Each request checks, after its node exists, every live node ahead of it: of two requests that
+    # both passed, the later one saw the earlier, so no two holders ever disagree on the limit.
+    backends = [ZooKeeperBackend.from_url(zk.url_with(timeout=5 + i / 10)) for i in range(4)]  # 4 sessions
+    try:
+        for round_ in range(8):
+            lock = f"{name}:{round_}"
+            go = threading.Barrier(len(backends))
+            held: list[tuple[int, str, ZooKeeperBackend]] = []
+
+            def ask(b: ZooKeeperBackend, limit: int, lock: str, go: threading.Barrier, held: list[Any]) -> None:
+                token = new_token()
+                go.wait(10)
+                with contextlib.suppress(fencelock.LimitMismatch):
+                    if b.try_acquire(lock, token, TTL_MS, "x", False, limit, 1).fence is not None:
+                        held.append((limit, token, b))
+
+            threads = [
+                threading.Thread(target=ask, args=(b, 1 + i % 2 * 2, lock, go, held)) for i, b in enumerate(backends)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert held, "somebody gets the idle name"
+            assert len({limit for limit, _, _ in held}) == 1, held
+            for _, token, b in held:
+                assert b.release(lock, token) is True
+            assert not zk.children(lock), "refused requests leave no node"
+    finally:
+        for b in backends:
+            b.close()
+
+
+def test_counted_fences_are_the_holders_czxids(zk: ZooKeeperLockServer, name: str) -> None:
+    b = ZooKeeperBackend.from_url(zk.url)
+    try:
+        grants = [_grant(b, name, 3, 1, f"p{i}") for i in range(3)]
+        info = b.inspect(name)
+        assert info is not None
+        for (token, fence), holder in zip(grants, info.holders, strict=True):
+            _, stat = zk.admin.get(_child_of(zk, name, token))
+            assert fence == holder.fence == stat.czxid
+        for token, _ in grants:
+            assert b.release(name, token) is True
+    finally:
+        b.close()
+
+
+def test_force_release_of_a_semaphore_removes_every_holder(zk: ZooKeeperLockServer, name: str) -> None:
+    b = ZooKeeperBackend.from_url(zk.url)
+    try:
+        holders = [_grant(b, name, 2, 1, f"h{i}")[0] for i in range(2)]
+        waiter = _queue(b, name, 2, 1, "waiter")
+        assert b.force_release(name) == "h0, h1"
+        assert b.try_acquire(name, waiter, TTL_MS, "waiter", True, 2, 1).fence is not None
+        for h in holders:
+            assert b.extend(name, h, TTL_MS) is False, "a holder learns at its next renewal"
+        assert b.release(name, waiter) is True
+        assert b.force_release(name) is None
+    finally:
+        b.close()
+
+
+def test_the_janitor_ends_an_unrenewed_counted_lease(zk: ZooKeeperLockServer, name: str) -> None:
+    b = ZooKeeperBackend.from_url(zk.url)
+    try:
+        token = new_token()
+        assert b.try_acquire(name, token, 300, "short", False, RW, RW).fence is not None
+        reader = _queue(b, name, RW, 1, "reader")
+        got, threads = _waiting(b, name, [reader], 10)
+        threads[0].join(15)
+        assert got[reader] is not None, "the writer's node went at the end of its lease: the reader is in"
+        assert b.extend(name, token, TTL_MS) is False
+        assert b.release(name, reader) is True
+    finally:
+        b.close()
+
+
 # -- names -------------------------------------------------------------------------------------
 
 
@@ -578,6 +818,48 @@ async def test_async_waiter_wakes_on_release_without_blocking_the_loop(zk: ZooKe
     await lease.release()
     await holder_lock.aclose()
     await waiter_lock.aclose()
+
+
+async def test_async_waiters_hold_no_thread_while_they_wait(zk: ZooKeeperLockServer, name: str) -> None:
+    # More waiters than the loop's default executor has threads: if each held a thread while it
+    # waited, the holder's release (a call in that executor too) would queue behind their 30 s waits.
+    waiters = (os.cpu_count() or 1) + 4 + 4  # the default executor: min(32, cpus + 4) threads
+    holder_lock = aio.Lock(name, zk.url, ttl=30)
+    holder = await holder_lock.acquire(timeout=10)
+    locks = [aio.Lock(name, zk.url, ttl=30) for _ in range(waiters)]
+
+    async def take(lock: aio.Lock) -> int:
+        lease = await lock.acquire(timeout=30)
+        fence = lease.fence
+        await lease.release()
+        return fence
+
+    tasks = [asyncio.create_task(take(lock)) for lock in locks]
+    assert await asyncio.to_thread(wait_until, lambda: len(zk.children(name)) == waiters + 1, 20)
+    started = time.monotonic()
+    await holder.release()
+    fences = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    assert time.monotonic() - started < 25, "the waiters were served one after another, not after their timeouts"
+    assert fences == sorted(fences) and fences[0] > holder.fence
+    for lock in [holder_lock, *locks]:
+        await lock.aclose()
+
+
+async def test_a_cancelled_async_acquire_leaves_no_node_behind(zk: ZooKeeperLockServer, name: str) -> None:
+    holder_lock = aio.Lock(name, zk.url, ttl=30)
+    holder = await holder_lock.acquire(timeout=10)
+    waiter = aio.Lock(name, zk.url, ttl=30)
+    for delay in (0.0, 0.002, 0.3):  # in its first request, maybe its second, then while it waits
+        task = asyncio.create_task(waiter.acquire(timeout=30))
+        await asyncio.sleep(delay)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await asyncio.to_thread(wait_until, lambda: len(zk.children(name)) == 1, 10), delay
+    await holder.release()
+    assert await asyncio.to_thread(wait_until, lambda: not zk.children(name), 10)
+    await holder_lock.aclose()
+    await waiter.aclose()
 
 
 async def test_async_user_client_and_session_loss(zk: ZooKeeperLockServer, name: str) -> None:
