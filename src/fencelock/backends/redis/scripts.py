@@ -198,6 +198,8 @@ local function handoff(c, st, fence_key, lock, now, b, me)
   local now_ms = math.floor(now / 1000)
   local mine, handed = nil, 0
   while true do
+    -- nothing free: nobody can fit, so the queue is left alone (a full name's polls stay cheap)
+    if st.used >= st.limit then return mine, handed, 'blocked' end
     if b.g <= 0 then return mine, handed, 'unknown' end
     local h, reg = chead(c, now_ms, b)
     if h == false then return mine, handed, 'unknown' end
@@ -397,7 +399,8 @@ ACQUIRE_COUNTED = (
 -- returns {1, fence}  when granted (also when handed to us meanwhile, or asked again while we hold:
 --                     the same fence, the lease refreshed to ttl from now),
 --         {0, hint}   when not granted: ms until the first holder's lease ends; -2 when our weight
---                     fits but waiters come first; -3 when the head is not known yet (poll again at once),
+--                     fits but waiters come first; -3 when the head, or what expired holders held, is not
+--                     known yet (poll again at once),
 --         {-1, limit} when the name is in use with another limit (1: a mutex): nothing changed
 local token, ttl, label = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local reg_ms, limit, w = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -484,7 +487,8 @@ if ARGV[4] == '1' then
   keep(c.permits, reg_ms)
 end
 save(c, st)
-if state == 'unknown' then return {0, -3} end
+-- expired holders left to drop overstate `used`: not a real wait, poll again at once
+if state == 'unknown' or not settled then return {0, -3} end
 if st.used + w <= limit then return {0, -2} end
 local first = redis.call('ZRANGE', c.holders, 0, 0, 'WITHSCORES')
 if first[2] then return {0, math.max(1, tonumber(first[2]) - now_ms)} end
