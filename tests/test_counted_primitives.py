@@ -152,6 +152,10 @@ from fencelock._core.params import new_token
 from fencelock.backends import open_backend
 url, name, limit, weight, rounds, hold = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6]), float(sys.argv[6])
 backend, _ = open_backend(url)
+backend.inspect(name)  # connected and warm
+start_at = float(sys.argv[7])  # all workers start together, whenever each process came up
+while time.monotonic() < start_at:
+    time.sleep(0.005)
 spans = []
 end = time.monotonic() + 120
 for _ in range(rounds):
@@ -177,7 +181,8 @@ print(json.dumps(spans))
 def run_workers(url: str, name: str, limit: int, weights: list[int], rounds: int, hold: float) -> list[list[float]]:
     """One process a weight, each taking the name ``rounds`` times; their holding intervals on
     CLOCK_MONOTONIC (one clock for every process of a host)."""
-    args = [str(limit), "", str(rounds), str(hold)]
+    start_at = time.monotonic() + 3.0 + 0.5 * len(weights)  # CLOCK_MONOTONIC: one clock for the host
+    args = [str(limit), "", str(rounds), str(hold), str(start_at)]
     procs = []
     for w in weights:
         args[1] = str(w)
@@ -209,7 +214,7 @@ def max_load(spans: list[list[float]]) -> int:
 
 
 def test_many_processes_never_hold_more_than_the_limit(lock_server: Any, name: str) -> None:
-    spans = run_workers(lock_server.url, name, 2, [1, 1, 1, 1, 1], rounds=8, hold=0.01)
+    spans = run_workers(lock_server.url, name, 2, [1, 1, 1, 1, 1], rounds=8, hold=0.02)
     assert max_load(spans) <= 2
     assert max_load(spans) == 2, "with five workers the two permits were used at once at some point"
     fences = [s[3] for s in spans]
@@ -218,7 +223,7 @@ def test_many_processes_never_hold_more_than_the_limit(lock_server: Any, name: s
 
 def test_many_processes_writers_alone_readers_together(lock_server: Any, name: str) -> None:
     weights = [RW_LIMIT, RW_LIMIT, 1, 1, 1]
-    spans = run_workers(lock_server.url, name, RW_LIMIT, weights, rounds=6, hold=0.01)
+    spans = run_workers(lock_server.url, name, RW_LIMIT, weights, rounds=8, hold=0.02)
     assert max_load(spans) <= RW_LIMIT, "a writer overlapped someone"
     readers = [s for s in spans if s[2] == 1]
     assert max_load(readers) >= 2, "readers shared the lock at some point"
