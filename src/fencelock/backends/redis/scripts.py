@@ -273,28 +273,23 @@ local function counted_in_use(c, now_ms)
 end
 """.replace("GRANT_BUDGET_VALUE", str(GRANT_BUDGET))
 
-# The mutex's scripts reach the counted functions through one closure, instantiated per call while
-# the functions inside it are built only when called: every closure a script defines at its top level
-# is rebuilt on every call, and a dozen of them measured +1.5-3 us of server time per EVALSHA.
-_COUNTED_LIB = (
+# The mutex's scripts define the counted functions inside the branch that needs them (where a
+# mutex lease is not found, or the free path finds counted state): a function a script defines at
+# its top level is rebuilt on every call, and a dozen of them measured +1.5-3 us of server time per
+# EVALSHA; inside a branch they cost nothing until it runs.
+_RELEASE_FN = (
     """
-local function counted_lib()
-"""
-    + _COUNTED_FUNCS
-    + """
-return {keys = counted_keys, crelease = crelease, in_use = counted_in_use}
-end
-"""
-)
-
-_RELEASE_FN = """
 -- release the lock held by `token`, in whichever layout: the mutex's is handed to the first live
 -- waiter (for that waiter's TTL, under its label), else deleted. returns 0 (not ours: nothing
 -- changed), 1 (released), 2 (handed over); `settle` as for crelease
 local function release(lock, fence_key, queue, alive, token, settle)
   if not owns(redis.call('GET', lock), token) then
-    local L = counted_lib()
-    return L.crelease(L.keys(lock), fence_key, lock, token, settle)
+    -- a lost mutex lease lands here too: answer it without building the counted functions
+    if not settle and not redis.call('HGET', string.sub(lock, 1, -5) .. 'leases', token) then return 0 end
+"""
+    + _COUNTED_FUNCS
+    + """
+    return crelease(counted_keys(lock), fence_key, lock, token, settle)
   end
   if redis.call('EXISTS', queue) == 0 then
     redis.call('DEL', lock)
@@ -320,10 +315,10 @@ local function release(lock, fence_key, queue, alive, token, settle)
   return 2
 end
 """
+)
 
 ACQUIRE = (
     _PREAMBLE
-    + _COUNTED_LIB
     + """
 -- ACQUIRE: the mutex (limit 1, weight 1). One round trip: SET NX PX and mint the fence.
 -- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive (the counted keys are derived)
@@ -353,8 +348,13 @@ else
     queued = redis.call('EXISTS', KEYS[3]) == 1
     if present > (queued and 1 or 0) then
       -- the limit binds while the counted use has a live holder or waiter
-      local L = counted_lib()
-      local limit = L.in_use(L.keys(KEYS[1]), math.floor(now / 1000))
+      local limit = nil
+      do
+"""
+    + _COUNTED_FUNCS
+    + """
+        limit = counted_in_use(counted_keys(KEYS[1]), math.floor(now / 1000))
+      end
       if limit == -3 then return {0, -3} end
       if limit then return {-1, limit} end
     end
@@ -526,7 +526,6 @@ return 1
 
 RELEASE = (
     _PREAMBLE
-    + _COUNTED_LIB
     + _RELEASE_FN
     + """
 -- RELEASE: delete-if-token-matches, or hand the freed lock or permits to the first live waiters.
@@ -540,7 +539,6 @@ return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], false)
 
 ABANDON = (
     _PREAMBLE
-    + _COUNTED_LIB
     + _RELEASE_FN
     + """
 -- ABANDON: a waiter gives up (timeout, cancellation, error): leave the queue (either layout), and
@@ -553,9 +551,9 @@ ABANDON = (
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[1] .. ':wake:' .. ARGV[1])
-local c = counted_lib().keys(KEYS[1])
-local left = redis.call('ZREM', c.queue, ARGV[1])
-redis.call('HDEL', c.alive, ARGV[1])
+local base = string.sub(KEYS[1], 1, -5)
+local left = redis.call('ZREM', base .. 'cqueue', ARGV[1])
+redis.call('HDEL', base .. 'calive', ARGV[1])
 return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], left == 1)
 """
 )
