@@ -12,6 +12,7 @@ Capabilities:
   expire_key        make a lock expire on the server now (stand-in for a server clock jump)
   password          the server has a password, and ``url_with_password(pw)`` gives a URL with another one
   fifo              waiters are served first come, first served
+  counted           counted leases: try_acquire with limit/weight (semaphores, read-write locks)
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class RedisLockServer(LockServer):
 
     kind = "redis"
     capabilities = frozenset(
-        {"restart_empty", "restart_snapshot", "pause", "delete_key", "expire_key", "password", "fifo"}
+        {"restart_empty", "restart_snapshot", "pause", "delete_key", "expire_key", "password", "fifo", "counted"}
     )
     PASSWORD = "s3cret-test"
 

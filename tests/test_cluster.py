@@ -11,6 +11,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 import fencelock
+from fencelock._core.params import new_token
 from fencelock.backends.redis import RedisKeys
 from srv_cluster import NODE_TIMEOUT_MS, RedisClusterServers
 from srv_tls import private_dir, start_with_retries
@@ -122,6 +123,29 @@ async def test_asyncio_cluster_client_with_handoff(cluster: RedisClusterServers,
         assert await lock.inspect() is None
     finally:
         await client.aclose()
+
+
+def test_counted_leases_on_a_cluster_keep_every_key_in_the_names_slot(
+    cluster: RedisClusterServers, client: RedisCluster, name: str
+) -> None:
+    # The mutex's scripts reach the counted keys by deriving them from KEYS[1]: the server must
+    # find them in the slot it runs the script in, and on one master; the mutex path finds them too.
+    backend = fencelock.RedisBackend(client)
+    rw = 1 << 30
+    writer, reader = new_token(), new_token()
+    assert backend.try_acquire(name, writer, 10_000, "w", False, rw, rw).fence is not None
+    assert backend.try_acquire(name, reader, 10_000, "r", True, rw, 1).fence is None
+    with pytest.raises(fencelock.LimitMismatch):
+        backend.try_acquire(name, new_token(), 10_000, "m", False)
+    assert backend.extend(name, writer, 10_000) is True
+    keys = RedisKeys("fencelock:", name)
+    assert len({keyslot(cluster, k) for k in [*keys.all9(), keys.wake(reader)]}) == 1
+    assert backend.release(name, writer) is True
+    assert backend.wait(name, reader, 2.0) is not None, "handed over by the release"
+    info = backend.inspect(name)
+    assert info is not None and info.limit == rw and len(info.holders) == 1
+    backend.abandon(name, reader)
+    assert backend.inspect(name) is None
 
 
 def test_zz_failover_of_the_master_holding_a_lock(cluster: RedisClusterServers, name: str) -> None:

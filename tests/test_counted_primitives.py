@@ -33,6 +33,7 @@ pytestmark = pytest.mark.needs("counted")
 CTX = mp.get_context("spawn")
 TTL_MS = 30_000
 LABEL = "counted-test"
+DEAD_AFTER = 5.0  # s: longer than every test server's registration time or session timeout
 READ, WRITE = 1, RW_LIMIT  # a read-write lock's weights
 
 
@@ -491,6 +492,10 @@ def test_dead_waiters_are_skipped(lock_server: Any, backend: Backend, name: str)
             if proc.pid is not None and proc.is_alive():
                 os.kill(proc.pid, signal.SIGKILL)
             proc.join(10)
+    # A waiter counts as dead once it stopped polling for the backend's registration time (Redis,
+    # SQLite: 2 s) or its session ended (ZooKeeper, the test server's: 4 s); until then a release
+    # may still hand it the permits, as it would any live waiter.
+    time.sleep(DEAD_AFTER)
     live = new_token()
     assert refused(backend, name, live, 2)
     assert backend.release(name, holders[0]) is True
@@ -499,6 +504,47 @@ def test_dead_waiters_are_skipped(lock_server: Any, backend: Backend, name: str)
     assert info is not None and "doomed" not in [h.holder for h in info.holders]
     assert backend.release(name, live) is True
     assert backend.release(name, holders[1]) is True
+
+
+@pytest.mark.needs("counted")
+def test_weights_count_against_the_limit(backend: Backend, name: str) -> None:
+    heavy, _ = take(backend, name, 5, 3)
+    light, _ = take(backend, name, 5, 2)
+    assert refused(backend, name, new_token(), 5, 1, queue=False), "3 + 2 of 5 are taken"
+    assert backend.release(name, light) is True
+    assert refused(backend, name, new_token(), 5, 3, queue=False), "3 + 3 > 5"
+    two, _ = take(backend, name, 5, 2)
+    for token in (heavy, two):
+        assert backend.release(name, token) is True
+
+
+@pytest.mark.needs("counted")
+def test_mutex_and_counted_uses_may_follow_each_other(backend: Backend, name: str) -> None:
+    fences = []
+    for limit, weight in [(1, 1), (3, 1), (1, 1), (RW_LIMIT, RW_LIMIT), (RW_LIMIT, 1), (1, 1)]:
+        token, fence = take(backend, name, limit, weight)
+        fences.append(fence)
+        assert backend.release(name, token) is True
+        assert backend.inspect(name) is None
+    assert fences == sorted(set(fences)), "one fence counter for every kind of use"
+
+
+@pytest.mark.needs("counted")
+def test_a_mutex_inspect_says_limit_one(backend: Backend, name: str) -> None:
+    token = new_token()
+    fence = backend.try_acquire(name, token, TTL_MS, LABEL, False).fence
+    info = backend.inspect(name)
+    assert info is not None and info.limit == 1 and info.fence == fence
+    assert [h.fence for h in info.holders] in ([], [fence])
+    assert backend.release(name, token) is True
+
+
+@pytest.mark.needs("counted")
+def test_bad_limits_and_weights_are_refused_before_any_io(backend: Backend, name: str) -> None:
+    for limit, weight in [(0, 1), (3, 0), (3, 4), (1, 2), (RW_LIMIT + 1, 1), (-1, 1)]:
+        with pytest.raises(fencelock.ConfigurationError):
+            backend.try_acquire(name, new_token(), TTL_MS, LABEL, False, limit, weight)
+    assert backend.inspect(name) is None
 
 
 async def test_the_asyncio_primitives_take_counted_requests(lock_server: Any, name: str) -> None:

@@ -15,7 +15,10 @@ from redis.crc import key_slot
 
 import fencelock
 from fencelock import aio
-from fencelock.backends.redis import RedisKeys
+from fencelock._core.params import new_token
+from fencelock.backends.base import RW_LIMIT
+from fencelock.backends.redis import REGISTRATION_MS, RedisKeys
+from fencelock.backends.redis.scripts import GRANT_BUDGET
 from fencelock.embedded import EmbeddedRedis, find_server_binary
 
 ENGINES = ["redis_embedded_server", "redis_debian_server"]
@@ -183,3 +186,192 @@ def _wait(predicate: Any, timeout: float) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+# -- counted leases (semaphores, read-write locks) ------------------------------------------------
+
+COUNTED_KEYS = ("permits", "holders", "leases", "cqueue", "calive")
+
+
+@pytest.fixture
+def backend(server: Any) -> Any:
+    b = fencelock.RedisBackend(server.server.client(socket_timeout=10))
+    try:
+        yield b
+    finally:
+        b.client.close()
+
+
+def _take(backend: Any, name: str, limit: int, weight: int = 1, ttl_ms: int = 30_000, label: str = "t") -> str:
+    token = new_token()
+    assert backend.try_acquire(name, token, ttl_ms, label, False, limit, weight).fence is not None
+    return token
+
+
+def _queue(backend: Any, name: str, limit: int, weight: int = 1) -> str:
+    token = new_token()
+    assert backend.try_acquire(name, token, 30_000, "w", True, limit, weight).fence is None
+    return token
+
+
+def test_counted_keys_share_the_names_slot_and_the_scripts_suffixes() -> None:
+    for n in TRICKY:
+        keys = RedisKeys("fencelock:", n)
+        slots = {key_slot(k.encode()) for k in [*keys.all9(), keys.wake("t")]}
+        assert len(slots) == 1, f"keys of {n!r} span slots {slots}"
+        base = keys.lock[: -len("lock")]
+        # the mutex's scripts derive these from KEYS[1] by the same suffixes (scripts.counted_keys)
+        assert [keys.permits, keys.holders, keys.leases, keys.cqueue, keys.calive] == [base + s for s in COUNTED_KEYS]
+
+
+def test_a_counted_name_writes_only_its_own_keys_and_leaves_the_fence(server: Any, backend: Any, name: str) -> None:
+    keys = RedisKeys("fencelock:", name)
+    held = _take(backend, name, 3)
+    waiting = [_take(backend, name, 3, 2)]
+    waiter = _queue(backend, name, 3, 2)
+    written = {k.decode() for k in server.admin.scan_iter(match=f"fencelock:{{{name}}}*")}
+    assert written == {keys.fence, keys.permits, keys.holders, keys.leases, keys.cqueue, keys.calive}
+    # the mutex path finds this state through the keys it derives from the lock key
+    with pytest.raises(fencelock.LimitMismatch):
+        backend.try_acquire(name, new_token(), 30_000, "m", False)
+    backend.abandon(name, waiter)
+    for token in [held, *waiting]:
+        assert backend.release(name, token) is True
+    left = {k.decode() for k in server.admin.scan_iter(match=f"fencelock:{{{name}}}*")}
+    assert left == {keys.fence}, "an idle name keeps only its fence counter"
+
+
+def test_a_writers_release_hands_over_to_every_reader_before_the_next_writer(
+    server: Any, backend: Any, name: str
+) -> None:
+    keys = RedisKeys("fencelock:", name)
+    rw = RW_LIMIT
+    writer = _take(backend, name, rw, rw)
+    early = [_queue(backend, name, rw) for _ in range(3)]
+    second_writer = _queue(backend, name, rw, rw)
+    late = [_queue(backend, name, rw) for _ in range(2)]
+    assert backend.release(name, writer) is True
+    # The release itself granted the three readers (before any of them polled): each has its fence
+    # in its wake list; the writer behind them, and the readers behind it, still wait.
+    pushed = [server.admin.lrange(keys.wake(r), 0, -1) for r in early]
+    assert all(len(p) == 1 for p in pushed), pushed
+    fences = [int(p[0]) for p in pushed]
+    assert fences == sorted(set(fences)), "minted in queue order"
+    info = backend.inspect(name)
+    assert info is not None and sorted(h.fence for h in info.holders) == fences
+    assert all(h.weight == 1 for h in info.holders)
+    assert server.admin.zcard(keys.cqueue) == 3, "the second writer and the readers behind it"
+    for r, fence in zip(early, fences, strict=True):
+        assert backend.wait(name, r, 1.0) == fence
+    for r in late:
+        assert backend.wait(name, r, 0.05) is None
+    for r in early:
+        assert backend.release(name, r) is True
+    assert backend.wait(name, second_writer, 1.0) is not None, "the last reader's release hands to the writer"
+    assert server.admin.exists(keys.wake(late[0])) == 0
+    assert backend.release(name, second_writer) is True
+    assert [backend.wait(name, r, 1.0) is not None for r in late] == [True, True]
+    for r in late:
+        assert backend.release(name, r) is True
+    assert backend.inspect(name) is None
+
+
+def test_one_call_hands_over_at_most_its_grant_budget(server: Any, backend: Any, name: str) -> None:
+    keys = RedisKeys("fencelock:", name)
+    rw = RW_LIMIT
+    writer = _take(backend, name, rw, rw)
+    readers = [_queue(backend, name, rw) for _ in range(GRANT_BUDGET + 40)]
+    assert backend.release(name, writer) is True
+    assert server.admin.zcard(keys.holders) == GRANT_BUDGET, "one release hands over a bounded number"
+    assert server.admin.zcard(keys.cqueue) == 40
+    # the next poll of any of the rest lets the rest in (they all fit)
+    assert backend.try_acquire(name, readers[-1], 30_000, "w", True, rw, 1).fence is not None
+    assert server.admin.zcard(keys.holders) == GRANT_BUDGET + 40
+    assert server.admin.zcard(keys.cqueue) == 0
+    for r in readers:
+        assert backend.release(name, r) is True
+    assert backend.inspect(name) is None
+
+
+def test_a_crowd_of_dead_counted_waiters_is_cleared_in_bounded_steps(server: Any, backend: Any, name: str) -> None:
+    keys = RedisKeys("fencelock:", name)
+    holder = _take(backend, name, 2, 2)
+    crowd = 600  # more than two calls clear (256 each)
+    for _ in range(crowd):
+        _queue(backend, name, 2)
+    live = _queue(backend, name, 2)
+    end = time.monotonic() + REGISTRATION_MS / 1000 + 0.3
+    while time.monotonic() < end:  # the live waiter goes on polling; the crowd went silent
+        assert backend.try_acquire(name, live, 30_000, "w", True, 2, 1).fence is None
+        time.sleep(0.2)
+    assert backend.release(name, holder) is True
+    assert server.admin.zcard(keys.cqueue) == crowd + 1 - 256, "the release dropped a bounded number"
+    newcomer = backend.try_acquire(name, new_token(), 30_000, "n", False, 2, 1)
+    # 600 - 2 * 256 dead are still in front of the live waiter: its place is not known yet, and that
+    # is never taken for an empty queue
+    assert newcomer.fence is None and newcomer.retry_after == 0.0, newcomer
+    fence = backend.try_acquire(name, live, 30_000, "w", True, 2, 1).fence
+    assert fence is not None, "the live waiter gets in as soon as the dead are cleared"
+    assert server.admin.zcard(keys.cqueue) == 0
+    assert backend.release(name, live) is True
+
+
+def test_expired_holders_are_dropped_in_bounded_steps_and_free_only_their_weight(
+    server: Any, backend: Any, name: str
+) -> None:
+    keys = RedisKeys("fencelock:", name)
+    rw = RW_LIMIT
+    started = time.monotonic()
+    for _ in range(600):
+        _take(backend, name, rw, 1, ttl_ms=3000)
+    assert time.monotonic() - started < 3.0, "too slow to test expiry in bulk here"
+    live = _take(backend, name, rw, 1)
+    time.sleep(3.2)  # from after the last short grant: every short lease has run out
+    assert server.admin.zcard(keys.holders) == 601, "nothing dropped before anyone asked"
+    writer = new_token()
+    answers = []
+    for _ in range(4):
+        answers.append(backend.try_acquire(name, writer, 30_000, "writer", False, rw, rw))
+    assert [a.retry_after for a in answers[:2]] == [0.0, 0.0], "unsettled: poll again at once"
+    assert all(a.fence is None for a in answers), "a live reader still holds"
+    assert answers[-1].retry_after is not None and answers[-1].retry_after > 20, "wait for the live reader's lease"
+    assert server.admin.zcard(keys.holders) == 1
+    assert backend.release(name, live) is True
+    assert backend.try_acquire(name, writer, 30_000, "writer", False, rw, rw).fence is not None
+    assert backend.release(name, writer) is True
+
+
+def test_a_mutex_waiter_alone_binds_the_limit(server: Any, backend: Any, name: str) -> None:
+    holder = new_token()
+    assert backend.try_acquire(name, holder, 30_000, "m", False).fence is not None
+    waiter = new_token()
+    assert backend.try_acquire(name, waiter, 30_000, "m", True).fence is None
+    server.delete_lock(name)  # the holder is gone; its live waiter is not
+    with pytest.raises(fencelock.LimitMismatch) as caught:
+        backend.try_acquire(name, new_token(), 30_000, "s", True, 3, 1)
+    assert caught.value.current == 1
+    assert backend.try_acquire(name, waiter, 30_000, "m", True).fence is not None
+    assert backend.release(name, waiter) is True
+
+
+def test_force_release_of_a_counted_name_drops_every_holder(server: Any, backend: Any, name: str) -> None:
+    a = _take(backend, name, 2, label="alpha")
+    _take(backend, name, 2, label="beta")
+    waiter = _queue(backend, name, 2, 2)
+    removed = backend.force_release(name)
+    assert removed is not None and set(removed.split(", ")) == {"alpha", "beta"}
+    assert a not in removed, "never the token"
+    assert backend.release(name, a) is False
+    assert backend.try_acquire(name, waiter, 30_000, "w", True, 2, 2).fence is not None, "the waiter gets in"
+    assert backend.release(name, waiter) is True
+    assert backend.force_release(name) is None
+
+
+def test_wait_replicas_covers_counted_grants(server: Any, name: str) -> None:
+    client = server.server.client(socket_timeout=10)
+    try:
+        backend = fencelock.RedisBackend(client, wait_replicas=1, wait_timeout=0.05)
+        with pytest.raises(fencelock.ReplicationUnconfirmed):
+            backend.try_acquire(name, new_token(), 30_000, "s", False, 3, 1)
+    finally:
+        client.close()

@@ -15,7 +15,9 @@ import redis
 from redis.crc import key_slot
 
 import fencelock
+import fencelock.backends.base
 from fencelock._cli_ops import EXIT_UNAVAILABLE
+from fencelock._core.params import new_token
 from fencelock.backends.redis import RedisKeys
 from fencelock.embedded import EmbeddedRedis
 from srv_tls import DEBIAN_REDIS, Pki, TlsRedis, make_pki, private_dir, start_with_retries
@@ -236,6 +238,49 @@ def test_a_user_with_exactly_the_minimal_acl_can_do_everything(acl_server: Embed
         assert removed is not None and removed.startswith(lease.token)
     finally:
         client.close()
+
+
+def counted_scenario(server: EmbeddedRedis, user: str, name: str) -> list[BaseException]:
+    """Counted leases at the backend level, every script of theirs: a read-write lock's writer,
+    readers queued behind it and handed over to, extend, inspect, abandon, the limit binding, expired
+    holders dropped, force release. Returns every error raised."""
+    errors: list[BaseException] = []
+    client = user_client(server, user)
+    rw = fencelock.backends.base.RW_LIMIT
+    try:
+        backend = fencelock.RedisBackend(client)
+        writer, readers = new_token(), [new_token() for _ in range(3)]
+        assert backend.try_acquire(name, writer, 10_000, "w", False, rw, rw).fence is not None
+        for r in readers:
+            assert backend.try_acquire(name, r, 10_000, "r", True, rw, 1).fence is None
+        assert backend.try_acquire(name, writer, 10_000, "w", True, rw, rw).fence is not None  # asked again
+        assert backend.extend(name, writer, 10_000) is True
+        info = backend.inspect(name)
+        assert info is not None and info.limit == rw and info.waiters == 3
+        backend.abandon(name, readers[2])
+        assert backend.release(name, writer) is True
+        assert all(backend.wait(name, r, 1.0) is not None for r in readers[:2]), "handed over"
+        with pytest.raises(fencelock.LimitMismatch):
+            backend.try_acquire(name, new_token(), 10_000, "m", False)
+        short = new_token()
+        assert backend.try_acquire(name, short, 50, "short", False, rw, 1).fence is not None
+        time.sleep(0.1)
+        assert backend.release(name, short) is False, "expired"
+        assert backend.force_release(name) is not None
+        assert backend.release(name, readers[0]) is False
+        assert backend.try_acquire(name, writer, 10_000, "w", False, rw, rw).fence is not None  # all gone now
+        assert backend.release(name, writer) is True
+        assert backend.inspect(name) is None
+    except (fencelock.FenceLockError, AssertionError) as err:
+        errors.append(err)
+    finally:
+        client.close()
+    return errors
+
+
+def test_counted_leases_need_nothing_beyond_the_minimal_acl(acl_server: EmbeddedRedis, name: str) -> None:
+    set_user(acl_server, "fl-minimal", minimal_acl())
+    assert counted_scenario(acl_server, "fl-minimal", name) == []
 
 
 @pytest.mark.parametrize("missing", MINIMAL_COMMANDS)

@@ -70,6 +70,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from .._errors import ConfigurationError
+
 __all__ = [
     "RW_LIMIT",
     "AsyncBackend",
@@ -84,10 +86,22 @@ __all__ = [
     "Passthrough",
     "Unsubscribe",
     "WatchesLoss",
+    "check_counted",
 ]
 
 RW_LIMIT = 1 << 30
 """The limit of a read-write lock's name: a reader takes 1 permit, a writer all of them."""
+
+
+
+def check_counted(limit: object, weight: object) -> None:
+    """A counted request's shape, checked by every backend before any I/O: 1 <= limit <= RW_LIMIT,
+    1 <= weight <= limit (bad ones are the caller's bug)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= RW_LIMIT:
+        raise ConfigurationError(f"limit must be an integer from 1 to {RW_LIMIT} (a read-write lock), got {limit!r}")
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= limit:
+        raise ConfigurationError(f"weight must be an integer from 1 to the limit ({limit}), got {weight!r}")
+
 
 LossCallback = Callable[[str, str], None]
 """``callback(state, reason)``; ``state`` is ``"doubt"`` (connection suspended: the lease may be gone),

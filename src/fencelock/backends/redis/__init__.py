@@ -15,6 +15,16 @@ Keys of one lock (all share one hash tag, so Redis Cluster puts them in one slot
     {prefix}{<name>}:alive         HASH   waiting token -> "<alive until, server ms>|<ttl ms>|<label>"
     {prefix}{<name>}:lock:wake:<t> LIST   handoff notice for waiter <t> (it BLPOPs on it)
 
+and, for counted leases (a semaphore's permits, a read-write lock's readers and writer):
+
+    {prefix}{<name>}:permits       HASH   limit -> the name's limit; used -> weight of the holders listed
+    {prefix}{<name>}:holders       ZSET   holding tokens, scored by their lease's end (server ms)
+    {prefix}{<name>}:leases        HASH   holding token -> "<lease end ms>|<fence>|<weight>|<label>"
+    {prefix}{<name>}:cqueue        ZSET   waiting tokens, as queue (the mutex's waiters stay apart)
+    {prefix}{<name>}:calive        HASH   waiting token -> "<alive until>|<ttl ms>|<weight>|<label>"
+
+The wake lists are shared: a waiter BLPOPs the same list whatever it waits for.
+
 ``<name>`` is the lock name with ``%``, ``{`` and ``}`` percent-encoded, so any name (spaces,
 newlines, braces, non-ASCII) maps to its own hash tag and cannot reach another lock's keys. The
 name travels only as key data, never into a script's source.
@@ -43,6 +53,29 @@ for the live waiters' next polls. A grant always removes the grantee's own entry
 can never be handed the lock again. How strict: FIFO among live waiters by arrival at the server. A
 waiter that dies within ``REGISTRATION_MS`` of being handed the lock holds it, like any crashed
 holder, until its TTL runs out.
+
+Counted leases. ``try_acquire(..., limit, weight)`` with a limit above 1 uses the counted keys (a
+limit of 1 is the mutex, whatever the handle: a one-permit semaphore and an election share the
+mutex's keys and speed). A request is granted when no live waiter is ahead of it and ``used +
+weight <= limit``. A release (or abandon, or a poll that finds leases run out) hands the free
+permits to the live waiters at the head of ``cqueue``, in order, as many as fit: each gets its own
+fence and its wake list; the first that does not fit stops the handoff, so nobody overtakes it (a
+reader behind a waiting writer waits: writers do not starve). Lease ends are server time, like the
+mutex's ``PX``. The same bounded-work rule holds: at most 256 dead waiters and 256 expired holders
+are dropped a call, and at most ``GRANT_BUDGET`` grants handed over; what a call could not settle
+is never taken for "nothing there" (QUEUE_UNSETTLED: poll again at once). ``used`` counts expired
+holders until they are dropped, so it can only overstate: too little is granted, never too much.
+The holders', leases' and permits' keys live as long as their longest lease (permits also as long
+as a waiter's registration), so a name whose users all vanished goes idle by itself.
+
+The limit binds while a name has a live holder or a live waiter: a request with another limit (a
+mutex where a semaphore runs, a semaphore of 3 where others use 5) gets ``LimitMismatch`` and
+changes nothing; an idle name takes the limit of its next user. The mutex's ACQUIRE checks this with
+the EXISTS it already makes on the free path (one call on ``queue`` and ``permits``), so the common
+case costs no extra call. EXTEND, RELEASE and ABANDON look for a token's lease in the mutex's
+``lock`` first and the counted ``leases`` second: no layout hint is needed. The mutex's scripts take
+only the mutex's four keys and derive the counted ones from KEYS[1] (same hash tag, so same slot),
+as they derive the wake lists: a longer EVALSHA would cost the mutex's hot path client time.
 """
 
 from __future__ import annotations
@@ -51,11 +84,12 @@ from typing import Any
 
 from ..._errors import ReplicationUnconfirmed
 from .keys import RedisKeys, check_prefix
-from .scripts import BLOCK_CAP, DEFAULT_PREFIX, QUEUE_UNSETTLED, REGISTRATION_MS
+from .scripts import BLOCK_CAP, DEFAULT_PREFIX, GRANT_BUDGET, QUEUE_UNSETTLED, REGISTRATION_MS
 
 __all__ = [
     "BLOCK_CAP",
     "DEFAULT_PREFIX",
+    "GRANT_BUDGET",
     "QUEUE_UNSETTLED",
     "REGISTRATION_MS",
     "AsyncRedisBackend",

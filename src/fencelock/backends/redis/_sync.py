@@ -12,18 +12,21 @@ from typing import Any
 
 import redis as redis_api
 
-from ..._errors import ConfigurationError, ReplicationUnconfirmed
+from ..._errors import ConfigurationError, LimitMismatch, ReplicationUnconfirmed
 from ..._metrics import traced
-from ..base import Attempt, LockInfo
+from ..base import Attempt, HolderInfo, LockInfo, check_counted
 from .errors import map_errors, text
 from .keys import RedisKeys, check_prefix
 from .scripts import (
     ABANDON,
     ACQUIRE,
+    ACQUIRE_COUNTED,
     BLOCK_CAP,
     DEFAULT_PREFIX,
     EXTEND,
+    FORCE_COUNTED,
     INSPECT,
+    LIMIT_MISMATCH,
     QUEUE_UNSETTLED,
     REGISTRATION_MS,
     RELEASE,
@@ -70,10 +73,12 @@ class RedisBackend:
         self.wait_replicas, self._wait_ms = check_wait_replicas(client, wait_replicas, wait_timeout)
         self._owns_client = owns_client
         self._acquire = client.register_script(ACQUIRE)
+        self._acquire_counted = client.register_script(ACQUIRE_COUNTED)
         self._extend = client.register_script(EXTEND)
         self._release = client.register_script(RELEASE)
         self._abandon = client.register_script(ABANDON)
         self._inspect = client.register_script(INSPECT)
+        self._force_counted = client.register_script(FORCE_COUNTED)
         self._keys: dict[str, RedisKeys] = {}
         self._block_cap = _block_cap(client)
 
@@ -104,7 +109,11 @@ class RedisBackend:
         return keys
 
     @traced("try_acquire")
-    def try_acquire(self, key: str, token: str, ttl_ms: int, label: str, queue: bool) -> Attempt:
+    def try_acquire(
+        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
+    ) -> Attempt:
+        if limit != 1 or weight != 1:
+            return self._try_counted(key, token, ttl_ms, label, queue, limit, weight)
         k = self.keys(key)
         args = [token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS]
         if self.wait_replicas:
@@ -112,13 +121,23 @@ class RedisBackend:
         else:
             with map_errors("acquire"):
                 granted, value = self._acquire(keys=k.all4(), args=args)
-        if int(granted) == 1:
+        if int(granted) == 1:  # the common case first: one comparison, no call
             return Attempt(fence=int(value))
-        pttl = int(value)
-        if pttl > 0:
-            return Attempt(fence=None, retry_after=pttl / 1000)
-        # -3: free, but the queue still had crashed waiters to clear before its head is known
-        return Attempt(fence=None, retry_after=0.0 if pttl == QUEUE_UNSETTLED else None)
+        return _attempt(key, 1, int(granted), int(value))
+
+    def _try_counted(
+        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int, weight: int
+    ) -> Attempt:
+        """``try_acquire`` of ``weight`` of ``limit`` permits: the counted layout (ACQUIRE_COUNTED)."""
+        check_counted(limit, weight)
+        k = self.keys(key)
+        args = [token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS, limit, weight]
+        if self.wait_replicas:
+            granted, value = self._replicated(key, "acquire", self._acquire_counted, k.all9(), args)
+        else:
+            with map_errors("acquire"):
+                granted, value = self._acquire_counted(keys=k.all9(), args=args)
+        return _attempt(key, limit, int(granted), int(value))
 
     @traced("wait")
     def wait(self, key: str, token: str, timeout: float) -> int | None:
@@ -188,24 +207,43 @@ class RedisBackend:
     def inspect(self, key: str) -> LockInfo | None:
         k = self.keys(key)
         with map_errors("inspect"):
-            value, pttl, waiters, _last = self._inspect(keys=[k.lock, k.fence, k.queue])
-        if not value:
+            reply = self._inspect(keys=[k.lock, k.fence, k.queue, k.permits, k.holders, k.leases, k.cqueue])
+        value, pttl, waiters, _last, limit, now_ms, leases = reply
+        if value:
+            token_fence_label = text(value).split(":", 2)
+            fence = int(token_fence_label[1]) if len(token_fence_label) > 1 else 0
+            label = token_fence_label[2] if len(token_fence_label) > 2 else ""
+            pttl = int(pttl)
+            ttl = pttl / 1000 if pttl >= 0 else None
+            return LockInfo(key, fence, label, ttl, int(waiters), (HolderInfo(fence, label, ttl),), 1)
+        if not leases:
             return None
-        token_fence_label = text(value).split(":", 2)
-        fence = int(token_fence_label[1]) if len(token_fence_label) > 1 else 0
-        label = token_fence_label[2] if len(token_fence_label) > 2 else ""
-        pttl = int(pttl)
-        return LockInfo(key, fence, label, pttl / 1000 if pttl >= 0 else None, int(waiters))
+        now = int(now_ms)
+        holders = []
+        for lease in leases:
+            end, fence_text, weight, label = text(lease).split("|", 3)
+            holders.append(HolderInfo(int(fence_text), label, max(0, int(end) - now) / 1000, int(weight)))
+        holders.sort(key=lambda h: h.fence)  # oldest grant first
+        newest = holders[-1]
+        return LockInfo(
+            key, newest.fence, newest.holder, newest.ttl_remaining, int(waiters), tuple(holders),
+            int(limit) if limit else 0,
+        )  # fmt: skip
 
     def force_release(self, key: str) -> str | None:
-        """Operator's override: delete the lock key whatever its token. Returns what was removed."""
+        """Operator's override: drop the lock whatever its token (a counted name: every holder; its
+        waiters stay and get in at their next poll). Returns what was removed (a mutex's stored
+        value; a counted name's holder labels), None when nothing was held."""
         k = self.keys(key)
         with map_errors("force release"):
             value = self.client.get(k.lock)
-            if value is None:
-                return None
-            self.client.delete(k.lock)
-        return text(value)
+            if value is not None:
+                self.client.delete(k.lock)
+                return text(value)
+            removed = self._force_counted(keys=[k.permits, k.holders, k.leases])
+        if not removed:
+            return None
+        return ", ".join(text(lease).split("|", 3)[3] for lease in removed)
 
     def last_fence(self, key: str) -> int:
         """The last fence issued for ``key`` (0 when none): for tests and monitoring."""
@@ -216,6 +254,18 @@ class RedisBackend:
     def close(self) -> None:
         if self._owns_client:
             self.client.close()
+
+
+def _attempt(key: str, limit: int, granted: int, value: int) -> Attempt:
+    """An ACQUIRE reply ``{granted, value}`` as an ``Attempt`` (see the scripts' comments)."""
+    if granted == 1:
+        return Attempt(fence=value)
+    if granted == LIMIT_MISMATCH:
+        raise LimitMismatch(key, limit, value)
+    if value > 0:
+        return Attempt(fence=None, retry_after=value / 1000)
+    # -3: free, but crashed waiters (or expired holders) were left to clear first; -2: others wait first
+    return Attempt(fence=None, retry_after=0.0 if value == QUEUE_UNSETTLED else None)
 
 
 def _block_cap(client: Any) -> float:

@@ -14,9 +14,13 @@ def _tag(name: str) -> str:
 
 
 class RedisKeys:
-    """Key names of one lock (see the module docstring)."""
+    """Key names of one lock (see the package docstring for what each holds).
 
-    __slots__ = ("alive", "fence", "lock", "queue")
+    The scripts of the mutex path receive only ``all4()`` and derive the counted keys from the
+    lock key by the same suffixes (``counted_keys`` in scripts.py): a shorter EVALSHA keeps
+    the mutex's client time down, and a derived key has the same hash tag, so the same slot."""
+
+    __slots__ = ("alive", "calive", "cqueue", "fence", "holders", "leases", "lock", "permits", "queue")
 
     def __init__(self, prefix: str, name: str) -> None:
         base = f"{prefix}{{{_tag(name)}}}:"
@@ -24,9 +28,23 @@ class RedisKeys:
         self.fence = base + "fence"
         self.queue = base + "queue"
         self.alive = base + "alive"
+        # counted leases (semaphores, read-write locks): the suffixes are also spelled in scripts.py
+        self.permits = base + "permits"
+        self.holders = base + "holders"
+        self.leases = base + "leases"
+        self.cqueue = base + "cqueue"
+        self.calive = base + "calive"
 
     def all4(self) -> list[str]:
+        """The mutex's keys, in the order its scripts take them."""
         return [self.lock, self.fence, self.queue, self.alive]
+
+    def all9(self) -> list[str]:
+        """Every key of the name except the wake lists, in the order the counted scripts take them."""
+        return [
+            self.lock, self.fence, self.queue, self.alive,
+            self.permits, self.holders, self.leases, self.cqueue, self.calive,
+        ]  # fmt: skip
 
     def wake(self, token: str) -> str:
         return f"{self.lock}:wake:{token}"

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._core.params import backoff
-from ..._errors import BackendError, ConfigurationError, LimitMismatch
-from ..base import RW_LIMIT, Attempt, HolderInfo, LockInfo
+from ..._errors import BackendError, LimitMismatch
+from ..base import RW_LIMIT, Attempt, HolderInfo, LockInfo, check_counted
 from ..offload import Offloaded, off_loop
 from .boot import UNKNOWN_BOOT, read_boot_id
 from .doorbell import Doorbells, drain
@@ -69,19 +69,6 @@ the first ones, or find out by polling."""
 
 MAX_LIMIT = RW_LIMIT
 """The largest limit a name can have (a read-write lock's)."""
-
-
-def check_counted(limit: int, weight: int) -> None:
-    """A counted request's limit and weight, checked before any I/O (the handles check theirs too)."""
-    for what, value in (("limit", limit), ("weight", weight)):
-        if type(value) is not int or not 1 <= value <= MAX_LIMIT:
-            raise ConfigurationError(
-                f"{what} must be a whole number from 1 to {MAX_LIMIT} (a read-write lock's), got {value!r}"
-            )
-    if weight > limit:
-        raise ConfigurationError(
-            f"a holder cannot take {weight} permits of a name that has {limit}: the weight must be at most the limit"
-        )
 
 
 class SqliteBackend:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._errors import BackendRejected, ConfigurationError, LimitMismatch
-from ..base import RW_LIMIT, Attempt, HolderInfo, LockInfo, LossCallback, Unsubscribe
+from ..base import Attempt, HolderInfo, LockInfo, LossCallback, Unsubscribe, check_counted
 from ..offload import Offloaded, off_loop
 from . import clients
 from .core import Core, Node
@@ -49,13 +49,6 @@ def _index(order: list[Contender], name: str | None) -> int | None:
         if c.name == name:
             return at
     return None
-
-
-def _check_counts(limit: int, weight: int) -> None:
-    if not isinstance(limit, int) or not 1 <= limit <= RW_LIMIT:
-        raise ConfigurationError(f"limit must be a whole number of permits from 1 to {RW_LIMIT}, got {limit!r}")
-    if not isinstance(weight, int) or not 1 <= weight <= limit:
-        raise ConfigurationError(f"weight must be a whole number from 1 to the limit ({limit}), got {weight!r}")
 
 
 class ZooKeeperBackend:
@@ -122,7 +115,7 @@ class ZooKeeperBackend:
         self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
     ) -> Attempt:
         if limit != 1 or weight != 1:
-            _check_counts(limit, weight)
+            check_counted(limit, weight)
         core = self._core
         core.ensure_started()
         started = time.monotonic()
