@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -215,14 +213,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import logging
 
-    from srv_zookeeper import ZooKeeperServer
+    from fencelock_chaos.servers import ZooKeeper
 
     logging.getLogger("kazoo").setLevel(logging.ERROR)  # its reconnect chatter at shutdown
 
-    directory = Path(tempfile.mkdtemp(prefix="fl-zk-bench-"))
-    server = ZooKeeperServer(directory)
     began = time.monotonic()
-    server.start()
+    server = ZooKeeper().start()
     try:
         hosts = f"127.0.0.1:{server.port}"
         solo = uncontended(hosts, args.seconds, args.rounds)
@@ -235,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
                     busy[k] = r
     finally:
         server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
     ratio = solo["kazoo Lock"] / solo["fencelock"]
     print(f"ZooKeeper 3.8 (Debian jar, tests/srv_zookeeper.py settings), loopback, {os.cpu_count()} cores\n")

@@ -22,14 +22,16 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from fencelock.backends.redis import RedisKeys
 from fencelock.embedded import EmbeddedRedis, find_server_binary
+from fencelock_chaos.servers import free_port as free_port  # one for the tests, the bench and the harness
 
 # backend name -> fixture name. Other backends register themselves here (see srv_*.py).
 BACKENDS: dict[str, str] = {
@@ -38,6 +40,27 @@ BACKENDS: dict[str, str] = {
 }
 
 DEBIAN_REDIS = "/usr/bin/redis-server"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.01) -> bool:
+    """Poll ``predicate`` every ``step`` seconds until it is true or ``timeout`` seconds pass; its
+    last answer. Bounded: a test that waits on a condition never hangs."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
+@pytest.fixture(scope="module")
+def valkey() -> Iterator[EmbeddedRedis]:
+    """The embedded server the demo uses (valkey or redis from PyPI), one per test module."""
+    server = EmbeddedRedis().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class LockServer:

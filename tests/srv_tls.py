@@ -9,7 +9,6 @@ Debian's redis-server with TLS on a free loopback port (plus its private unix so
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from fencelock.embedded import EmbeddedRedis
+from servers import free_port
 
 DEBIAN_REDIS = "/usr/bin/redis-server"
 
@@ -99,13 +99,6 @@ def make_pki(directory: Path) -> Pki:
     )  # fmt: skip
     client = _signed(directory, "client", "fencelock-client", ca, "extendedKeyUsage=clientAuth\n")
     return Pki(ca[0], other, server[0], server[1], client[0], client[1])
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the server fails loudly if it was taken)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TlsRedis:

@@ -25,15 +25,7 @@ import fencelock
 from fencelock import aio
 from fencelock.backends import open_async_backend, open_backend
 from fencelock.backends.redis import RedisKeys
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.01) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
+from servers import wait_until
 
 
 class Hooked:

@@ -27,7 +27,7 @@ from fencelock._cli_ops import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from servers import RedisLockServer
+from servers import RedisLockServer, free_port
 
 CLI = [sys.executable, "-m", "fencelock.cli"]
 WAIT = 60.0  # generous: the machine is shared
@@ -105,12 +105,6 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         proc.communicate(timeout=WAIT)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- run ------------------------------------------------------------------------------------------

@@ -21,17 +21,9 @@ import pytest
 
 import fencelock
 from fencelock import aio
+from servers import wait_until
 
 CTX = mp.get_context("spawn")
-
-
-def wait_until(predicate: Any, timeout: float, step: float = 0.01) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 # -- basics ------------------------------------------------------------------------------------

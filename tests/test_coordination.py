@@ -19,17 +19,9 @@ import pytest
 
 import fencelock
 from fencelock import aio, fencing
+from servers import wait_until
 
 CTX = mp.get_context("spawn")
-
-
-def wait_until(predicate: Any, timeout: float, step: float = 0.01) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:

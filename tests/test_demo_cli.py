@@ -37,18 +37,11 @@ from cli_helpers import (
 from fencelock._cli_ops import EXIT_USAGE
 from fencelock.embedded import EmbeddedRedis
 from fencelock_demo.producer import ProducerConfig, produce
+from servers import free_port
 
 pytestmark = pytest.mark.slow  # real processes and servers: seconds each
 
 WAIT = 120.0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -113,15 +113,6 @@ def ledger(db: str, name: str) -> tuple[int, int | None, str] | None:
 
 
 @pytest.fixture(scope="module")
-def valkey() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def debian_redis() -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(binary="/usr/bin/redis-server").start()
     try:

@@ -13,7 +13,6 @@ Then A wakes up and writes, with its old fence:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ from fencelock_demo.producer import ProducerConfig, produce
 from test_demo_e2e import finish, history, ledger, manifest, per_file, start_consumer, wait_history
 
 pytestmark = pytest.mark.slow  # real processes and servers: seconds each
-
-
-@pytest.fixture(scope="module")
-def valkey() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _paused_holder(tmp_path: Path, lock: str, fencing: bool) -> tuple[list[dict[str, object]], str, str, str]:

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from fencelock.embedded import find_server_binary
-from servers import DEBIAN_REDIS, kill_pid, wait_ping
+from servers import DEBIAN_REDIS, free_port, kill_pid, wait_ping
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -57,14 +57,6 @@ def python_blocks() -> list[Block]:
 
 BLOCKS = python_blocks()
 RUNNABLE = [b for b in BLOCKS if "no-run" not in b.info]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,11 @@ import contextlib
 import multiprocessing as mp
 import os
 import re
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,18 +29,11 @@ from fencelock import aio
 from fencelock._core.params import new_token
 from fencelock.backends.base import RW_LIMIT
 from fencelock.backends.zookeeper import ZooKeeperBackend, encode_name, lock_parent, parse_zk_url, token_tag
-from srv_zookeeper import ZK_ROOT, ZooKeeperLockServer, ZooKeeperServer, free_port
+from fencelock_chaos.servers import ZooKeeper
+from servers import free_port, wait_until
+from srv_zookeeper import ZK_ROOT, ZooKeeperLockServer
 
 CTX = mp.get_context("spawn")
-
-
-def wait_until(predicate: Any, timeout: float, step: float = 0.01) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 def zkb(lock: fencelock.Lock) -> ZooKeeperBackend:
@@ -905,9 +895,7 @@ async def test_async_no_server_is_backend_unavailable(name: str) -> None:
 
 
 def test_server_going_down_is_backend_unavailable(name: str) -> None:
-    directory = Path(tempfile.mkdtemp(prefix="fl-zk-down-"))
-    server = ZooKeeperServer(directory)
-    server.start()
+    server = ZooKeeper().start()
     try:
         url = f"zk://127.0.0.1:{server.port}/?timeout=2&session_timeout=5"
         lock = fencelock.Lock(name, url, ttl=5)
@@ -924,7 +912,6 @@ def test_server_going_down_is_backend_unavailable(name: str) -> None:
         lock.close()
     finally:
         server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_paused_server_is_backend_unavailable(zk: ZooKeeperLockServer, name: str) -> None:

@@ -288,6 +288,17 @@ class Run:
         if not ok or not res or min(ok) > min(res):
             raise ScenarioError(f"out of order: {successor}'s write on {file} did not end before {stale}'s")
 
+    def successor_overtakes(self, stale: str, file: str, successor: str = "B", timeout: float | None = None,
+                            **consumer: Any) -> Event:
+        """The end of most scenarios: ``successor`` starts, takes ``file`` over and writes it; then
+        the ``stale`` holder's write ends (the harness checks whether the storage refused it), and
+        the successor's write must have ended first. Returns the stale write's result."""
+        self.consumer(successor, **consumer)
+        self.wait_op(successor, "write", "ok", file, timeout)
+        res = self.wait_write_result(stale, file, timeout)
+        self.ensure_successor_first(successor, stale, file)
+        return res
+
     def wait_exit(self, proc: str, timeout: float | None = None) -> int | None:
         p = self.procs[proc]
         try:

@@ -80,10 +80,7 @@ def pause_check_then_write(r: Run) -> None:
     f = r.wait_window("A").file
     r.ensure_not_written("A", f)
     r.faults.start("hook-pause", "A", f"--pause-before-write {_hook(r):g}s after ensure_held()")
-    r.consumer("B")
-    r.wait_op("B", "write", "ok", f)
-    r.wait_write_result("A", f)
-    r.ensure_successor_first("B", "A", f)
+    r.successor_overtakes("A", f)
     r.faults.end("hook-pause", "A")
     r.wait_all()
 
@@ -98,10 +95,7 @@ def delayed_db_write(r: Run) -> None:
     proxy.stall(stall)
     r.ensure_not_written("A", f)
     r.faults.start("db-delay", "A", f"proxy holds A's PostgreSQL traffic for {stall:g}s")
-    r.consumer("B")
-    r.wait_op("B", "write", "ok", f)
-    res = r.wait_write_result("A", f)
-    r.ensure_successor_first("B", "A", f)
+    res = r.successor_overtakes("A", f)
     r.faults.end("db-delay", "A", f"A's write: {res.type}; proxy delayed {proxy.stats.delayed_chunks} chunks")
     if proxy.stats.delayed_chunks == 0:
         raise ScenarioError("the proxy delayed nothing: A's write did not go through it")
@@ -117,10 +111,7 @@ def cut_from_lock_server(r: Run) -> None:
     proxy.blackhole()
     r.ensure_not_written("A", f)
     r.faults.start("partition", "A", "A <-> lock server blackholed (proxy), database reachable")
-    r.consumer("B")
-    r.wait_op("B", "write", "ok", f)
-    r.wait_write_result("A", f)
-    r.ensure_successor_first("B", "A", f)
+    r.successor_overtakes("A", f)
     proxy.heal()
     r.faults.end("partition", "A", f"healed; {proxy.stats.dropped_bytes} bytes swallowed")
     if proxy.stats.dropped_bytes == 0:
@@ -162,10 +153,7 @@ def pexpire_lock_key(r: Run) -> None:
     if not ok:
         raise ScenarioError("PEXPIRE found no lock key to expire")
     r.ensure_not_written("A", f)
-    r.consumer("B")
-    r.wait_op("B", "write", "ok", f)
-    r.wait_write_result("A", f)
-    r.ensure_successor_first("B", "A", f)
+    r.successor_overtakes("A", f)
     r.wait_all()
 
 
@@ -217,10 +205,7 @@ def _restart(r: Run, snapshot: bool) -> None:
     if not snapshot and after is not None:
         raise ScenarioError("the restarted server still had the fence counter: not an empty restart")
     r.ensure_not_written("A", f)
-    r.consumer("B")
-    r.wait_op("B", "write", "ok", f)
-    r.wait_write_result("A", f)
-    r.ensure_successor_first("B", "A", f)
+    r.successor_overtakes("A", f)
     r.wait_all()
 
 
@@ -381,10 +366,7 @@ def zookeeper_session_expiry(r: Run) -> None:
         proxy.blackhole()
         r.ensure_not_written("A", f)
         r.faults.start("partition", "A", "A <-> ZooKeeper blackholed past the session timeout")
-        r.consumer("B", lock_url=url_b)
-        r.wait_op("B", "write", "ok", f, timeout=60)
-        r.wait_write_result("A", f, timeout=60)
-        r.ensure_successor_first("B", "A", f)
+        r.successor_overtakes("A", f, timeout=60, lock_url=url_b)
         proxy.heal()
         r.faults.end("partition", "A")
         r.wait_all()

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 __all__ = [
     "PG_ROOT", "ZK_JAR", "Postgres", "ZooKeeper", "free_port", "postgres_bin_dir", "stop_pid", "zookeeper_usable",
@@ -86,7 +87,31 @@ def _demote_to(user: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-class Postgres:
+_S = TypeVar("_S", bound="_Managed")
+
+
+class _Managed:
+    """A server of ours as a context manager: ``start()`` on entry (and ``stop()`` if that fails or
+    is interrupted: nothing half-started is left), ``stop()`` on exit."""
+
+    def start(self: _S) -> _S:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        try:
+            return self.start()
+        except BaseException:  # interrupted or failed: stop what started, remove the folder
+            self.stop()
+            raise
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class Postgres(_Managed):
     """A PostgreSQL cluster (the newest installed, see ``postgres_bin_dir``): unix socket in its
     directory plus one TCP port on 127.0.0.1.
 
@@ -168,17 +193,6 @@ class Postgres:
             self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> Postgres:
-        try:
-            return self.start()
-        except BaseException:  # interrupted or failed: stop what started, remove the folder
-            self.stop()
-            raise
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
-
-
 def zookeeper_usable() -> str | None:
     """None when a ZooKeeper server and the fencelock ZooKeeper backend are usable, else why not."""
     if not ZK_JAR.exists():
@@ -196,60 +210,101 @@ def zookeeper_usable() -> str | None:
     return None
 
 
-class ZooKeeper:
-    """A standalone ZooKeeper 3.8 on 127.0.0.1 (Debian's jar), data in a temporary directory."""
+class ZooKeeper(_Managed):
+    """A standalone ZooKeeper (Debian's jar) on 127.0.0.1, data in a temporary directory: the one
+    launcher for the tests, the benchmarks and the chaos harness.
 
-    def __init__(self, *, tick_ms: int = 200, start_timeout: float = 30.0) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="fl-chaos-zk-"))
+    ``kill()`` ends the JVM at once (SIGKILL) and keeps its data, so ``start()`` brings the same
+    server back on the same port; ``stop()`` also removes the directory. ``pause()`` returns only
+    once every thread of the JVM has stopped: ``kill(SIGSTOP)`` only queues the signal, and a thread
+    busy on the other core could still answer a request.
+    """
+
+    def __init__(self, *, tick_ms: int = 200, max_session_ms: int = 60_000, start_timeout: float = 30.0) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="fl-zk-"))
         self.port = free_port()
         self.tick_ms = tick_ms
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
+        (self.dir / "data").mkdir()
+        (self.dir / "zoo.cfg").write_text(
+            f"dataDir={self.dir / 'data'}\nclientPort={self.port}\nclientPortAddress=127.0.0.1\n"
+            f"tickTime={tick_ms}\n"
+            # the negotiated session timeout must be the one a client asks for (fencelock's lease is
+            # capped by it): widen the default window of 2..20 ticks
+            f"minSessionTimeout={tick_ms * 2}\nmaxSessionTimeout={max_session_ms}\n"
+            "maxClientCnxns=0\n"  # every fencelock.Lock made from a URL has its own session
+            "admin.enableServer=false\n4lw.commands.whitelist=ruok\n"
+            "forceSync=no\n"  # a throwaway server: speed over durability
+        )
 
     @property
     def hosts(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
     def start(self) -> ZooKeeper:
-        cfg = self.dir / "zoo.cfg"
-        (self.dir / "data").mkdir()
-        cfg.write_text(
-            f"dataDir={self.dir / 'data'}\nclientPort={self.port}\nclientPortAddress=127.0.0.1\n"
-            f"tickTime={self.tick_ms}\nminSessionTimeout={self.tick_ms * 2}\nadmin.enableServer=false\n"
-            "4lw.commands.whitelist=ruok\nmaxClientCnxns=100\n"
-        )
-        log = open(self.dir / "server.log", "wb")  # closed in stop()
-        self._log = log
-        self.process = subprocess.Popen(
-            ["java", "-Xmx128m", "-cp", f"/etc/zookeeper/conf:{ZK_JAR}",
-             f"-Dzookeeper.log.dir={self.dir}", "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )
+        log = open(self.dir / "server.log", "ab")
+        try:
+            self.process = subprocess.Popen(
+                ["java", "-Xmx256m", "-XX:+UseSerialGC", "-cp", f"/etc/zookeeper/conf:{ZK_JAR}",
+                 f"-Dzookeeper.log.dir={self.dir}",
+                 "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.dir / "zoo.cfg")],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
         end = time.monotonic() + self.start_timeout
         while time.monotonic() < end:
             if self.process.poll() is not None:
                 raise RuntimeError(f"zookeeper exited: {(self.dir / 'server.log').read_text(errors='replace')[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"ruok")
-                if s.recv(4) == b"imok":
-                    return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"zookeeper not ready after {self.start_timeout} s")
+            if self.ruok():
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"zookeeper did not answer ruok within {self.start_timeout} s; see {self.dir}/server.log")
+
+    def ruok(self, timeout: float = 1.0) -> bool:
+        """True when the server answers the ``ruok`` four-letter command with ``imok``."""
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(b"ruok")
+            return s.recv(4) == b"imok"
+        return False
+
+    def kill(self) -> None:
+        """SIGKILL the JVM by its pid and reap it; the data stays (``start()`` brings it back)."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP the JVM; returns once all its threads have stopped (at most 5 s)."""
+        os.kill(self.pid, signal.SIGSTOP)
+        end = time.monotonic() + 5
+        while time.monotonic() < end and not _all_threads_stopped(self.pid):
+            time.sleep(0.001)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
 
     def stop(self) -> None:
-        stop_pid(self.process)
-        self.process = None
-        with contextlib.suppress(Exception):
-            self._log.close()
+        self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> ZooKeeper:
-        try:
-            return self.start()
-        except BaseException:  # interrupted or failed: stop what started, remove the folder
-            self.stop()
-            raise
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
+def _all_threads_stopped(pid: int) -> bool:
+    try:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+    except OSError:
+        return False
+    return all(state in ("T", "t") for state in states)

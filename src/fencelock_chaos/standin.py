@@ -30,7 +30,7 @@ import string
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,15 +218,25 @@ def main() -> None:
     """STAND-IN consumer for the chaos harness (see the module docstring)."""
 
 
+def _run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options every stand-in command takes: where the files, the lock, the database and the
+    history are, fencing on or off, the pause before the write (the chaos hook) and the lease length."""
+    for option in reversed((
+        click.option("--share", type=click.Path(path_type=Path), required=True),
+        click.option("--lock", "lock_url", required=True),
+        click.option("--db", "db_url", required=True),
+        click.option("--history", type=click.Path(path_type=Path), required=True),
+        click.option("--fencing/--no-fencing", default=True),
+        click.option("--pause-before-write", type=float, default=0.0),
+        click.option("--ttl", type=float, default=2.0),
+    )):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.option("--share", type=click.Path(path_type=Path), required=True)
-@click.option("--lock", "lock_url", required=True)
-@click.option("--db", "db_url", required=True)
-@click.option("--history", type=click.Path(path_type=Path), required=True)
-@click.option("--fencing/--no-fencing", default=True)
-@click.option("--pause-before-write", type=float, default=0.0)
+@_run_options
 @click.option("--pause-before-archive", type=float, default=0.0)
-@click.option("--ttl", type=float, default=2.0)
 @click.option("--renew/--no-renew", default=True)
 @click.option("--max-files", type=int, default=1_000_000)
 @click.option("--idle-exit", type=float, default=3.0)
@@ -330,14 +340,8 @@ def _process(path: Path, archive: Path, lease: Any, conn: Any, hist: Any, proc_i
 
 
 @main.command()
-@click.option("--share", type=click.Path(path_type=Path), required=True)
+@_run_options
 @click.option("--file", "name", required=True)
-@click.option("--lock", "lock_url", required=True)
-@click.option("--db", "db_url", required=True)
-@click.option("--history", type=click.Path(path_type=Path), required=True)
-@click.option("--fencing/--no-fencing", default=True)
-@click.option("--pause-before-write", type=float, default=0.0)
-@click.option("--ttl", type=float, default=2.0)
 @click.option("--campaign-timeout", type=float, default=60.0)
 @click.option("--id", "proc_id", required=True)
 def lead(share: Path, name: str, lock_url: str, db_url: str, history: Path, fencing: bool,

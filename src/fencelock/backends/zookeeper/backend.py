@@ -463,31 +463,31 @@ class ZooKeeperBackend:
         return order, list(zip(holding, replies, strict=True))
 
     def inspect(self, key: str) -> LockInfo | None:
+        with map_errors("inspect"):
+            look = self._settled_holders(key)
+            if look is None:
+                return None
+            order, holding = look
+            holders = tuple(
+                HolderInfo(int(stat.czxid), (data or b"").decode("utf-8", "replace"), None, c.weight)
+                for c, (data, stat) in holding
+            )
+            newest = holders[-1]
+            return LockInfo(
+                key, newest.fence, newest.holder, None, len(order) - len(holders), holders=holders, limit=order[0].limit
+            )
+
+    def _settled_holders(self, key: str) -> tuple[list[Contender], list[tuple[Contender, Any]]] | None:
+        """``_holders`` of ``key``'s parent, looked at again (at most 3 times) while a node vanishes
+        between the listing and the reads; None when nobody holds it."""
         core = self._core
         core.ensure_started()
         parent = core.parent(key)
-        with map_errors("inspect"):
-            for _ in range(3):
-                look = self._holders(parent)
-                if look is None:
-                    continue  # released meanwhile: look again
-                order, holding = look
-                if not holding:
-                    return None
-                holders = tuple(
-                    HolderInfo(int(stat.czxid), (data or b"").decode("utf-8", "replace"), None, c.weight)
-                    for c, (data, stat) in holding
-                )
-                newest = holders[-1]
-                return LockInfo(
-                    key,
-                    newest.fence,
-                    newest.holder,
-                    None,
-                    len(order) - len(holders),
-                    holders=holders,
-                    limit=order[0].limit,
-                )
+        for _ in range(3):
+            look = self._holders(parent)
+            if look is None:
+                continue  # released meanwhile: look again
+            return look if look[1] else None
         return None
 
     def force_release(self, key: str) -> str | None:
@@ -496,22 +496,16 @@ class ZooKeeperBackend:
         learn at their next renewal; the waiters next in line get the permits."""
         from kazoo.exceptions import NoNodeError
 
-        core = self._core
-        core.ensure_started()
-        parent = core.parent(key)
         with map_errors("force release"):
-            for _ in range(3):
-                look = self._holders(parent)
-                if look is None:
-                    continue
-                _, holding = look
-                if not holding:
-                    return None
-                for reply in core.call_each("delete", [(f"{parent}/{c.name}",) for c, _ in holding]):
-                    if isinstance(reply, BaseException) and not isinstance(reply, NoNodeError):
-                        raise reply  # gone already is fine; a refusal (ACL) is not
-                return ", ".join((data or b"").decode("utf-8", "replace") for _, (data, _) in holding)
-        return None
+            look = self._settled_holders(key)
+            if look is None:
+                return None
+            _, holding = look
+            parent = self._core.parent(key)
+            for reply in self._core.call_each("delete", [(f"{parent}/{c.name}",) for c, _ in holding]):
+                if isinstance(reply, BaseException) and not isinstance(reply, NoNodeError):
+                    raise reply  # gone already is fine; a refusal (ACL) is not
+            return ", ".join((data or b"").decode("utf-8", "replace") for _, (data, _) in holding)
 
 
 class AsyncZooKeeperBackend(Offloaded):
