@@ -21,6 +21,7 @@ SOURCES: list[tuple[str, str]] = [  # (asyncio source, generated blocking file),
     ("_async/lock.py", "_sync/lock.py"),
     ("_async/primitives.py", "_sync/primitives.py"),
     ("backends/redis/_async.py", "backends/redis/_sync.py"),
+    ("backends/postgres/_async.py", "backends/postgres/_sync.py"),
 ]
 
 # Order matters: longer, more specific patterns first.

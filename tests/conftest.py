@@ -9,6 +9,7 @@ import pytest
 # Each backend's test server registers itself in BACKENDS when imported. Plain imports: a backend
 # whose server cannot be set up must fail the run, never drop out of the contract suite unseen.
 from servers import BACKENDS, redis_debian_server, redis_embedded_server, valkey  # noqa: F401
+from srv_postgres import postgres_server  # noqa: F401
 from srv_sqlite import sqlite_server  # noqa: F401
 from srv_zookeeper import zookeeper_server  # noqa: F401
 

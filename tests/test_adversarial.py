@@ -383,7 +383,7 @@ def test_a_live_waiter_behind_crashed_ones_is_served_and_nothing_goes_to_a_finis
 
 # -- every call honours its timeout, also against a server that stopped answering ---------------
 
-REQUEST_TIMEOUT = {"redis": 2.0, "zookeeper": 3.0}
+REQUEST_TIMEOUT = {"redis": 2.0, "zookeeper": 3.0, "postgres": 2.1}  # postgres: + the watchdog tick
 """The longest a URL-made client waits for one reply (redis: socket timeout; zk: request timeout)."""
 SLACK = 1.5  # a loaded 2-core machine; the bug this guards against took 5 s more
 

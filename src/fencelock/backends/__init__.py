@@ -126,6 +126,23 @@ REGISTRY: tuple[BackendSpec, ...] = (
         async_="fencelock.backends.sqlite:AsyncSqliteBackend",
         export="SqliteBackend",
     ),
+    BackendSpec(
+        name="postgres",
+        title="PostgreSQL",
+        schemes=("postgresql", "postgres"),
+        url_example="postgresql://user:pass@host:5432/db?schema=fencelock",
+        sync="fencelock.backends.postgres._sync:PostgresBackend",
+        async_="fencelock.backends.postgres._async:AsyncPostgresBackend",
+        export="PostgresBackend",
+        clients=(
+            ("psycopg", "Connection", "sync"),
+            ("psycopg", "AsyncConnection", "async"),
+            ("psycopg_pool", "ConnectionPool", "sync"),
+            ("psycopg_pool", "AsyncConnectionPool", "async"),
+        ),
+        extra="postgres",
+        requires=("psycopg", "psycopg_pool"),
+    ),
 )
 
 _BY_SCHEME = {scheme: spec for spec in REGISTRY for scheme in spec.schemes}

@@ -1,0 +1,330 @@
+"""PostgreSQL backend I/O. Source: ``_async.py``; ``_sync.py`` is generated from it (scripts/unasync.py).
+
+The protocol lives in ``schema.py`` (SQL functions, one call per primitive); this class runs them on
+a connection (its own, or the user's connection or pool), each call bounded by the watchdog.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from typing import Any
+
+import psycopg
+
+from ..._core.params import backoff
+from ..._errors import BackendRejected, BackendUnavailable, ConfigurationError, LimitMismatch
+from ..._metrics import traced
+from ..base import Attempt, HolderInfo, LockInfo, check_counted
+from .errors import map_errors
+from .listen import AsyncPause, AsyncWaiter, Listener, token_hash
+from .schema import DEFAULT_SCHEMA, MISMATCH, REFRESH_MS, channel, check_schema, ddl
+from .urls import DEFAULT_REQUEST_TIMEOUT, check_timeout, parse_postgres_url
+from .watchdog import WATCHDOG
+
+__all__ = ["AsyncPostgresBackend"]
+
+IDLE_MAX = 8
+"""Idle connections a URL-made backend keeps per process (one per concurrently calling thread)."""
+WAIT_CAP = REFRESH_MS / 1000
+"""Longest single ``wait``: the waiter then polls, which refreshes its place in the queue."""
+
+
+class _MissingLayout(Exception):
+    """The schema or its functions are not there yet (first use): create them, then ask again."""
+
+
+class AsyncPostgresBackend:
+    """fencelock on one PostgreSQL database (see the package docstring for the protocol).
+
+    ``client``: your own ``psycopg.AsyncConnection`` (in autocommit mode; calls from many tasks take
+    turns on it, and waiters poll, since a connection you share cannot also LISTEN) or
+    ``psycopg_pool.AsyncConnectionPool`` (a connection per call; waiters LISTEN on a connection of
+    their own made from the pool's conninfo), used as is and never closed by us. Or ``from_url``:
+    then fencelock keeps a few autocommit connections of its own and closes them.
+
+    ``request_timeout`` bounds every call (a call past it has its connection cut and raises
+    ``BackendUnavailable``); ``listen=False`` polls instead of LISTEN (a pooler in transaction mode);
+    ``durable=True`` commits lock changes with the server's ``synchronous_commit`` instead of off.
+    """
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        listen: bool = True,
+        durable: bool = False,
+        owns_client: bool = False,
+        conninfo: str | None = None,
+    ) -> None:
+        self.schema = check_schema(schema)
+        self.request_timeout = check_timeout(request_timeout)
+        self.durable = bool(durable)
+        self._owns = owns_client
+        self._pool: Any = None
+        self._conn: Any = None
+        self._conninfo = conninfo
+        self._listen_kwargs: dict[str, Any] = {}
+        if conninfo is not None:
+            pass  # ours: connections made on demand from conninfo
+        elif callable(getattr(client, "connection", None)) and hasattr(client, "conninfo"):
+            self._pool = client
+            kwargs = getattr(client, "kwargs", None) or {}
+            self._listen_kwargs = {k: v for k, v in kwargs.items() if k != "autocommit"}
+        elif hasattr(client, "pgconn") and hasattr(client, "autocommit"):
+            if not client.autocommit:
+                raise ConfigurationError(
+                    "a psycopg connection used for locks must be in autocommit mode (connect with "
+                    "autocommit=True): otherwise every lock change would wait for your transaction's commit; "
+                    "or pass a connection pool"
+                )
+            self._conn = client
+        else:
+            raise ConfigurationError(
+                f"expected a psycopg (3) connection or psycopg_pool pool, got {type(client).__name__}"
+            )
+        s = self.schema
+        self._q_acquire = (
+            f"SELECT * FROM {s}.acquire(%s::text, %s::text, %s::bigint, %s::text, %s::boolean, %s::integer, "
+            "%s::integer, %s::boolean)"
+        )
+        self._q_extend = f"SELECT {s}.extend(%s::text, %s::text, %s::bigint, %s::boolean)"
+        self._q_release = f"SELECT {s}.release(%s::text, %s::text, %s::boolean)"
+        self._q_abandon = f"SELECT {s}.abandon(%s::text, %s::text, %s::boolean)"
+        self._q_granted = f"SELECT {s}.granted(%s::text, %s::text)"
+        self._q_inspect = f"SELECT * FROM {s}.inspect(%s::text)"
+        self._q_last = f"SELECT {s}.last_fence(%s::text)"
+        self._q_force = f"SELECT {s}.force_release(%s::text)"
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
+        self._listener: Listener | None = None
+        if listen and (conninfo is not None or self._pool is not None):
+            self._listener = Listener(self._listen_connect, channel(s))
+
+    @classmethod
+    def from_url(cls, url: str) -> AsyncPostgresBackend:
+        """``postgresql://user:pass@host:5432/db?schema=fencelock&request_timeout=2`` (see urls.py)."""
+        opts = parse_postgres_url(url)
+        return cls(
+            None, schema=opts.schema, request_timeout=opts.request_timeout, listen=opts.listen,
+            durable=opts.durable, owns_client=True, conninfo=opts.conninfo,
+        )  # fmt: skip
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _listen_connect(self) -> Any:
+        """A blocking autocommit connection for the listener thread (both APIs use a thread)."""
+        if self._conninfo is not None:
+            return psycopg.Connection.connect(self._conninfo, autocommit=True)
+        return psycopg.Connection.connect(self._pool.conninfo, autocommit=True, **self._listen_kwargs)
+
+    async def _checkout(self) -> Any:
+        if self._conn is not None:
+            return self._conn
+        if self._pid != os.getpid():
+            # Inherited through fork(): never use (nor close: that would end the parent's sessions).
+            self._idle = []
+            self._pid = os.getpid()
+        while self._idle:
+            conn = self._idle.pop()
+            if not _stale(conn):
+                return conn
+            _drop(conn)
+        assert self._conninfo is not None
+        with map_errors("connect", self.schema):
+            return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, prepare_threshold=1)
+
+    def _checkin(self, conn: Any) -> None:
+        if conn is self._conn or self._pid != os.getpid():
+            return
+        if len(self._idle) < IDLE_MAX and not conn.closed:
+            self._idle.append(conn)
+        else:
+            _drop(conn)
+
+    async def _run(self, conn: Any, what: str, query: str, params: tuple[Any, ...]) -> list[Any]:
+        """One statement on ``conn``, bounded by ``request_timeout`` (the watchdog cuts the socket)."""
+        ticket = WATCHDOG.arm(conn.pgconn.socket, self.request_timeout)
+        fired = False
+        try:
+            try:
+                cur = await conn.execute(query, params)
+                rows: list[Any] = await cur.fetchall()
+            finally:
+                fired = WATCHDOG.disarm(ticket)
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as err:
+            raise _MissingLayout(str(err)) from err
+        except psycopg.Error as err:
+            if fired:
+                raise BackendUnavailable(
+                    f"postgresql did not answer {what} within request_timeout={self.request_timeout:g} s "
+                    "(connection cut)"
+                ) from err
+            with map_errors(what, self.schema):
+                raise
+        return rows
+
+    async def _call(self, what: str, query: str, params: tuple[Any, ...]) -> list[Any]:
+        for attempt in (1, 2):
+            try:
+                return await self._call_once(what, query, params)
+            except _MissingLayout as err:
+                if attempt == 2:
+                    raise BackendRejected(
+                        f"postgresql: the fencelock functions in schema {self.schema} are missing after "
+                        f"creating them ({err}); is another fencelock version using this schema?"
+                    ) from err
+                await self.create_schema()
+        raise AssertionError("unreachable")
+
+    async def _call_once(self, what: str, query: str, params: tuple[Any, ...]) -> list[Any]:
+        if self._pool is not None:
+            with map_errors(what, self.schema):
+                async with self._pool.connection(timeout=self.request_timeout) as conn:
+                    return await self._run(conn, what, query, params)
+        conn = await self._checkout()
+        try:
+            rows = await self._run(conn, what, query, params)
+        except _MissingLayout:
+            self._checkin(conn)
+            raise
+        except BaseException:
+            # Broken, cut by the watchdog, or interrupted mid-call (cancelled): its state is unknown.
+            if conn is not self._conn:
+                _drop(conn)
+            raise
+        self._checkin(conn)
+        return rows
+
+    async def create_schema(self) -> None:
+        """Create (or bring up to date) the schema, tables and functions; what the first call does by
+        itself. Needs a role with CREATE on the database (or on the existing schema). Many processes
+        may do it at once: a transaction-scoped advisory lock lets one at a time in."""
+        statements = ddl(self.schema)
+        lock = f"SELECT pg_advisory_xact_lock(hashtext('fencelock layout {self.schema}'))"
+        if self._pool is not None:
+            with map_errors("create schema", self.schema):
+                async with self._pool.connection(timeout=self.request_timeout) as conn:
+                    await self._create_on(conn, lock, statements)
+            return
+        conn = await self._checkout()
+        try:
+            with map_errors("create schema", self.schema):
+                await self._create_on(conn, lock, statements)
+        except BaseException:
+            if conn is not self._conn:
+                _drop(conn)
+            raise
+        self._checkin(conn)
+
+    async def _create_on(self, conn: Any, lock: str, statements: str) -> None:
+        ticket = WATCHDOG.arm(conn.pgconn.socket, max(self.request_timeout, 30.0))
+        try:
+            async with conn.transaction():
+                await conn.execute(lock)
+                await conn.execute(statements)
+        finally:
+            WATCHDOG.disarm(ticket)
+
+    # -- the primitives -------------------------------------------------------------------------
+
+    @traced("try_acquire")
+    async def try_acquire(
+        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
+    ) -> Attempt:
+        if limit != 1 or weight != 1:
+            check_counted(limit, weight)
+        if queue and self._listener is not None:
+            self._listener.start(0)  # listening before we can be handed anything (no wait here)
+        params = (key, token, ttl_ms, label, queue, limit, weight, self.durable)
+        rows = await self._call("acquire", self._q_acquire, params)
+        granted, value = rows[0]
+        if granted == 1:
+            return Attempt(fence=int(value))
+        if granted == MISMATCH:
+            raise LimitMismatch(key, limit, int(value))
+        return Attempt(fence=None, retry_after=None if value < 0 else value / 1000)
+
+    @traced("wait")
+    async def wait(self, key: str, token: str, timeout: float) -> int | None:
+        """Until a release hands us the lock (its notification, or our own look at the lease table
+        when not listening), at most ``timeout`` and ``WAIT_CAP`` seconds; the fence or None."""
+        timeout = max(0.0, min(timeout, WAIT_CAP))
+        listener = self._listener
+        if listener is not None and listener.healthy:
+            return await AsyncWaiter.wait(listener, token_hash(token), timeout)
+        end = time.monotonic() + timeout
+        for attempt in range(10_000):  # bounded by the clock below; the count is a backstop
+            rows = await self._call("wait", self._q_granted, (key, token))
+            if rows and rows[0][0] is not None:
+                return int(rows[0][0])
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            await AsyncPause.sleep(min(left, max(0.001, backoff(attempt, 0.004, 0.1))))
+        return None
+
+    async def abandon(self, key: str, token: str) -> None:
+        await self._call("abandon", self._q_abandon, (key, token, self.durable))
+
+    @traced("extend")
+    async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        rows = await self._call("extend", self._q_extend, (key, token, ttl_ms, self.durable))
+        return bool(rows[0][0])
+
+    @traced("release")
+    async def release(self, key: str, token: str) -> bool:
+        rows = await self._call("release", self._q_release, (key, token, self.durable))
+        return bool(rows[0][0])
+
+    async def inspect(self, key: str) -> LockInfo | None:
+        rows = await self._call("inspect", self._q_inspect, (key,))
+        if not rows:
+            return None
+        holders = tuple(HolderInfo(int(f), str(lab), int(ms) / 1000, int(w)) for f, lab, ms, w, _lim, _n in rows)
+        newest = holders[-1]
+        return LockInfo(
+            key, newest.fence, newest.holder, newest.ttl_remaining, int(rows[-1][5]), holders, int(rows[-1][4])
+        )
+
+    async def force_release(self, key: str) -> str | None:
+        """Operator's override: drop every lease of the name whatever its token (its waiters are
+        handed the permits). Returns the live holders' labels, None when nothing was held."""
+        rows = await self._call("force release", self._q_force, (key,))
+        return None if rows[0][0] is None else str(rows[0][0])
+
+    async def last_fence(self, key: str) -> int:
+        """The last fence issued for ``key`` (0 when none): for tests and monitoring."""
+        rows = await self._call("read fence", self._q_last, (key,))
+        return int(rows[0][0])
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        if self._owns and self._pid == os.getpid():
+            idle, self._idle = self._idle, []
+            for conn in idle:
+                _drop(conn)
+
+
+def _stale(conn: Any) -> bool:
+    """Did the server end this idle connection (restart, ``pg_terminate_backend``, idle timeout)? An
+    idle connection has nothing to read unless the server closed it or told it why: one ``poll``."""
+    try:
+        ready, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(ready) or conn.closed
+
+
+def _drop(conn: Any) -> None:
+    """Close a connection of ours without waiting on the server (it may be the reason we drop it)."""
+    try:
+        conn.pgconn.finish()
+    except Exception:  # best effort: the connection is being thrown away
+        pass

@@ -1,0 +1,66 @@
+"""psycopg's exceptions translated into fencelock's error tree, in one place."""
+
+from __future__ import annotations
+
+from ..._errors import AuthenticationFailed, BackendError, BackendRejected, BackendUnavailable
+
+__all__ = ["map_errors", "translate"]
+
+
+class map_errors:  # used like a function: ``with map_errors("acquire", schema):``
+    """Translate psycopg's exceptions (a class, not ``@contextmanager``: it wraps every call)."""
+
+    __slots__ = ("schema", "what")
+
+    def __init__(self, what: str, schema: str) -> None:
+        self.what = what
+        self.schema = schema
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, err: BaseException | None, tb: object) -> None:
+        if err is None or not isinstance(err, Exception) or isinstance(err, BackendError):
+            return
+        translated = translate(err, self.what, self.schema)
+        if translated is not None:
+            raise translated from err
+
+
+def translate(err: Exception, what: str, schema: str) -> BackendError | None:
+    import psycopg
+    from psycopg import errors as pe
+
+    if isinstance(err, pe.InvalidPassword) or isinstance(err, pe.InvalidAuthorizationSpecification):
+        return AuthenticationFailed(f"postgresql refused our credentials during {what}: {err}")
+    if isinstance(err, pe.InsufficientPrivilege):
+        msg = str(err).strip()
+        if "database" in msg and "create" not in msg:
+            need = "CONNECT on the database"
+        elif "schema" in msg and "create" not in msg.lower():
+            need = f"USAGE on schema {schema} (GRANT USAGE ON SCHEMA {schema} TO <role>)"
+        else:
+            need = (
+                f"the schema {schema} to exist: create it once as a role with CREATE on the database "
+                f"(fencelock creates it on first use), then GRANT USAGE ON SCHEMA {schema} TO <role>"
+            )
+        return BackendRejected(f"postgresql refused {what}: {msg}; the role needs {need} (see docs/postgres.md)")
+    if isinstance(err, pe.ReadOnlySqlTransaction):
+        return BackendRejected(
+            f"postgresql refused {what}: {str(err).strip()}; this server is a read-only standby (or "
+            "default_transaction_read_only is on): point the lock URL at the primary"
+        )
+    if isinstance(err, (pe.QueryCanceled, pe.LockNotAvailable)):
+        return BackendUnavailable(f"postgresql did not answer {what} in time: {str(err).strip()}")
+    if isinstance(err, pe.OperationalError) or isinstance(err, psycopg.InterfaceError):
+        msg = str(err).strip()
+        if "password authentication failed" in msg or "no password supplied" in msg:
+            return AuthenticationFailed(f"postgresql refused our credentials during {what}: {msg}")
+        if "permission denied" in msg:
+            return BackendRejected(f"postgresql refused {what}: {msg}; the role needs CONNECT on the database")
+        return BackendUnavailable(f"postgresql unreachable during {what}: {msg}")
+    if isinstance(err, OSError):
+        return BackendUnavailable(f"postgresql unreachable during {what}: {err}")
+    if isinstance(err, psycopg.Error):
+        return BackendRejected(f"postgresql refused {what}: {str(err).strip()}")
+    return None

@@ -1,0 +1,332 @@
+"""The lock's tables and SQL functions in one schema (see the package docstring), created on first use.
+
+Every primitive is one call of a ``SECURITY DEFINER`` function owned by the role that created the
+schema: a user of the locks needs ``USAGE`` on the schema and nothing else (``EXECUTE`` on new
+functions is granted to ``PUBLIC`` by PostgreSQL's default), and cannot read or write the tables
+(the tokens in them) directly. Each function pins ``search_path`` to ``pg_catalog, pg_temp`` and
+names every table with its schema, so no object of the caller's can stand in for ours.
+
+Serialization: every function that changes a name's holders or queue first locks that name's row of
+``fence`` (``FOR UPDATE``), so the calls on one name take turns and never deadlock (one lock, always
+taken first). ``extend`` only updates its own lease row and takes no other lock.
+
+Durability: unless the backend was made with ``durable=True`` the functions commit with
+``synchronous_commit = off`` (for their own transaction only): a crash of the *server* may lose the
+last grants, renewals or releases (at most ``3 * wal_writer_delay``, 0.6 s by default), never
+corrupts anything, and the fence stays increasing through the clock term. See the package docstring.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..._errors import ConfigurationError
+
+__all__ = ["DEFAULT_SCHEMA", "LAYOUT_VERSION", "REFRESH_MS", "REGISTRATION_MS", "check_schema", "ddl", "channel"]
+
+DEFAULT_SCHEMA = "fencelock"
+LAYOUT_VERSION = 1
+REGISTRATION_MS = 2000
+"""How long a waiter counts as alive after its last poll (a waiter polls at least every REFRESH_MS)."""
+REFRESH_MS = 500
+"""Longest ``retry_after`` told to a waiter: it polls (and so refreshes its registration) this often."""
+MISMATCH = -4
+"""``granted`` of an acquire refused for its limit (``value``: the name's limit)."""
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+
+def check_schema(schema: str) -> str:
+    """A schema name we create and name in SQL: lower-case letters, digits and ``_`` (at most 41, so
+    the notification channel fits PostgreSQL's 63-byte identifiers). Anything else is refused, never
+    quoted user text."""
+    if not isinstance(schema, str) or not _IDENT.match(schema) or schema.startswith("pg_"):
+        raise ConfigurationError(
+            f"schema {schema!r} must be a plain lower-case SQL identifier (letters, digits, _; at most 41; "
+            "not pg_...), e.g. ?schema=fencelock"
+        )
+    return schema
+
+
+def channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of a schema's locks."""
+    return f"fencelock_{schema}"
+
+
+# Every function body below is formatted with s = the schema (checked by check_schema) and ch = the
+# channel; names are data (parameters), never SQL text.
+_DDL = r"""
+CREATE SCHEMA IF NOT EXISTS {s};
+
+CREATE TABLE IF NOT EXISTS {s}.fence (
+    name text PRIMARY KEY,
+    last bigint NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS {s}.lease (
+    name text NOT NULL,
+    token text NOT NULL,
+    fence bigint NOT NULL,
+    label text NOT NULL,
+    expires timestamptz NOT NULL,
+    weight integer NOT NULL,
+    lim integer NOT NULL,
+    PRIMARY KEY (name, token)
+);
+
+CREATE TABLE IF NOT EXISTS {s}.waiter (
+    name text NOT NULL,
+    token text NOT NULL,
+    since timestamptz NOT NULL,
+    alive timestamptz NOT NULL,
+    ttl_ms bigint NOT NULL,
+    label text NOT NULL,
+    weight integer NOT NULL,
+    lim integer NOT NULL,
+    PRIMARY KEY (name, token)
+);
+CREATE INDEX IF NOT EXISTS waiter_order ON {s}.waiter (name, since, token);
+
+-- The name's next fence: max(last + 1, server clock in microseconds). Caller holds the fence row lock.
+CREATE OR REPLACE FUNCTION {s}.mint(p_name text, p_now timestamptz) RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $f$
+    UPDATE {s}.fence SET last = greatest(last + 1, (extract(epoch FROM p_now) * 1000000)::bigint)
+    WHERE name = p_name RETURNING last
+$f$;
+
+-- Lock the name's fence row (creating it on first use): every change of a name starts here.
+CREATE OR REPLACE FUNCTION {s}.lock_name(p_name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+    PERFORM 1 FROM {s}.fence WHERE name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO {s}.fence (name, last) VALUES (p_name, 0) ON CONFLICT (name) DO NOTHING;
+        PERFORM 1 FROM {s}.fence WHERE name = p_name FOR UPDATE;
+    END IF;
+END
+$f$;
+
+-- Hand free permits to the live waiters at the head of the queue, in order, as many as fit; stop at
+-- the first that does not (nobody overtakes it). Each grantee gets its own fence, a lease of its own
+-- TTL from now, and a notification "<md5(token)> <fence>". Caller holds the fence row lock and has
+-- dropped the expired leases. Returns how many were granted.
+CREATE OR REPLACE FUNCTION {s}.hand_over(p_name text, p_now timestamptz) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+    v_used bigint;
+    v_lim integer;
+    v_fence bigint;
+    v_n integer := 0;
+    w record;
+BEGIN
+    SELECT coalesce(sum(weight), 0), max(lim) INTO v_used, v_lim FROM {s}.lease WHERE name = p_name;
+    FOR w IN SELECT token, ttl_ms, label, weight, lim FROM {s}.waiter
+             WHERE name = p_name AND alive > p_now ORDER BY since, token LIMIT 256 LOOP
+        IF v_lim IS NOT NULL AND w.lim <> v_lim THEN EXIT; END IF;  -- stale limit: it will be told
+        IF v_used + w.weight > w.lim THEN EXIT; END IF;
+        v_fence := {s}.mint(p_name, p_now);
+        INSERT INTO {s}.lease (name, token, fence, label, expires, weight, lim)
+        VALUES (p_name, w.token, v_fence, w.label, p_now + w.ttl_ms * interval '1 millisecond', w.weight, w.lim);
+        DELETE FROM {s}.waiter WHERE name = p_name AND token = w.token;
+        PERFORM pg_notify('{ch}', md5(w.token) || ' ' || v_fence);
+        v_used := v_used + w.weight;
+        v_lim := w.lim;
+        v_n := v_n + 1;
+    END LOOP;
+    RETURN v_n;
+END
+$f$;
+
+-- One attempt. Returns (1, fence) granted; (0, retry_after ms or -1) busy; (-4, limit) limit mismatch.
+CREATE OR REPLACE FUNCTION {s}.acquire(
+    p_name text, p_token text, p_ttl_ms bigint, p_label text, p_queue boolean, p_lim integer,
+    p_weight integer, p_durable boolean, OUT granted integer, OUT val bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+    v_now timestamptz;
+    v_used bigint := 0;
+    v_cur integer := 0;
+    v_soonest timestamptz;
+    v_since timestamptz;
+    v_ahead boolean;
+    v_head_lim integer;
+    r record;
+BEGIN
+    IF NOT p_durable THEN PERFORM set_config('synchronous_commit', 'off', true); END IF;
+    PERFORM {s}.lock_name(p_name);
+    v_now := clock_timestamp();  -- after the lock wait: expiry judged on the server's clock, now
+    -- Expired leases go, except those pinned by an open fencing.holds() transaction (SKIP LOCKED):
+    -- those still count as held until that transaction ends.
+    DELETE FROM {s}.lease WHERE name = p_name AND token IN (
+        SELECT token FROM {s}.lease WHERE name = p_name AND expires <= v_now FOR UPDATE SKIP LOCKED);
+    FOR r IN SELECT token, fence, expires, weight, lim FROM {s}.lease WHERE name = p_name LOOP
+        IF r.token = p_token THEN  -- ours already (a repeated request, or handed over): refresh, answer
+            IF r.lim <> p_lim THEN granted := -4; val := r.lim; RETURN; END IF;
+            UPDATE {s}.lease SET expires = v_now + p_ttl_ms * interval '1 millisecond', label = p_label
+            WHERE name = p_name AND token = p_token;
+            DELETE FROM {s}.waiter WHERE name = p_name AND token = p_token;
+            granted := 1; val := r.fence; RETURN;
+        END IF;
+        v_used := v_used + r.weight;
+        v_cur := r.lim;
+        v_soonest := least(v_soonest, greatest(r.expires, v_now + interval '10 milliseconds'));
+    END LOOP;
+    IF v_cur <> 0 AND v_cur <> p_lim THEN granted := -4; val := v_cur; RETURN; END IF;
+    SELECT since INTO v_since FROM {s}.waiter WHERE name = p_name AND token = p_token;
+    IF v_cur = 0 THEN  -- nobody holds: the queue binds the limit
+        SELECT lim INTO v_head_lim FROM {s}.waiter WHERE name = p_name AND alive > v_now AND token <> p_token
+        ORDER BY since, token LIMIT 1;
+        IF v_head_lim IS NOT NULL AND v_head_lim <> p_lim THEN granted := -4; val := v_head_lim; RETURN; END IF;
+    END IF;
+    SELECT EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name AND alive > v_now AND token <> p_token
+                   AND (v_since IS NULL OR (since, token) < (v_since, p_token))) INTO v_ahead;
+    IF v_used + p_weight <= p_lim AND NOT v_ahead THEN
+        val := {s}.mint(p_name, v_now);
+        INSERT INTO {s}.lease (name, token, fence, label, expires, weight, lim)
+        VALUES (p_name, p_token, val, p_label, v_now + p_ttl_ms * interval '1 millisecond', p_weight, p_lim);
+        IF v_since IS NOT NULL THEN
+            DELETE FROM {s}.waiter WHERE name = p_name AND token = p_token;
+            IF v_used + p_weight < p_lim THEN PERFORM {s}.hand_over(p_name, v_now); END IF;
+        END IF;
+        granted := 1; RETURN;
+    END IF;
+    IF v_ahead AND v_used + p_weight <= p_lim THEN
+        -- Room, but live waiters came first: let them in now (their wait ends), then queue behind them.
+        DELETE FROM {s}.waiter WHERE name = p_name AND alive <= v_now;
+        PERFORM {s}.hand_over(p_name, v_now);
+    END IF;
+    IF p_queue THEN
+        INSERT INTO {s}.waiter (name, token, since, alive, ttl_ms, label, weight, lim)
+        VALUES (p_name, p_token, v_now, v_now + interval '{registration} milliseconds', p_ttl_ms, p_label,
+                p_weight, p_lim)
+        ON CONFLICT (name, token) DO UPDATE SET alive = excluded.alive, ttl_ms = excluded.ttl_ms,
+            label = excluded.label, weight = excluded.weight, lim = excluded.lim;
+    END IF;
+    granted := 0;
+    IF v_soonest IS NULL THEN
+        val := -1;
+    ELSE
+        val := least({refresh}, ceil(extract(epoch FROM v_soonest - v_now) * 1000))::bigint;
+    END IF;
+END
+$f$;
+
+-- true if the token held a live lease and now lasts p_ttl_ms from now; false (nothing changed) else.
+CREATE OR REPLACE FUNCTION {s}.extend(p_name text, p_token text, p_ttl_ms bigint, p_durable boolean)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+    IF NOT p_durable THEN PERFORM set_config('synchronous_commit', 'off', true); END IF;
+    UPDATE {s}.lease SET expires = clock_timestamp() + p_ttl_ms * interval '1 millisecond'
+    WHERE name = p_name AND token = p_token AND expires > clock_timestamp();
+    RETURN FOUND;
+END
+$f$;
+
+-- true if the token held a live lease, now released (and its permits handed to the waiters that fit).
+CREATE OR REPLACE FUNCTION {s}.release(p_name text, p_token text, p_durable boolean) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+    v_now timestamptz;
+BEGIN
+    IF NOT p_durable THEN PERFORM set_config('synchronous_commit', 'off', true); END IF;
+    PERFORM {s}.lock_name(p_name);
+    v_now := clock_timestamp();
+    DELETE FROM {s}.lease WHERE name = p_name AND token = p_token AND expires > v_now;
+    IF NOT FOUND THEN RETURN false; END IF;
+    IF EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name) THEN
+        DELETE FROM {s}.lease WHERE name = p_name AND token IN (
+            SELECT token FROM {s}.lease WHERE name = p_name AND expires <= v_now FOR UPDATE SKIP LOCKED);
+        DELETE FROM {s}.waiter WHERE name = p_name AND alive <= v_now;
+        PERFORM {s}.hand_over(p_name, v_now);
+    END IF;
+    RETURN true;
+END
+$f$;
+
+-- Leave the queue; drop our lease if one was granted or handed over unseen; pass the permits on.
+CREATE OR REPLACE FUNCTION {s}.abandon(p_name text, p_token text, p_durable boolean) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+    v_now timestamptz;
+    v_changed boolean := false;
+BEGIN
+    IF NOT p_durable THEN PERFORM set_config('synchronous_commit', 'off', true); END IF;
+    PERFORM {s}.lock_name(p_name);
+    v_now := clock_timestamp();
+    DELETE FROM {s}.waiter WHERE name = p_name AND token = p_token;
+    v_changed := FOUND;
+    DELETE FROM {s}.lease WHERE name = p_name AND token = p_token;
+    v_changed := v_changed OR FOUND;
+    IF v_changed AND EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name) THEN
+        DELETE FROM {s}.lease WHERE name = p_name AND token IN (
+            SELECT token FROM {s}.lease WHERE name = p_name AND expires <= v_now FOR UPDATE SKIP LOCKED);
+        DELETE FROM {s}.waiter WHERE name = p_name AND alive <= v_now;
+        PERFORM {s}.hand_over(p_name, v_now);
+    END IF;
+END
+$f$;
+
+-- The fence of the token's live lease (handed over while it waited), or null.
+CREATE OR REPLACE FUNCTION {s}.granted(p_name text, p_token text) RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+    SELECT fence FROM {s}.lease WHERE name = p_name AND token = p_token AND expires > clock_timestamp()
+$f$;
+
+-- Live holders, oldest grant first: fence, label, ms left, weight, limit, live waiters.
+CREATE OR REPLACE FUNCTION {s}.inspect(p_name text)
+RETURNS TABLE (fence bigint, label text, left_ms bigint, weight integer, lim integer, waiters bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+    SELECT l.fence, l.label, greatest(0, ceil(extract(epoch FROM l.expires - clock_timestamp()) * 1000))::bigint,
+           l.weight, l.lim,
+           (SELECT count(*) FROM {s}.waiter w WHERE w.name = p_name AND w.alive > clock_timestamp())
+    FROM {s}.lease l WHERE l.name = p_name AND l.expires > clock_timestamp() ORDER BY l.fence
+$f$;
+
+CREATE OR REPLACE FUNCTION {s}.last_fence(p_name text) RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+    SELECT coalesce((SELECT last FROM {s}.fence WHERE name = p_name), 0)
+$f$;
+
+-- Operator's override: drop every lease of the name; returns the live holders' labels or null.
+CREATE OR REPLACE FUNCTION {s}.force_release(p_name text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+    v_labels text;
+BEGIN
+    PERFORM {s}.lock_name(p_name);
+    SELECT string_agg(label, ', ' ORDER BY fence) INTO v_labels FROM {s}.lease
+    WHERE name = p_name AND expires > clock_timestamp();
+    DELETE FROM {s}.lease WHERE name = p_name;
+    PERFORM {s}.hand_over(p_name, clock_timestamp());
+    RETURN v_labels;
+END
+$f$;
+
+-- fencing.holds(): inside the caller's write transaction, is this lease still the live holder's?
+-- Locks the lease row (FOR KEY SHARE) until that transaction ends: a takeover or release (which
+-- delete the row) waits for its commit; renewals (which update it) do not.
+CREATE OR REPLACE FUNCTION {s}.holds(p_name text, p_token text, p_fence bigint) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+    PERFORM 1 FROM {s}.lease WHERE name = p_name AND token = p_token AND fence = p_fence
+        AND expires > clock_timestamp() FOR KEY SHARE;
+    RETURN FOUND;
+END
+$f$;
+
+CREATE OR REPLACE FUNCTION {s}.layout() RETURNS integer
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$ SELECT {version} $f$;
+
+-- Internal helpers: only the SECURITY DEFINER functions (running as the owner) call them.
+REVOKE ALL ON FUNCTION {s}.mint(text, timestamptz), {s}.lock_name(text), {s}.hand_over(text, timestamptz)
+    FROM PUBLIC;
+"""
+
+
+def ddl(schema: str) -> str:
+    """The statements that create (or bring up to date) the layout in ``schema``."""
+    s = check_schema(schema)
+    return _DDL.format(
+        s=s, ch=channel(s), registration=REGISTRATION_MS, refresh=REFRESH_MS, version=LAYOUT_VERSION
+    )
