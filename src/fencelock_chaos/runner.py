@@ -173,6 +173,7 @@ class Run:
 
     def db_proxy(self, name: str) -> tuple[Proxy, str]:
         """A proxy in front of PostgreSQL's loopback TCP port, and the database URL through it."""
+        assert self.pg.tcp_port is not None
         p = self.proxy(("tcp", "127.0.0.1", self.pg.tcp_port), name)
         return p, self.pg.tcp_dsn(self.db_name, p.port) + "?connect_timeout=5"
 

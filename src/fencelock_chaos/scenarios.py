@@ -348,6 +348,70 @@ def leader_paused(r: Run) -> None:
     r.wait_all()
 
 
+def _pg_lock(url: str) -> str:
+    """A PostgreSQL lock URL (the lock in that database, schema ``fencelock``) with a short request
+    timeout: a call to an unreachable server fails within a second, as the Redis URLs here do."""
+    return f"{url}{'&' if '?' in url else '?'}request_timeout=1"
+
+
+def pg_paused_holder(r: Run) -> None:
+    """13. PostgreSQL lock, in the same database as the data: A is frozen (SIGSTOP) after its lease
+    check, past its lease; B takes the lock over on the server's clock and writes the file; A,
+    resumed, writes with its old fence."""
+    lock = _pg_lock(r.dsn)
+    r.consumer("A", lock_url=lock, pause_before_write=2.0, max_files=1)
+    f = r.wait_window("A").file
+    r.sigstop("A")
+    r.ensure_not_written("A", f)
+    r.consumer("B", lock_url=lock)
+    r.wait_op("B", "write", "ok", f)
+    time.sleep(r.s.ttl / 2)
+    r.sigcont("A")
+    r.wait_write_result("A", f)
+    r.ensure_successor_first("B", "A", f)
+    r.wait_all()
+
+
+def pg_lock_server_restart(r: Run) -> None:
+    """14. PostgreSQL lock on its own cluster: after A's lease check the lock server stops at once
+    (SIGQUIT: an immediate shutdown, recovery from the WAL at the next start) and stays down past
+    A's lease, then comes back with its data; B takes the lock (a fence above A's: the counter is
+    durable and seeded from the clock) and writes; A writes late with its old fence."""
+    from .servers import Postgres
+
+    with Postgres() as locks:
+        lock = _pg_lock(locks.create_db("locks"))
+        r.notes.append(f"lock server: postgres pid {locks.process.pid if locks.process else '?'} at {locks.dir}")
+        r.consumer("A", lock_url=lock, pause_before_write=_hook(r) + 1, max_files=1)
+        f = r.wait_window("A").file
+        r.ensure_not_written("A", f)
+        locks.halt(immediate=True)
+        r.faults.start("lock-server-down", "lock-server", "PostgreSQL lock server: immediate shutdown (SIGQUIT)")
+        time.sleep(1.5 * r.s.ttl)
+        locks.launch()
+        r.faults.end("lock-server-down", "lock-server", "started again on its data (WAL recovery)")
+        r.successor_overtakes("A", f, lock_url=lock)
+        r.wait_all()
+
+
+def pg_cut_from_lock_server(r: Run) -> None:
+    """15. PostgreSQL lock, A's lock connections through the proxy: after A's lease check the proxy
+    blackholes them, so A's renewals vanish and its lease runs out on the server's clock, while A
+    still reaches the database directly; B takes over; A writes late."""
+    assert r.pg.tcp_port is not None
+    proxy = r.proxy(("tcp", "127.0.0.1", r.pg.tcp_port), "A-pglock")
+    lock_a = _pg_lock(r.pg.tcp_dsn(r.db_name, proxy.port) + "?connect_timeout=1")
+    r.consumer("A", lock_url=lock_a, pause_before_write=_hook(r), max_files=1)
+    f = r.wait_window("A").file
+    proxy.blackhole()
+    r.ensure_not_written("A", f)
+    r.faults.start("partition", "A", "A <-> PostgreSQL lock blackholed (proxy), its database link direct")
+    r.successor_overtakes("A", f, lock_url=_pg_lock(r.dsn))
+    proxy.heal()
+    r.faults.end("partition", "A", f"healed; {proxy.stats.dropped_bytes} bytes swallowed")
+    r.wait_all()
+
+
 def _zk_blocked() -> str | None:
     return zookeeper_usable()
 
@@ -403,6 +467,14 @@ SCENARIOS: list[Scenario] = [
              blocked=_zk_blocked),
     Scenario("leader-paused", "12", "elected leader paused (SIGSTOP) past its lease", leader_paused, STALE,
              "a new leader is elected with a higher term; the deposed one writes with its old term", files=1),
+    Scenario("pg-paused-holder", "13", "PostgreSQL lock: holder paused (SIGSTOP) past its lease", pg_paused_holder,
+             STALE, "the lease expires on the server's clock; the resumed holder writes late", files=1),
+    Scenario("pg-lock-restart", "14", "PostgreSQL lock server down past the lease, then restarted",
+             pg_lock_server_restart, STALE, "the lock comes back free; the holder, cut off meanwhile, writes late",
+             files=1),
+    Scenario("pg-cut-off", "15", "PostgreSQL lock: holder cut off from the lock server (proxy blackhole)",
+             pg_cut_from_lock_server, STALE, "renewals vanish; the holder, still reaching the data, writes late",
+             files=1),
 ]
 
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "PG_ROOT", "ZK_JAR", "Postgres", "ZooKeeper", "free_port", "postgres_bin_dir", "stop_pid", "zookeeper_usable",
@@ -112,47 +112,72 @@ class _Managed:
 
 
 class Postgres(_Managed):
-    """A PostgreSQL cluster (the newest installed, see ``postgres_bin_dir``): unix socket in its
-    directory plus one TCP port on 127.0.0.1.
+    """A throwaway PostgreSQL cluster (the newest major version installed, see ``postgres_bin_dir``):
+    the one launcher for the tests, the benchmarks and the chaos harness.
 
-    initdb and the server run as the ``postgres`` user when we are root (PostgreSQL refuses root).
-    ``dsn(db)`` is a libpq URL over the unix socket; ``tcp_port`` is for the chaos proxy.
+    Its unix socket lives in its directory; with ``tcp=True`` it also listens on one free port of
+    127.0.0.1 (for the chaos proxy). initdb and the server run as the ``postgres`` user when we are
+    root (PostgreSQL refuses root), through ``Popen(user=...)``, so the pid we hold is the
+    postmaster's own and we stop it by that pid. Trust auth, ``fsync=off``: a test cluster need not
+    survive a power cut, and it spares the shared machine's disk (a killed postmaster loses nothing:
+    the OS still has its writes).
+
+    ``start()`` = ``initdb()`` + ``launch()``; ``halt()`` stops the server and keeps the data
+    (``launch()`` brings it back: a restart); ``stop()`` also removes the directory.
     """
 
-    def __init__(self, *, start_timeout: float = 30.0) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="fl-chaos-pg-"))
+    def __init__(self, *, tcp: bool = True, max_connections: int = 100, start_timeout: float = 60.0) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="fl-pg-"))
         self.data = self.dir / "data"
-        self.tcp_port = free_port()
+        self.tcp_port = free_port() if tcp else None
+        self.max_connections = max_connections
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
+        self.bin = postgres_bin_dir()
         self._as: tuple[int, int] | None = _demote_to("postgres") if os.geteuid() == 0 else None
-
-    def _run_as(self) -> dict[str, object]:
-        if self._as is None:
-            return {}
-        uid, gid = self._as
-        return {"user": uid, "group": gid, "extra_groups": []}
-
-    def start(self) -> Postgres:
         if self._as is not None:
             os.chown(self.dir, *self._as)
-        pg_bin = postgres_bin_dir()
-        subprocess.run(
-            [str(pg_bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-             "--no-sync", "-E", "UTF8", "--locale=C"],
-            check=True, capture_output=True, timeout=60, **self._run_as(),  # type: ignore[call-overload]
-        )
-        log = open(self.dir / "server.log", "wb")  # closed in stop()
-        self._log = log
-        self.process = subprocess.Popen(
-            [str(pg_bin / "postgres"), "-D", str(self.data), "-k", str(self.dir),
-             "-c", "listen_addresses=127.0.0.1", "-p", str(self.tcp_port),
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=60", "-c", "shared_buffers=16MB"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **self._run_as(),  # type: ignore[call-overload]
-        )
-        self._wait_ready()
+
+    def _run_as(self) -> dict[str, Any]:
+        env = {"PATH": f"{self.bin}:/usr/bin:/bin", "HOME": str(self.dir), "LC_ALL": "C.UTF-8"}
+        if self._as is None:
+            return {"env": env, "cwd": self.dir}
+        uid, gid = self._as
+        return {"user": uid, "group": gid, "extra_groups": [], "env": env, "cwd": self.dir}
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid) the server runs as, when not ours (files it reads must belong to it)."""
+        return self._as
+
+    def start(self) -> Postgres:
+        self.initdb()
+        self.launch()
         return self
+
+    def initdb(self) -> None:
+        """A new, empty cluster in the data directory (which must not exist)."""
+        subprocess.run(
+            [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+             "--no-sync", "-E", "UTF8", "--locale=C"],
+            check=True, capture_output=True, timeout=120, **self._run_as(),
+        )
+
+    def launch(self) -> None:
+        """Start the server on the existing data directory; return once it accepts connections."""
+        listen = ["-c", "listen_addresses=127.0.0.1", "-p", str(self.tcp_port)] if self.tcp_port else \
+            ["-c", "listen_addresses="]
+        log = open(self.dir / "server.log", "ab")
+        try:
+            self.process = subprocess.Popen(
+                [str(self.bin / "postgres"), "-D", str(self.data), "-k", str(self.dir), *listen,
+                 "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                 "-c", f"max_connections={self.max_connections}", "-c", "shared_buffers=16MB"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **self._run_as(),
+            )
+        finally:
+            log.close()
+        self._wait_ready()
 
     def _wait_ready(self) -> None:
         import psycopg
@@ -168,17 +193,26 @@ class Postgres(_Managed):
                     return
             except psycopg.Error as err:
                 last = err
-            time.sleep(0.1)
-        self.stop()
+            time.sleep(0.05)
+        self.halt()
         raise RuntimeError(f"postgres not ready after {self.start_timeout} s: {last}")
 
     def dsn(self, db: str) -> str:
-        return f"postgresql://postgres@/{db}?host={self.dir}&port={self.tcp_port}"
+        """A libpq URL of database ``db`` over the unix socket."""
+        port = f"&port={self.tcp_port}" if self.tcp_port else ""
+        return f"postgresql://postgres@/{db}?host={self.dir}{port}"
 
     def tcp_dsn(self, db: str, port: int | None = None) -> str:
+        """The URL over TCP: this server's port, or ``port`` (a proxy in front of it)."""
+        assert self.tcp_port is not None, "started without tcp"
         return f"postgresql://postgres@127.0.0.1:{port or self.tcp_port}/{db}"
 
+    @property
+    def socket(self) -> Path:
+        return self.dir / f".s.PGSQL.{self.tcp_port or 5432}"
+
     def create_db(self, db: str) -> str:
+        """A new, empty database ``db`` (dropped first if it exists); its URL."""
         import psycopg
 
         with psycopg.connect(self.dsn("postgres"), autocommit=True, connect_timeout=5) as conn:
@@ -186,12 +220,28 @@ class Postgres(_Managed):
             conn.execute(f'CREATE DATABASE "{db}"')
         return self.dsn(db)
 
+    def halt(self, *, immediate: bool = False) -> None:
+        """Stop the server by its pid and keep its data: a "fast" shutdown (SIGINT: sessions are
+        rolled back, a checkpoint is written), or with ``immediate`` an "immediate" one (SIGQUIT:
+        every backend is told to quit at once, no checkpoint; the next start recovers from the WAL,
+        as after a crash)."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+            os.kill(proc.pid, signal.SIGQUIT if immediate else signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
     def stop(self) -> None:
-        stop_pid(self.process, grace=10)
-        self.process = None
-        with contextlib.suppress(Exception):
-            self._log.close()
+        self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)
+
 
 def zookeeper_usable() -> str | None:
     """None when a ZooKeeper server and the fencelock ZooKeeper backend are usable, else why not."""
