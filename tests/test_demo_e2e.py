@@ -164,6 +164,23 @@ def test_many_consumers_postgres_debian_redis(tmp_path: Path, debian_redis: Embe
     _run_many(tmp_path, debian_redis.url, pg_db)
 
 
+def test_many_consumers_on_postgres_alone(tmp_path: Path, pg_db: str) -> None:
+    """No Redis at all: the lock and the data in one PostgreSQL database."""
+    _run_many(tmp_path, pg_db, pg_db)
+
+
+def test_demo_command_on_postgres_alone(tmp_path: Path, pg_db: str) -> None:
+    proc = subprocess.Popen(
+        fencelock_cmd("demo", "--work", str(tmp_path / "work"), "--lock", pg_db, "--db", pg_db, "--files", "5",
+                      "--lines", "400", "--consumers", "2", "--seed", "1"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    code, out = finish(proc)
+    assert code == 0, out
+    assert "every produced row persisted exactly once" in out and "CHECK FAIL" not in out
+    assert "lock server errors" in out  # the summary table, with the PostgreSQL lock's counters
+
+
 def test_workers_option_runs_several_processes(tmp_path: Path, valkey: EmbeddedRedis) -> None:
     share, hist, db = tmp_path / "share", tmp_path / "h.jsonl", f"sqlite:///{tmp_path / 'w.db'}"
     produce(ProducerConfig(share, files=4, lines=300, seed=3, manifest=tmp_path / "m.jsonl"))

@@ -55,6 +55,8 @@ def chaos(names: tuple[str, ...], tier: str, seed: int, duration: float, out: Pa
     \b
     Short tier: every scenario twice: with the storage-side fence check (must pass) and
     without (must show the violation the scenario provokes: proof the checker can see it).
+    Lock servers: Redis (1-10), ZooKeeper (11), Redis elections (12), PostgreSQL (13-15:
+    the lock in the data's own database, or on a cluster of its own that is restarted).
     Needs: PostgreSQL binaries (/usr/lib/postgresql/<major>/bin) and psycopg
     (pip install 'fencelock[postgres]'), redis-server or an embedded one, Debian's faketime
     (scenario 10), zookeeperd and kazoo (scenario 11; pip install 'fencelock[zookeeper]').
