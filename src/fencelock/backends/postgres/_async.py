@@ -6,6 +6,7 @@ a connection (its own, or the user's connection or pool), each call bounded by t
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import time
@@ -104,7 +105,14 @@ class AsyncPostgresBackend:
         self._pid = os.getpid()
         self._listener: Listener | None = None
         if listen and (conninfo is not None or self._pool is not None):
-            self._listener = Listener(self._listen_connect, channel(s))
+            # The listener's thread must not keep this backend alive: a lock made from a URL and
+            # dropped without close() (one per file, say) would leave a connection and a thread
+            # behind for good. It gets what it needs to connect, not a method of ours, and
+            # ``__del__`` stops it.
+            listen_conninfo = conninfo if conninfo is not None else self._pool.conninfo
+            self._listener = Listener(
+                functools.partial(_listen_connect, listen_conninfo, dict(self._listen_kwargs)), channel(s)
+            )
 
     @classmethod
     def from_url(cls, url: str) -> AsyncPostgresBackend:
@@ -116,12 +124,6 @@ class AsyncPostgresBackend:
         )  # fmt: skip
 
     # -- connections --------------------------------------------------------------------------
-
-    def _listen_connect(self) -> Any:
-        """A blocking autocommit connection for the listener thread (both APIs use a thread)."""
-        if self._conninfo is not None:
-            return psycopg.Connection.connect(self._conninfo, autocommit=True)
-        return psycopg.Connection.connect(self._pool.conninfo, autocommit=True, **self._listen_kwargs)
 
     async def _checkout(self) -> Any:
         if self._conn is not None:
@@ -303,6 +305,13 @@ class AsyncPostgresBackend:
         rows = await self._call("read fence", self._q_last, (key,))
         return int(rows[0][0])
 
+    def __del__(self) -> None:
+        # Collected without aclose(): stop the listener (its thread and connection); our idle
+        # connections close with their objects.
+        listener = getattr(self, "_listener", None)
+        if listener is not None:
+            listener.close(wait=False)
+
     async def aclose(self) -> None:
         if self._listener is not None:
             self._listener.close()
@@ -310,6 +319,11 @@ class AsyncPostgresBackend:
             idle, self._idle = self._idle, []
             for conn in idle:
                 _drop(conn)
+
+
+def _listen_connect(conninfo: str, kwargs: dict[str, Any]) -> Any:
+    """A blocking autocommit connection for the listener thread (both APIs use a thread)."""
+    return psycopg.Connection.connect(conninfo, autocommit=True, **kwargs)
 
 
 def _stale(conn: Any) -> bool:

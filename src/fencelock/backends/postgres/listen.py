@@ -134,10 +134,11 @@ class Listener:
         with self._lock:
             self._subs.pop(digest, None)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop listening; with ``wait``, join the thread (it notices within half a second)."""
         self._stop.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
+        if wait and thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
             thread.join(2.0)
         self._thread = None
 
