@@ -35,7 +35,7 @@ def test_safe_url_keeps_scheme_host_and_hides_only_the_password(url: str, shown:
 
 @pytest.mark.parametrize(
     "url",
-    ["postgresql://user:hunter2@/db?host=/var/run/postgresql", "mysql://admin:hunter2@db/locks", "ftp://db/x"],
+    ["mongodb://user:hunter2@/db?host=/var/run/mongo", "mysql://admin:hunter2@db/locks", "ftp://db/x"],
 )
 def test_an_unsupported_lock_url_is_shown_with_its_scheme_and_host(url: str) -> None:
     with pytest.raises(fencelock.ConfigurationError) as info:

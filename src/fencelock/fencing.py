@@ -44,6 +44,28 @@ it), because whatever the caller wrote in it before ``admit`` must not be commit
 
 Equal fences are admitted: a holder may write several times under one lease.
 
+PostgreSQL with the lock in the same database: ``holds(conn, lease)``. When the lock itself is a
+``postgresql://`` lock on the database that holds the data, the write transaction can ask the lock
+row directly: ``holds`` checks, in the caller's open transaction, that the name's lease row still
+carries this lease's token and fence and has not expired on the server's clock, and locks that row
+(``FOR KEY SHARE``) until the transaction ends. A takeover (which deletes the expired row) and a
+release wait for that commit or rollback; renewals do not (they only update the row). So every
+write made in the transaction after ``holds`` returns commits before any later holder's grant:
+
+    with conn.transaction():
+        fencing.holds(conn, lease)           # LeaseLost if the lease is not the live holder's any more
+        conn.execute("UPDATE accounts ...")   # committed before anyone else can hold the lock
+
+When to use which. ``holds`` needs no fence table and refuses a holder whose lease has merely
+*expired* (even if nobody took the lock yet), but it works only with the lock in the same
+PostgreSQL database as the data, and it holds a row lock for the transaction's length (a takeover
+waits for it: keep such transactions short). ``admit`` works with any lock backend and any SQL
+store, and refuses only writes that a *higher fence* already overtook (an expired holder that nobody
+replaced is still admitted, which is safe: no one else wrote under a newer fence). Use ``holds``
+when lock and data share the database; ``admit`` otherwise (or both, when the data also moves
+to stores the lock does not live in). Release the lease after the transaction, not inside it (the
+release would wait for the transaction's own row lock until its request timeout).
+
 Isolation: use READ COMMITTED (PostgreSQL's default). Under REPEATABLE READ or SERIALIZABLE, a
 writer that waited for a concurrent one gets a serialization failure instead of a clean
 ``StaleFence``; the data stays correct, but the caller must treat that error as a refusal too.
@@ -64,6 +86,8 @@ __all__ = [
     "DEFAULT_TABLE",
     "FENCED_SET",
     "admit",
+    "aholds",
+    "holds",
     "create_table",
     "current_fence",
     "fence_key_for",
@@ -188,6 +212,81 @@ def current_fence(conn: Any, resource: str, *, table: str = DEFAULT_TABLE) -> in
     mark = "?" if dialect == "sqlite" else "%s"
     row = conn.execute(f"SELECT fence FROM {_table(table)} WHERE resource = {mark}", (resource,)).fetchone()
     return None if row is None else int(row[0])
+
+
+# -- PostgreSQL: the lock row in the same database ----------------------------------------------
+
+
+def _holds_query(conn: Any, lease: Any, schema: str) -> tuple[str, tuple[str, str, int]]:
+    from .backends.postgres.schema import DEFAULT_SCHEMA, check_schema
+
+    if _dialect(conn) != "postgresql":
+        raise ConfigurationError("fencing.holds() needs a psycopg connection to the lock's PostgreSQL database")
+    for attr in ("name", "token", "fence"):
+        if not hasattr(lease, attr):
+            raise ConfigurationError(f"fencing.holds() needs a fencelock lease, got {type(lease).__name__}")
+    schema = check_schema(schema or DEFAULT_SCHEMA)
+    _check_fence(lease.fence)
+    if conn.autocommit and conn.info.transaction_status != _intrans():
+        raise ConfigurationError(
+            "fencing.holds() must run inside the transaction of the write it guards (its row lock lasts "
+            "until that transaction ends): this psycopg connection is in autocommit mode; use "
+            "`with conn.transaction():`"
+        )
+    return f"SELECT {schema}.holds(%s::text, %s::text, %s::bigint)", (lease.name, lease.token, lease.fence)
+
+
+def _intrans() -> Any:
+    from psycopg.pq import TransactionStatus
+
+    return TransactionStatus.INTRANS
+
+
+def _holds_verdict(row: Any, lease: Any, schema: str, err: Exception | None) -> None:
+    from ._errors import LeaseLost
+
+    if err is not None:
+        from .backends.postgres.errors import translate
+
+        translated = translate(err, "fencing.holds", schema)
+        if translated is not None:
+            raise translated from err
+        raise err
+    if row is None or not row[0]:
+        instruments.stale_fence(lease.name)
+        raise LeaseLost(
+            lease.name, lease.fence,
+            "the lock row no longer holds this lease (expired on the server's clock, released, or taken "
+            "over): roll this transaction back",
+        )  # fmt: skip
+
+
+def holds(conn: Any, lease: Any, *, schema: str = "fencelock") -> None:
+    """In the caller's open transaction on the lock's own PostgreSQL database: check that ``lease``
+    is still the live holder's (token, fence, not expired on the server's clock) and lock its row
+    against a takeover or release until the transaction ends; else raise ``LeaseLost`` (roll back).
+    ``schema``: the lock URL's ``?schema=``. See the module docstring for ``holds`` vs ``admit``."""
+    import psycopg
+
+    sql, params = _holds_query(conn, lease, schema)
+    try:
+        row = conn.execute(sql, params).fetchone()
+    except psycopg.Error as err:
+        _holds_verdict(None, lease, schema, err)
+    _holds_verdict(row, lease, schema, None)
+
+
+async def aholds(conn: Any, lease: Any, *, schema: str = "fencelock") -> None:
+    """``holds`` on a ``psycopg.AsyncConnection``."""
+    import psycopg
+
+    sql, params = _holds_query(conn, lease, schema)
+    try:
+        cur = await conn.execute(sql, params)
+        row = await cur.fetchone()
+    except psycopg.Error as err:
+        _holds_verdict(None, lease, schema, err)
+    _holds_verdict(row, lease, schema, None)
 
 
 # -- Redis ---------------------------------------------------------------------------------------

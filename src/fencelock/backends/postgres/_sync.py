@@ -29,6 +29,8 @@ __all__ = ["PostgresBackend"]
 
 IDLE_MAX = 8
 """Idle connections a URL-made backend keeps per process (one per concurrently calling thread)."""
+MAX_NAME_BYTES = 2000
+"""Longest lock name (UTF-8 bytes): btree index entries are limited to about 2.7 kB."""
 WAIT_CAP = REFRESH_MS / 1000
 """Longest single ``wait``: the waiter then polls, which refreshes its place in the queue."""
 
@@ -242,6 +244,11 @@ class PostgresBackend:
     ) -> Attempt:
         if limit != 1 or weight != 1:
             check_counted(limit, weight)
+        if len(key) > MAX_NAME_BYTES // 4 and len(key.encode()) > MAX_NAME_BYTES:
+            raise ConfigurationError(
+                f"a PostgreSQL lock name is at most {MAX_NAME_BYTES} bytes of UTF-8 (an index entry's limit), "
+                f"got {len(key.encode())}: name the resource by a shorter key, e.g. a hash of it"
+            )
         if queue and self._listener is not None:
             self._listener.start(0)  # listening before we can be handed anything (no wait here)
         params = (key, token, ttl_ms, label, queue, limit, weight, self.durable)

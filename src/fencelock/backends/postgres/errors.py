@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..._errors import AuthenticationFailed, BackendError, BackendRejected, BackendUnavailable
 
-__all__ = ["map_errors", "translate"]
+__all__ = ["map_errors", "missing_privilege", "translate"]
 
 
 class map_errors:  # used like a function: ``with map_errors("acquire", schema):``
@@ -27,6 +27,23 @@ class map_errors:  # used like a function: ``with map_errors("acquire", schema):
             raise translated from err
 
 
+def missing_privilege(msg: str, what: str, schema: str) -> str:
+    """What the role lacks, from PostgreSQL's "permission denied for ..." message and what we did."""
+    if what == "create schema":
+        return (
+            f"CREATE on the database to create schema {schema} on first use (or have its owner create it "
+            f"once: fencelock creates it on its first call, then GRANT USAGE ON SCHEMA {schema} TO <role>)"
+        )
+    if "for schema" in msg:
+        return f"USAGE on schema {schema} (GRANT USAGE ON SCHEMA {schema} TO <role>)"
+    if "for function" in msg:
+        grant = f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} TO <role>"
+        return f"EXECUTE on the functions of schema {schema} ({grant})"
+    if "for database" in msg:
+        return "CONNECT on the database (GRANT CONNECT ON DATABASE <db> TO <role>)"
+    return f"USAGE on schema {schema} and EXECUTE on its functions (see docs/postgres.md, Privileges)"
+
+
 def translate(err: Exception, what: str, schema: str) -> BackendError | None:
     import psycopg
     from psycopg import errors as pe
@@ -35,16 +52,8 @@ def translate(err: Exception, what: str, schema: str) -> BackendError | None:
         return AuthenticationFailed(f"postgresql refused our credentials during {what}: {err}")
     if isinstance(err, pe.InsufficientPrivilege):
         msg = str(err).strip()
-        if "database" in msg and "create" not in msg:
-            need = "CONNECT on the database"
-        elif "schema" in msg and "create" not in msg.lower():
-            need = f"USAGE on schema {schema} (GRANT USAGE ON SCHEMA {schema} TO <role>)"
-        else:
-            need = (
-                f"the schema {schema} to exist: create it once as a role with CREATE on the database "
-                f"(fencelock creates it on first use), then GRANT USAGE ON SCHEMA {schema} TO <role>"
-            )
-        return BackendRejected(f"postgresql refused {what}: {msg}; the role needs {need} (see docs/postgres.md)")
+        need = missing_privilege(msg, what, schema)
+        return BackendRejected(f"postgresql refused {what}: {msg}; the role needs {need}")
     if isinstance(err, pe.ReadOnlySqlTransaction):
         return BackendRejected(
             f"postgresql refused {what}: {str(err).strip()}; this server is a read-only standby (or "
