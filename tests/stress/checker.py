@@ -50,8 +50,9 @@ replaced by the primitive's own exclusion, and rules of their own:
       then kept waiting ``bounds.liveness`` s more counts.
   l   election: at most one leader of a name believed valid at any instant (as a); ``leader()``
       never reports a lower term than a ``leader()`` answer that returned before it was called, or
-      a term below one a ``campaign`` had returned before it was called (terms only go up), unless
-      the server lost data in between.
+      a term below one a ``campaign`` had returned before it was called (terms only go up), and
+      asked by a leader that believed itself valid all through the call it names that leader's
+      term; unless the server lost data in between.
 """
 
 from __future__ import annotations
@@ -510,6 +511,21 @@ def check_terms(m: Model) -> list[Violation]:
             assert c.t1 is not None
             known[c.name].append((c.t1, c.term, f"pid {c.pid} leader() returned"))
     for c in sorted(looks, key=lambda c: c.t0):
+        asker = m.leases.get((c.pid, c.token)) if c.token else None
+        if asker is not None and c.term != asker.fence:
+            # asked by a leader that believed itself valid all through the call: the server must
+            # name that leader (its key outlives the holder's belief)
+            s, e = believed(asker, m)
+            assert c.t1 is not None
+            if s <= c.t0 and c.t1 <= e and _data_loss(m, c.name, _key_since(asker, m), c.t1) is None:
+                out.append(
+                    Violation(
+                        "l",
+                        f"{c.name}: [{_where(asker)}] believed it led from {s:.3f} to {e:.3f}, but its leader() "
+                        f"call {c.t0:.3f}..{c.t1:.3f} reported " + ("nobody" if c.term is None else f"term {c.term}"),
+                        {"name": c.name, "cid": c.cid, "term": c.term, "own": asker.fence, "sub": "self"},
+                    )
+                )
         if c.term is None:
             continue
         before = [k for k in known.get(c.name, []) if k[0] < c.t0 and k[1] > c.term]

@@ -583,6 +583,23 @@ def test_l_terms_reported_by_leader_never_go_down() -> None:
     assert run(9, "restart_empty") == set()  # the server forgot the terms
 
 
+def test_l_a_valid_leader_asking_leader_must_be_named() -> None:
+    def run(term: int | None, at: float, fault: str | None = None) -> list[Violation]:
+        h = H().start(1)
+        h.lease(1, "L1", 10, 1.0, 1.01, ttl=2.0, prim="elect").release(1, "L1", 2.5)
+        h.op(1, "leader", at, at + 0.02, token="L1", term=term, prim="elect")
+        if fault is not None:
+            h.fault(fault, 1.1, 1.2, name="n")
+        h.stop(1)
+        return [v for v in h.check() if v.rule == "l"]
+
+    assert run(10, 1.5) == []
+    assert len(run(None, 1.5)) == 1 and "reported nobody" in run(None, 1.5)[0].message
+    assert {v.detail.get("sub") for v in run(9, 1.5)} == {"self", None}  # also: below the term campaign returned
+    assert run(None, 2.6) == []  # after its release: anything goes
+    assert run(None, 1.5, "delete_lock") == []  # the server forgot it
+
+
 def test_l_a_leader_whose_lease_ran_out_gets_every_loss_signal() -> None:
     h = H().start(1)
     h.lease(1, "L1", 10, 1.0, 1.01, ttl=1.0, prim="elect")  # deadline 2.0, never renewed, never released
