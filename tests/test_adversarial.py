@@ -429,6 +429,32 @@ async def test_async_acquire_against_a_frozen_server_returns_within_its_timeout_
     assert took <= 1 + bound, f"acquire(timeout=1) took {took:.1f} s against a frozen server (bound {1 + bound:g} s)"
 
 
+@pytest.mark.needs("pause")
+async def test_a_cancel_during_a_request_that_then_fails_ends_cancelled(lock_server: Any, name: str) -> None:
+    """Found by the stress test (seed 1, ZooKeeper, a read-write lock's writer): cancelled while its
+    request hung on a frozen server, the acquire ended with that request's BackendUnavailable and
+    the task returned normally: the cancellation was lost. (On an offloading backend the call runs
+    on in its thread after the cancel; its error must not replace the cancellation.)"""
+    from fencelock._async._compat import CLEANUP_GRACE
+
+    lock = aio.Lock(name, lock_server.url, ttl=30, renew=False)
+    await (await lock.acquire(timeout=5)).release()  # connected
+    bound = REQUEST_TIMEOUT[lock_server.kind] + CLEANUP_GRACE + SLACK
+    lock_server.pause()
+    try:
+        task = asyncio.ensure_future(lock.acquire(timeout=1))
+        await asyncio.sleep(0.3)  # its first request is stuck on the frozen server
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2 * bound)
+    finally:
+        lock_server.resume()
+    try:
+        assert done, "the cancelled acquire did not end"
+        assert task.cancelled(), f"a cancelled acquire ended with {task.exception()!r}, not CancelledError"
+    finally:
+        await lock.aclose()
+
+
 # -- cancel_on_loss and other cancellations -------------------------------------------------------
 
 

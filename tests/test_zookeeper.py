@@ -316,6 +316,50 @@ def test_max_lease_is_the_session_timeout(zk: ZooKeeperLockServer, name: str) ->
     lock.close()
 
 
+def test_a_grant_racing_the_janitor_deleting_the_expired_node_is_refused(zk: ZooKeeperLockServer, name: str) -> None:
+    """Found by the stress test (seed 1, election on ZooKeeper, a server pause): a grant that came
+    back after its TTL is re-asked by the lock (``try_acquire`` with the same token) while the
+    janitor is deleting that token's expired node. The listing still shows the node, so it was
+    granted again, and the holder believed a fresh lease on a node that was gone a moment later:
+    two leaders. Forced interleaving: the janitor is held between taking the node and deleting it."""
+    b = ZooKeeperBackend.from_url(zk.url)
+    other = ZooKeeperBackend.from_url(zk.url_with(timeout=3))  # another session: another process
+    core = b._core
+    taken, go = threading.Event(), threading.Event()
+    delete = core.delete_node
+
+    def held_janitor(node: Any) -> bool:
+        if threading.current_thread().name == "fencelock-zk-janitor":
+            taken.set()  # the node is marked for deletion (reaping)...
+            go.wait(30)  # ...and its delete is on its way
+        return delete(node)
+
+    core.delete_node = held_janitor  # type: ignore[method-assign]
+    try:
+        token = new_token()
+        assert b.try_acquire(name, token, 200, "late", True).fence is not None
+        assert taken.wait(10), "the janitor takes the node once its 200 ms are over"
+        again = b.try_acquire(name, token, 30_000, "late", True)  # the lock re-asking after a late grant
+        go.set()
+        assert wait_until(lambda: not zk.children(name), 10), "the janitor deleted the node"
+        rival = new_token()
+        rival_fence = other.try_acquire(name, rival, 30_000, "rival", False).fence
+        assert rival_fence is not None, "the name is free"
+        assert again.fence is None, "a node the janitor is deleting was granted: its holder and the rival both hold"
+        assert b.extend(name, token, 30_000) is False
+        assert other.release(name, rival) is True
+        for _ in range(100):  # and the token queues again with a new node (bounded: 100 x 50 ms)
+            if (fence := b.try_acquire(name, token, 30_000, "late", True).fence) is not None:
+                break
+            b.wait(name, token, 0.05)
+        assert fence is not None and fence > rival_fence, "a new node, behind the rival's"
+        assert b.release(name, token) is True
+    finally:
+        go.set()
+        b.close()
+        other.close()
+
+
 def test_unrenewed_lease_frees_the_lock_while_the_session_lives(zk: ZooKeeperLockServer, name: str) -> None:
     lock = fencelock.Lock(name, zk.url, ttl=0.3, renew=False)
     lease = lock.acquire(timeout=5)

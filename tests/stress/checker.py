@@ -34,6 +34,25 @@ Rules (letters as in the run's report):
       or LeaseLost.
   g   on_lost fires only for leases that acquire returned to the caller.
   h   only documented errors (fencelock's, CancelledError) leave fencelock calls.
+
+The coordination primitives (their calls carry ``prim``: sem, read, write, elect; and ``limit``)
+are judged by the same rules (b: fences unique and increasing in grant order for every grant of a
+name, reader or writer, permit or term; c: every loss signalled; d: liveness, FIFO; e to h), rule a
+replaced by the primitive's own exclusion, and rules of their own:
+  i   semaphore: at most ``limit`` leases of one name believed valid at once (excused by data loss,
+      as a is); liveness (d) counts a permit free while fewer than ``limit`` contenders may hold.
+  j   read-write lock: a writer is never believed valid together with any other holder (reader or
+      writer) of its name.
+  k   read-write lock, writers not starved and FIFO: in a fault-free stretch a reader that called
+      acquire after a writer began waiting is not granted while that writer still waits, and a
+      writer is not granted before a waiter that came before it. Two readers (or two permits of a
+      semaphore, rule d) that both fit may be granted in either order: only a waiter passed and
+      then kept waiting ``bounds.liveness`` s more counts.
+  l   election: at most one leader of a name believed valid at any instant (as a); ``leader()``
+      never reports a lower term than a ``leader()`` answer that returned before it was called, or
+      a term below one a ``campaign`` had returned before it was called (terms only go up), and
+      asked by a leader that believed itself valid all through the call it names that leader's
+      term; unless the server lost data in between.
 """
 
 from __future__ import annotations
@@ -126,12 +145,17 @@ class Call:
     actor: str = ""
     task: str | None = None
     ttl: float | None = None
+    prim: str = "lock"
+    """lock, sem, read, write or elect (the primitive the call was made on)."""
+    limit: int = 1
     t1: float | None = None
     out: str | None = None
     exc: str | None = None
     msg: str = ""
     documented: bool = True
     tb: str = ""
+    term: int | None = None
+    """leader(): the term it reported (None: nobody leads, or not a leader() call)."""
 
 
 @dataclass
@@ -160,6 +184,8 @@ class Lease:
     with_exit: Call | None = None
     inject: list[str] = field(default_factory=list)
     """Client faults injected into the holder's process (shown with every violation of it)."""
+    prim: str = "lock"
+    limit: int = 1
 
     def deadline_at(self, t: float) -> float:
         """The lease's deadline as last set at or before ``t`` (the library's own value)."""
@@ -263,7 +289,8 @@ def build(events: Iterable[Event]) -> Model:
         elif kind == "call":
             m.calls[(pid, e["cid"])] = Call(
                 pid, e["cid"], e["op"], e.get("name", ""), e.get("api", ""), e["t"], e.get("timeout"),
-                e.get("token"), e.get("actor", ""), e.get("task"), e.get("ttl"),
+                e.get("token"), e.get("actor", ""), e.get("task"), e.get("ttl"), e.get("prim") or "lock",
+                int(e.get("limit") or 1),
             )
         elif kind == "ret":
             c = m.calls.get((pid, e["cid"]))
@@ -271,10 +298,13 @@ def build(events: Iterable[Event]) -> Model:
                 continue
             c.t1, c.out, c.exc, c.msg = e["t"], e["out"], e.get("exc"), e.get("msg", "")
             c.documented, c.tb = e.get("documented", True), e.get("tb", "")
+            if e.get("term") is not None:
+                c.term = int(e["term"])
             if c.out == "ok" and c.op in ACQUIRE_OPS and e.get("token"):
                 m.leases[(pid, e["token"])] = Lease(
                     pid, e["token"], c.name, int(e["fence"]), c.api, c.op, c.t0, e["t"],
                     float(e.get("ttl") or 0), e.get("renew"), bool(e.get("col")), e.get("obj"), c.cid,
+                    prim=c.prim, limit=c.limit,
                 )
         elif kind == "dl":
             dls[(pid, e["token"])].append((e["t"], float(e["deadline"]), e.get("obj")))
@@ -387,14 +417,31 @@ def _short(token: str) -> str:
 
 
 def _where(lease: Lease) -> str:
-    where = f"pid {lease.pid} {lease.api} {lease.op} fence {lease.fence} token {_short(lease.token)}"
+    what = "" if lease.prim == "lock" else f"{lease.prim} "
+    where = f"pid {lease.pid} {lease.api} {what}{lease.op} fence {lease.fence} token {_short(lease.token)}"
     return where + (f" in a process with injected {'+'.join(lease.inject)}" if lease.inject else "")
 
 
 # -- rules -----------------------------------------------------------------------------------------
 
 
+OVERLAP_RULE = {"lock": "a", "elect": "l", "sem": "i", "read": "j", "write": "j"}
+"""The rule that judges leases of one name believed valid together, by the name's primitive."""
+
+
+def _conflicts(lease: Lease, active: list[tuple[float, float, Lease]]) -> list[tuple[float, float, Lease]]:
+    """Of the leases believed valid when ``lease`` began to be, those it may not coexist with; for
+    a semaphore all of them once there are ``limit`` (the first ``limit`` of them are not wrong alone)."""
+    if lease.prim == "sem":
+        return active if len(active) >= max(1, lease.limit) else []
+    if lease.prim in ("read", "write"):
+        return [x for x in active if lease.prim == "write" or x[2].prim == "write"]
+    return active
+
+
 def check_overlap(m: Model) -> list[Violation]:
+    """a (mutex), l (election), i (semaphore: more than ``limit``), j (read-write: a writer and
+    another holder): leases believed valid together beyond what the primitive allows."""
     out: list[Violation] = []
     by_name: dict[str, list[tuple[float, float, Lease]]] = defaultdict(list)
     for lease in m.leases.values():
@@ -406,7 +453,28 @@ def check_overlap(m: Model) -> list[Violation]:
         active: list[tuple[float, float, Lease]] = []
         for s, e, lease in items:
             active = [x for x in active if x[1] > s]
-            for s0, e0, other in active:
+            conflicts = _conflicts(lease, active)
+            rule = OVERLAP_RULE.get(lease.prim, "a")
+            if lease.prim == "sem" and conflicts:
+                # too many from s until all but ``limit`` of them have ended: the (limit+1)-th latest end
+                ends = sorted([e] + [x[1] for x in conflicts], reverse=True)
+                overlap = ends[max(1, lease.limit)] - s
+                if overlap > 1e-3 and _data_loss(
+                    m, name, min(_key_since(x[2], m) for x in [*conflicts, (s, e, lease)]), s
+                ) is None:
+                    held = ", ".join(f"[{_where(x[2])}] {x[0]:.3f}..{x[1]:.3f}" for x in conflicts)
+                    out.append(
+                        Violation(
+                            rule,
+                            f"{name}: {len(conflicts) + 1} permits believed valid together (limit {lease.limit}) for "
+                            f"{overlap:.3f} s: {held}, and [{_where(lease)}] from {s:.3f}",
+                            {"name": name, "second": lease.token, "at": s, "overlap": overlap,
+                             "holders": [x[2].token for x in conflicts]},
+                        )
+                    )
+                active.append((s, e, lease))
+                continue
+            for s0, e0, other in conflicts:
                 overlap = min(e, e0) - s
                 if overlap <= 1e-3:
                     continue
@@ -415,15 +483,65 @@ def check_overlap(m: Model) -> list[Violation]:
                 # handed to a waiter that had not heard of it yet)
                 if _data_loss(m, name, min(_key_since(other, m), _key_since(lease, m)), s) is not None:
                     continue
+                what = {"l": "two leaders", "j": "a writer and another holder"}.get(rule, "two leases")
                 out.append(
                     Violation(
-                        "a",
-                        f"{name}: two leases believed valid together for {overlap:.3f} s: "
+                        rule,
+                        f"{name}: {what} believed valid together for {overlap:.3f} s: "
                         f"[{_where(other)}] held {s0:.3f}..{e0:.3f}, [{_where(lease)}] from {s:.3f}",
                         {"name": name, "first": other.token, "second": lease.token, "at": s, "overlap": overlap},
                     )
                 )
             active.append((s, e, lease))
+    return out
+
+
+def check_terms(m: Model) -> list[Violation]:
+    """l: what ``leader()`` reports never goes back to a lower term than one already known when it
+    was called (an earlier ``leader()`` answer, or a term ``campaign`` returned), unless the server
+    lost data between the two."""
+    out: list[Violation] = []
+    known: dict[str, list[tuple[float, int, str]]] = defaultdict(list)  # name -> (known from, term, how)
+    for lease in m.leases.values():
+        if lease.prim == "elect":
+            known[lease.name].append((lease.t_ok, lease.fence, f"[{_where(lease)}] campaign returned"))
+    looks = [c for c in m.calls.values() if c.op == "leader" and c.t1 is not None and c.out == "ok"]
+    for c in looks:
+        if c.term is not None:
+            assert c.t1 is not None
+            known[c.name].append((c.t1, c.term, f"pid {c.pid} leader() returned"))
+    for c in sorted(looks, key=lambda c: c.t0):
+        asker = m.leases.get((c.pid, c.token)) if c.token else None
+        if asker is not None and c.term != asker.fence:
+            # asked by a leader that believed itself valid all through the call: the server must
+            # name that leader (its key outlives the holder's belief)
+            s, e = believed(asker, m)
+            assert c.t1 is not None
+            if s <= c.t0 and c.t1 <= e and _data_loss(m, c.name, _key_since(asker, m), c.t1) is None:
+                out.append(
+                    Violation(
+                        "l",
+                        f"{c.name}: [{_where(asker)}] believed it led from {s:.3f} to {e:.3f}, but its leader() "
+                        f"call {c.t0:.3f}..{c.t1:.3f} reported " + ("nobody" if c.term is None else f"term {c.term}"),
+                        {"name": c.name, "cid": c.cid, "term": c.term, "own": asker.fence, "sub": "self"},
+                    )
+                )
+        if c.term is None:
+            continue
+        before = [k for k in known.get(c.name, []) if k[0] < c.t0 and k[1] > c.term]
+        if not before:
+            continue
+        t, term, how = max(before, key=lambda k: k[1])
+        if _data_loss(m, c.name, t - 0.5, c.t1 or c.t0) is not None:
+            continue
+        out.append(
+            Violation(
+                "l",
+                f"{c.name}: pid {c.pid} {c.api} leader() called at {c.t0:.3f} reported term {c.term}, but {how} "
+                f"term {term} at {t:.3f}: the term went down",
+                {"name": c.name, "cid": c.cid, "term": c.term, "known": term},
+            )
+        )
     return out
 
 
@@ -706,6 +824,37 @@ def _free_time(busy: list[tuple[float, float]], a: float, b: float) -> list[tupl
     return free
 
 
+def _free_time_counted(
+    held: list[tuple[float, float]], blocked: list[tuple[float, float]], a: float, b: float, capacity: int
+) -> list[tuple[float, float]]:
+    """Sub-intervals of [a, b] in which fewer than ``capacity`` of ``held`` overlap and none of
+    ``blocked`` does (a semaphore with a permit to spare, and nothing disturbed)."""
+    marks: list[tuple[float, int]] = []
+    for s, e in held:
+        if e > a and s < b:
+            marks += [(max(s, a), 1), (min(e, b), -1)]
+    for s, e in blocked:
+        if e > a and s < b:
+            marks += [(max(s, a), capacity), (min(e, b), -capacity)]
+    marks.sort(key=lambda x: (x[0], x[1]))  # at one instant, ends before starts: touching is not busy
+    free: list[tuple[float, float]] = []
+    level, cur = 0, a
+    for t, d in marks:
+        if level < capacity and t > cur:
+            free.append((cur, t))
+        level += d
+        cur = t
+    if level < capacity and b > cur:
+        free.append((cur, b))
+    merged: list[tuple[float, float]] = []
+    for s, e in free:
+        if merged and abs(merged[-1][1] - s) < 1e-9:
+            merged[-1] = (merged[-1][0], e)
+        else:
+            merged.append((s, e))
+    return merged
+
+
 def check_liveness(m: Model, bounds: Bounds) -> list[Violation]:
     out: list[Violation] = []
     held = _possibly_held(m, bounds)
@@ -719,10 +868,16 @@ def check_liveness(m: Model, bounds: Bounds) -> list[Violation]:
             continue
         proc = m.procs.get(c.pid)
         mine = {(c.pid, c.cid), own.get((c.pid, c.cid))}
-        busy = [(s, e) for s, e, who in held.get(c.name, []) if who not in mine] + disturbed
+        others = [(s, e) for s, e, who in held.get(c.name, []) if who not in mine]
+        blocked = list(disturbed)
         if proc is not None:
-            busy += [(f0 - 0.2, f1 + bounds.dead_hold) for f0, f1 in proc.frozen]
-        for s, e in _free_time(busy, c.t0 + 0.2, c.t1):
+            blocked += [(f0 - 0.2, f1 + bounds.dead_hold) for f0, f1 in proc.frozen]
+        if c.prim == "sem" and c.limit > 1:
+            # a permit is free while fewer than ``limit`` others may hold one
+            free = _free_time_counted(others, blocked, c.t0 + 0.2, c.t1, c.limit)
+        else:
+            free = _free_time(others + blocked, c.t0 + 0.2, c.t1)
+        for s, e in free:
             if e - s >= bounds.liveness:
                 ended = f"timed out at {c.t1:.3f}" if c.out != "ok" else f"was granted only at {c.t1:.3f}"
                 out.append(
@@ -766,7 +921,10 @@ def _check_fifo(m: Model, bounds: Bounds, disturbed: list[tuple[float, float]]) 
                     latest = a.t0 + (a.timeout or 0.0) - 0.05
                 else:
                     continue  # an error: the server or the link was in trouble
-                if b.t1 >= latest:
+                # two that both fit (permits of a semaphore, two readers) may be granted together and
+                # return in either order: b passed a only if a then waited on for a while
+                both_fit = (a.prim == "sem" and a.limit > 1) or (a.prim == b.prim == "read")
+                if b.t1 >= latest - (bounds.liveness if both_fit else 0.0):
                     continue
                 # b was granted while a, which came first, was still waiting
                 lo, hi = a.t0, b.t1
@@ -775,13 +933,16 @@ def _check_fifo(m: Model, bounds: Bounds, disturbed: list[tuple[float, float]]) 
                 pa, pb = m.procs.get(a.pid), m.procs.get(b.pid)
                 if (pa and pa.frozen_in(lo - 5, hi)) or (pb and pb.frozen_in(lo - 5, hi)):
                     continue
+                rw = a.prim in ("read", "write")
+                what = {"read": "reader ", "write": "writer "}
+                starved = " (a writer starved by a later reader)" if a.prim == "write" and b.prim == "read" else ""
                 out.append(
                     Violation(
-                        "d",
-                        f"{name}: FIFO broken: pid {b.pid} called acquire at {b.t0:.3f} and was granted at {b.t1:.3f} "
-                        f"while pid {a.pid}, waiting since {a.t0:.3f}, was still waiting (until {a.t1:.3f}, {a.out} "
-                        f"{a.exc or ''})",
-                        {"name": name, "first": a.cid, "second": b.cid},
+                        "k" if rw else "d",
+                        f"{name}: FIFO broken{starved}: {what.get(b.prim, '')}pid {b.pid} called acquire at {b.t0:.3f} "
+                        f"and was granted at {b.t1:.3f} while {what.get(a.prim, '')}pid {a.pid}, waiting since "
+                        f"{a.t0:.3f}, was still waiting (until {a.t1:.3f}, {a.out} {a.exc or ''})",
+                        {"name": name, "first": a.cid, "second": b.cid, "sub": "starved" if starved else "fifo"},
                     )
                 )
     return out
@@ -901,6 +1062,7 @@ def check(events: Iterable[Event], bounds: Bounds | None = None) -> list[Violati
     m = build(events)
     return (
         check_overlap(m)
+        + check_terms(m)
         + check_write_order(m)
         + check_fences(m)
         + check_signals(m, b)

@@ -63,6 +63,9 @@ class Injector:
     crowd_ready: Callable[[int], bool]
     until: float
     max_sigstop: float = 5.0
+    counted: set[str] = field(default_factory=set)
+    """Names of counted leases (semaphore, read-write lock): on Redis their holders live in other
+    keys than a mutex's, which the test server's delete_lock/expire_lock do not touch."""
     quiet_crowd: bool = False
     quiet: float = 13.0
     counts: dict[str, int] = field(default_factory=dict)
@@ -262,10 +265,26 @@ class Injector:
         self.record(kind, t0, name=name)
 
     def do_delete_lock(self, rng: random.Random) -> None:
-        self._named(rng, "delete_lock", self.server.delete_lock)
+        self._named(rng, "delete_lock", lambda name: self._counted_redis(name, False) or self.server.delete_lock(name))
 
     def do_expire_lock(self, rng: random.Random) -> None:
-        self._named(rng, "expire_lock", self.server.expire_lock)
+        self._named(rng, "expire_lock", lambda name: self._counted_redis(name, True) or self.server.expire_lock(name))
+
+    def _counted_redis(self, name: str, expire: bool) -> bool:
+        """A counted name on Redis: drop (or expire in 1 ms) its permits, holders and leases keys, so
+        that the server forgets every holder of the name (what delete_lock does to a mutex's key).
+        False when ``name`` is not such a name (the server's own delete_lock/expire_lock apply)."""
+        if name not in self.counted or getattr(self.server, "kind", None) != "redis":
+            return False
+        from fencelock.backends.redis.keys import RedisKeys
+
+        k = RedisKeys("fencelock:", name)
+        keys = [k.permits, k.holders, k.leases]
+        if expire:
+            assert sum(bool(self.server.admin.pexpire(key, 1)) for key in keys) >= 1
+        else:
+            assert self.server.admin.delete(*keys) >= 1
+        return True
 
     # -- network faults (through the proxy) -------------------------------------------------------
 

@@ -73,6 +73,10 @@ class Settings:
     faults: bool = True
     grace: float = 25.0
     spawn_fail_share: float = 0.34
+    prim_threads: int = 2
+    """Threads per worker on the coordination primitives (Semaphore, ReadWriteLock, Election)."""
+    prim_tasks: int = 3
+    """asyncio tasks per worker on them (``fencelock.aio``)."""
 
 
 @dataclass
@@ -148,6 +152,13 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
     _init_fence_db(fence_db)
     run_id = uuid.uuid4().hex[:6]
     names = [f"stress:{settings.seed}:{run_id}:n{i}" for i in range(settings.names)]
+    # the coordination primitives: one name each, the semaphore's limit (2-4) one per run
+    prims = {
+        "sem": f"stress:{settings.seed}:{run_id}:sem",
+        "rw": f"stress:{settings.seed}:{run_id}:rw",
+        "elect": f"stress:{settings.seed}:{run_id}:elect",
+        "limit": random.Random(f"{settings.seed}:limit").randint(2, 4),
+    }
     capabilities = frozenset(getattr(server, "capabilities", frozenset()))
     kind = getattr(server, "kind", backend)
     bounds = bounds_for(kind, capabilities)
@@ -193,6 +204,9 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
             "tasks": settings.tasks,
             "inject": inject,
             "io_redis_url": io_url,
+            "prims": prims if "counted" in capabilities else None,
+            "prim_threads": settings.prim_threads,
+            "prim_tasks": settings.prim_tasks,
             "crowd": settings.crowd if crowd else 0,
             "crowd_name": names[0],
         }
@@ -227,7 +241,8 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
                 rec=rec,
                 server=server,
                 proxy=proxy,
-                names=names,
+                names=names + ([prims["sem"], prims["rw"], prims["elect"]] if "counted" in capabilities else []),
+                counted={prims["sem"], prims["rw"]},
                 kinds=allowed_kinds(capabilities, proxy is not None),
                 workers=live_workers,
                 respawn=respawn,

@@ -40,9 +40,12 @@ class H:
 
     def lease(self, pid: int, token: str, fence: int, t_req: float, t_ok: float, *, name: str = "n", ttl: float = 1.0,
               op: str = "acquire", api: str = "sync", col: bool = False, timeout: float = 5.0,
-              deadline: float | None = None, task: str | None = None, obj: int | None = None) -> H:
+              deadline: float | None = None, task: str | None = None, obj: int | None = None,
+              prim: str | None = None, limit: int | None = None) -> H:
         c = self.cid()
-        extra = {"task": task} if task else {}
+        extra: dict[str, Any] = {"task": task} if task else {}
+        if prim is not None:
+            extra.update(prim=prim, limit=limit or 1)
         self.ev(t_req, pid, "call", cid=c, op=op, name=name, api=api, timeout=timeout, **extra)
         d = t_req + ttl if deadline is None else deadline
         self.ev(t_ok - 1e-4, pid, "dl", token=token, deadline=d, obj=obj)
@@ -51,13 +54,17 @@ class H:
 
     def op(self, pid: int, op: str, t0: float, t1: float, *, name: str = "n", token: str | None = None,
            out: str = "ok", exc: str | None = None, timeout: float | None = None, documented: bool = True,
-           task: str | None = None) -> H:
+           task: str | None = None, prim: str | None = None, limit: int | None = None,
+           term: int | None = None) -> H:
         c = self.cid()
         extra: dict[str, Any] = {"task": task} if task else {}
         if timeout is not None:
             extra["timeout"] = timeout
+        if prim is not None:
+            extra.update(prim=prim, limit=limit or 1)
         self.ev(t0, pid, "call", cid=c, op=op, name=name, api="sync", token=token, **extra)
-        return self.ev(t1, pid, "ret", cid=c, out=out, exc=exc, documented=documented)
+        ret: dict[str, Any] = {"term": term} if term is not None else {}
+        return self.ev(t1, pid, "ret", cid=c, out=out, exc=exc, documented=documented, **ret)
 
     def release(self, pid: int, token: str, t0: float, *, name: str = "n", out: str = "ok",
                 exc: str | None = None) -> H:
@@ -428,6 +435,191 @@ def test_h_an_undocumented_exception_fails() -> None:
     assert rules(h.check()) == {"h"}
 
 
+# -- the coordination primitives: semaphore (i), read-write lock (j, k), election (l) ---------------
+
+
+def test_i_more_than_limit_permits_believed_valid_together_fail() -> None:
+    def run(holders: int) -> list[Violation]:
+        h = H().start(1, 2, 3)
+        for i in range(holders):
+            h.lease(i + 1, f"P{i}", 10 + i, 1.0 + 0.1 * i, 1.01 + 0.1 * i, ttl=3.0, prim="sem", limit=2)
+            h.release(i + 1, f"P{i}", 2.5)
+        h.stop(1, 2, 3)
+        return h.check()
+
+    assert run(2) == []  # two permits of two: fine
+    vs = run(3)
+    assert rules(vs) == {"i"}
+    assert "3 permits believed valid together (limit 2)" in vs[0].message
+
+
+def test_i_too_many_permits_are_excused_by_data_loss_only() -> None:
+    def run(kind: str) -> set[str]:
+        h = H().start(1, 2, 3)
+        h.lease(1, "P0", 10, 1.0, 1.01, ttl=3.0, prim="sem", limit=2).release(1, "P0", 2.5, out="err", exc="LeaseLost")
+        h.lease(2, "P1", 11, 1.1, 1.11, ttl=3.0, prim="sem", limit=2).release(2, "P1", 2.5)
+        h.fault(kind, 1.2, 1.3, name="n")
+        h.lease(3, "P2", 12, 1.5, 1.51, ttl=3.0, prim="sem", limit=2).release(3, "P2", 2.5)
+        h.stop(1, 2, 3)
+        return rules(h.check())
+
+    assert "i" not in run("delete_lock")
+    assert "i" in run("pause")
+
+
+def test_i_a_semaphore_waiter_timing_out_with_a_permit_free_fails_liveness() -> None:
+    def run(holders: int) -> set[str]:
+        h = H().start(1, 2, 3)
+        for i in range(holders):
+            h.lease(i + 1, f"P{i}", 10 + i, 1.0, 1.01, ttl=30.0, prim="sem", limit=2).release(i + 1, f"P{i}", 9.0)
+        h.op(3, "acquire", 1.5, 7.5, timeout=6.0, out="err", exc="LockTimeout", prim="sem", limit=2)
+        h.stop(1, 2, 3)
+        return rules(h.check())
+
+    assert run(1) == {"d"}  # one permit of two was free all along
+    assert run(2) == set()  # both taken: waiting is right
+
+
+def test_i_semaphore_fifo_a_waiter_passed_and_left_waiting_fails() -> None:
+    def run(a_granted_at: float) -> list[Violation]:
+        h = H().start(1, 2, 3, 4)
+        h.lease(1, "P0", 10, 1.0, 1.01, ttl=30.0, prim="sem", limit=2).release(1, "P0", 20.0)
+        h.lease(4, "P1", 11, 1.0, 1.02, ttl=30.0, prim="sem", limit=2).release(4, "P1", 3.0)
+        h.lease(2, "A", 13, 1.5, a_granted_at, ttl=30.0, timeout=15.0, prim="sem", limit=2)
+        h.release(2, "A", a_granted_at + 0.5)
+        h.lease(3, "B", 12, 2.5, 3.02, ttl=30.0, prim="sem", limit=2).release(3, "B", 20.0)
+        h.stop(1, 2, 3, 4)
+        return h.check()
+
+    vs = run(10.0)  # B, queued after A, got the freed permit; A waited on 7 s more
+    assert {v.rule for v in vs} >= {"d"} and any("FIFO broken" in v.message for v in vs)
+    assert not any("FIFO" in v.message for v in run(3.03))  # both fit: either order
+
+
+def test_i_semaphore_fences_are_unique_and_increase_in_grant_order() -> None:
+    h = H().start(1, 2)
+    h.lease(1, "P0", 10, 1.0, 1.01, ttl=3.0, prim="sem", limit=3).release(1, "P0", 2.0)
+    h.lease(2, "P1", 10, 1.2, 1.21, ttl=3.0, prim="sem", limit=3).release(2, "P1", 2.0)
+    h.stop(1, 2)
+    assert rules(h.check()) == {"b"}  # fence 10 twice
+    h = H().start(1, 2)
+    h.lease(1, "P0", 10, 1.0, 1.01, ttl=3.0, prim="sem", limit=3).release(1, "P0", 2.0)
+    h.lease(2, "P1", 9, 1.2, 1.21, ttl=3.0, prim="sem", limit=3).release(2, "P1", 2.0)
+    h.stop(1, 2)
+    assert rules(h.check()) == {"b"}  # asked after P0's grant, lower fence
+
+
+def test_j_a_writer_believed_valid_with_another_holder_fails() -> None:
+    def run(first: str, second: str) -> set[str]:
+        h = H().start(1, 2)
+        h.lease(1, "X", 10, 1.0, 1.01, ttl=3.0, prim=first).release(1, "X", 2.5)
+        h.lease(2, "Y", 11, 1.5, 1.51, ttl=3.0, prim=second).release(2, "Y", 3.0)
+        h.stop(1, 2)
+        return rules(h.check())
+
+    assert run("read", "read") == set()
+    assert run("read", "write") == {"j"}
+    assert run("write", "read") == {"j"}
+    assert run("write", "write") == {"j"}
+
+
+def test_j_read_write_fences_increase_across_readers_and_writers() -> None:
+    h = H().start(1, 2)
+    h.lease(1, "R", 10, 1.0, 1.01, ttl=3.0, prim="read").release(1, "R", 2.0)
+    h.lease(2, "W", 10, 2.1, 2.11, ttl=3.0, prim="write").release(2, "W", 3.0)
+    h.stop(1, 2)
+    assert rules(h.check()) == {"b"}
+
+
+def test_k_a_reader_queued_after_a_waiting_writer_granted_first_fails() -> None:
+    def run(second: str, w_granted: float) -> list[Violation]:
+        h = H().start(1, 2, 3)
+        h.lease(1, "R0", 10, 1.0, 1.01, ttl=30.0, prim="read").release(1, "R0", 3.0)
+        h.lease(2, "W", 12, 1.5, w_granted, ttl=30.0, timeout=15.0, prim="write").release(2, "W", w_granted + 0.5)
+        h.lease(3, "R1", 11, 2.5, 2.6, ttl=30.0, prim=second).release(3, "R1", 2.9)
+        h.stop(1, 2, 3)
+        return [v for v in h.check() if v.rule == "k"]
+
+    vs = run("read", 3.05)
+    assert len(vs) == 1 and "writer starved" in vs[0].message
+    # and a writer may not pass a writer either (plain FIFO)
+    vs = run("write", 3.05)
+    assert len(vs) == 1 and "FIFO broken" in vs[0].message and "starved" not in vs[0].message
+
+
+def test_k_readers_that_both_fit_may_be_granted_in_either_order() -> None:
+    h = H().start(1, 2, 3)
+    h.lease(1, "W", 10, 1.0, 1.01, ttl=30.0, prim="write").release(1, "W", 3.0)
+    h.lease(2, "R0", 11, 1.5, 3.05, ttl=30.0, prim="read").release(2, "R0", 4.0)
+    h.lease(3, "R1", 12, 2.5, 3.02, ttl=30.0, prim="read").release(3, "R1", 4.0)
+    h.stop(1, 2, 3)
+    assert h.check() == []
+
+
+def test_l_two_leaders_believed_valid_together_fail() -> None:
+    h = H().start(1, 2)
+    h.lease(1, "L1", 10, 1.0, 1.01, ttl=2.0, prim="elect").release(1, "L1", 2.5)
+    h.lease(2, "L2", 11, 1.5, 1.6, ttl=2.0, prim="elect").release(2, "L2", 3.0)
+    h.stop(1, 2)
+    vs = h.check()
+    assert rules(vs) == {"l"} and "two leaders" in vs[0].message
+
+
+def test_l_terms_reported_by_leader_never_go_down() -> None:
+    def run(second: int, fault: str | None = None) -> set[str]:
+        h = H().start(1, 2, 3)
+        h.lease(1, "L1", 10, 1.0, 1.01, ttl=2.0, prim="elect").release(1, "L1", 1.5)
+        h.op(3, "leader", 1.1, 1.12, term=10, prim="elect")
+        h.lease(2, "L2", 11, 1.6, 1.61, ttl=2.0, prim="elect").release(2, "L2", 2.5)
+        h.op(3, "leader", 1.7, 1.72, term=second, prim="elect")
+        if fault is not None:
+            h.fault(fault, 1.65, 1.66)
+        h.stop(1, 2, 3)
+        return rules(h.check())
+
+    assert run(11) == set()
+    assert run(10) == {"l"}  # after campaign returned term 11
+    assert run(9) == {"l"}
+    assert run(9, "restart_empty") == set()  # the server forgot the terms
+
+
+def test_l_a_valid_leader_asking_leader_must_be_named() -> None:
+    def run(term: int | None, at: float, fault: str | None = None) -> list[Violation]:
+        h = H().start(1)
+        h.lease(1, "L1", 10, 1.0, 1.01, ttl=2.0, prim="elect").release(1, "L1", 2.5)
+        h.op(1, "leader", at, at + 0.02, token="L1", term=term, prim="elect")
+        if fault is not None:
+            h.fault(fault, 1.1, 1.2, name="n")
+        h.stop(1)
+        return [v for v in h.check() if v.rule == "l"]
+
+    assert run(10, 1.5) == []
+    assert len(run(None, 1.5)) == 1 and "reported nobody" in run(None, 1.5)[0].message
+    assert {v.detail.get("sub") for v in run(9, 1.5)} == {"self", None}  # also: below the term campaign returned
+    assert run(None, 2.6) == []  # after its release: anything goes
+    assert run(None, 1.5, "delete_lock") == []  # the server forgot it
+
+
+def test_l_a_leader_whose_lease_ran_out_gets_every_loss_signal() -> None:
+    h = H().start(1)
+    h.lease(1, "L1", 10, 1.0, 1.01, ttl=1.0, prim="elect")  # deadline 2.0, never renewed, never released
+    h.stop(1, t=10.0)
+    vs = h.check()
+    assert rules(vs) == {"c"} and {v.detail["signal"] for v in vs} == {"on_lost", "event", "reason"}
+    h = H().start(1)
+    h.lease(1, "L1", 10, 1.0, 1.01, ttl=1.0, prim="elect").all_signals(1, "L1", 2.05)
+    h.stop(1, t=10.0)
+    assert h.check() == []
+
+
+def test_l_election_terms_strictly_increase_in_grant_order() -> None:
+    h = H().start(1, 2)
+    h.lease(1, "L1", 10, 1.0, 1.01, ttl=1.0, prim="elect").release(1, "L1", 1.5)
+    h.lease(2, "L2", 10, 1.6, 1.61, ttl=1.0, prim="elect").release(2, "L2", 2.0)
+    h.stop(1, 2)
+    assert rules(h.check()) == {"b"}
+
+
 def test_history_survives_a_torn_last_line(tmp_path: Any) -> None:
     rec = Recorder(tmp_path / "w.jsonl")
     rec.emit("start", worker=1)
@@ -439,7 +631,7 @@ def test_history_survives_a_torn_last_line(tmp_path: Any) -> None:
     assert [e["ev"] for e in events] == ["start", "stop"]
 
 
-@pytest.mark.parametrize("rule", ["a", "b", "c", "d", "e", "f", "g", "h"])
+@pytest.mark.parametrize("rule", ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"])
 def test_every_rule_is_covered_by_a_failing_history(rule: str) -> None:
     """Guard: a rule without a test that makes it fire could be dead code."""
     import inspect

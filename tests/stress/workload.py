@@ -256,6 +256,12 @@ def _classify(err: BaseException) -> dict[str, Any]:
     return out
 
 
+def _prim(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a call on a coordination primitive adds to its ``call`` event (nothing for a mutex)."""
+    prim = spec.get("prim", "lock")
+    return {} if prim == "lock" else {"prim": prim, "limit": spec.get("limit", 1)}
+
+
 def _lease_fields(lease: Any, spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "token": lease.token,
@@ -308,9 +314,13 @@ class SyncActor:
                     self.op_acquire(lock, spec, self.rng.choice([0.0, 0.3, 1.0, 2.0, 4.0, 6.0]))
                 elif r < 0.5:
                     self.op_try(lock, spec)
-                elif r < 0.85:
+                elif r < 0.85 and spec.get("with", True):
                     self.op_with(lock, spec)
+                elif r < 0.85:
+                    self.op_acquire(lock, spec, spec["timeout"])  # an election has no with block
                 else:
+                    if spec.get("prim") == "elect":
+                        self.op_leader(lock, spec)
                     time.sleep(self.rng.uniform(0.01, 0.2))
             except Exception as err:  # our own code: record, keep going
                 emit("unexpected", where=f"sync actor {self.actor}", exc=type(err).__name__, tb=traceback.format_exc())
@@ -320,9 +330,22 @@ class SyncActor:
         if MONITOR is not None:
             MONITOR.watch(lease)
 
+    def op_leader(self, election: Any, spec: dict[str, Any], lease: Any = None) -> None:
+        """``leader()``, recorded with its term (and, asked by a leader, with the asking lease)."""
+        cid = new_id("c")
+        asker = {} if lease is None else {"token": lease.token}
+        emit("call", cid=cid, op="leader", name=election.name, api="sync", actor=self.actor, **asker, **_prim(spec))
+        try:
+            who = election.leader()
+        except Exception as err:
+            emit("ret", cid=cid, **_classify(err))
+            return
+        emit("ret", cid=cid, out="ok", term=None if who is None else who.term, value=None if who is None else who.value)
+
     def op_acquire(self, lock: Any, spec: dict[str, Any], timeout: float) -> None:
         cid = new_id("c")
-        emit("call", cid=cid, op="acquire", name=lock.name, ttl=lock.ttl, api="sync", actor=self.actor, timeout=timeout)
+        emit("call", cid=cid, op="acquire", name=lock.name, ttl=lock.ttl, api="sync", actor=self.actor, timeout=timeout,
+             **_prim(spec))
         try:
             lease = lock.acquire(timeout=timeout)
         except Exception as err:
@@ -337,7 +360,8 @@ class SyncActor:
 
     def op_try(self, lock: Any, spec: dict[str, Any]) -> None:
         cid = new_id("c")
-        emit("call", cid=cid, op="try_acquire", name=lock.name, ttl=lock.ttl, api="sync", actor=self.actor, timeout=0)
+        emit("call", cid=cid, op="try_acquire", name=lock.name, ttl=lock.ttl, api="sync", actor=self.actor, timeout=0,
+             **_prim(spec))
         try:
             lease = lock.try_acquire()
         except Exception as err:
@@ -357,7 +381,8 @@ class SyncActor:
         cid = new_id("c")
         exit_cid: str | None = None
         timeout = lock._params.acquire_timeout
-        emit("call", cid=cid, op="with", name=lock.name, ttl=lock.ttl, api="sync", actor=self.actor, timeout=timeout)
+        emit("call", cid=cid, op="with", name=lock.name, ttl=lock.ttl, api="sync", actor=self.actor, timeout=timeout,
+             **_prim(spec))
         lease = None
         try:
             with lock as lease:
@@ -416,6 +441,8 @@ class SyncActor:
                         break
             else:
                 check_held(lease)
+                if "election" in spec:  # a leader asks who leads: itself, with its own term
+                    self.op_leader(spec["election"], spec, lease)
 
 
 def pick_sleep(rng: random.Random, ttl: float, until: float) -> float:
@@ -507,7 +534,7 @@ class AsyncActor:
             elif r < 0.35:
                 coro = self.op_try(lock, spec)
             elif r < 0.6:
-                coro = self.op_with(lock, spec, io=self.rng.random() < 0.6)
+                coro = self._with(lock, spec, io=self.rng.random() < 0.6)
             elif r < 0.8:
                 # cancel an acquire: often right at its timeout, as it gives up and cleans up
                 timeout = self.rng.choice([0.3, 1.0, 2.0])
@@ -519,11 +546,13 @@ class AsyncActor:
             elif r < 0.92:
                 # cancel a holder (or a with block) at a random moment
                 if self.rng.random() < 0.5:
-                    coro = self.op_with(lock, spec, io=False)
+                    coro = self._with(lock, spec, io=False)
                 else:
                     coro = self.op_acquire(lock, spec, timeout, io=False)
                 cancel_at = self.rng.uniform(0.0, 2.5)
             else:
+                if spec.get("prim") == "elect":
+                    await self.op_leader(lock, spec)
                 await asyncio.sleep(self.rng.uniform(0.01, 0.2))
                 continue
             if ERRORS.pop(self.actor, 0):
@@ -568,10 +597,31 @@ class AsyncActor:
         if MONITOR is not None:
             MONITOR.watch(lease)
 
+    def _with(self, lock: Any, spec: dict[str, Any], io: bool) -> Any:
+        """``async with`` on the lock, or (an election has no with block) a campaign and a release."""
+        if spec.get("with", True):
+            return self.op_with(lock, spec, io=io)
+        return self.op_acquire(lock, spec, spec["timeout"], io=io)
+
+    async def op_leader(self, election: Any, spec: dict[str, Any], lease: Any = None) -> None:
+        cid = new_id("c")
+        asker = {} if lease is None else {"token": lease.token}
+        emit("call", cid=cid, op="leader", name=election.name, api="async", actor=self.actor, **asker,
+             **_prim(spec))
+        try:
+            who = await election.leader()
+        except asyncio.CancelledError as err:
+            emit("ret", cid=cid, **_classify(err))
+            raise
+        except Exception as err:
+            emit("ret", cid=cid, **_classify(err))
+            return
+        emit("ret", cid=cid, out="ok", term=None if who is None else who.term, value=None if who is None else who.value)
+
     async def op_acquire(self, lock: Any, spec: dict[str, Any], timeout: float, io: bool = False) -> None:
         cid = new_id("c")
         emit("call", cid=cid, op="acquire", name=lock.name, ttl=lock.ttl, api="async", actor=self.actor,
-             timeout=timeout)
+             timeout=timeout, **_prim(spec))
         try:
             lease = await lock.acquire(timeout=timeout)
         except asyncio.CancelledError as err:
@@ -593,7 +643,8 @@ class AsyncActor:
 
     async def op_try(self, lock: Any, spec: dict[str, Any], *_: Any, io: bool = False) -> None:
         cid = new_id("c")
-        emit("call", cid=cid, op="try_acquire", name=lock.name, ttl=lock.ttl, api="async", actor=self.actor, timeout=0)
+        emit("call", cid=cid, op="try_acquire", name=lock.name, ttl=lock.ttl, api="async", actor=self.actor, timeout=0,
+             **_prim(spec))
         try:
             lease = await lock.try_acquire()
         except asyncio.CancelledError as err:
@@ -620,7 +671,7 @@ class AsyncActor:
         cid = new_id("c")
         exit_cid: str | None = None
         emit("call", cid=cid, op="with", name=lock.name, ttl=lock.ttl, api="async", actor=self.actor,
-             timeout=lock._params.acquire_timeout)
+             timeout=lock._params.acquire_timeout, **_prim(spec))
         lease = None
         body_error: BaseException | None = None
         try:
@@ -711,6 +762,8 @@ class AsyncActor:
                         break
             else:
                 check_held(lease)
+                if "election" in spec:
+                    await self.op_leader(spec["election"], spec, lease)
 
 
 # -- the process ----------------------------------------------------------------------------------
@@ -734,6 +787,81 @@ def make_specs(cfg: dict[str, Any], rng: random.Random, n: int) -> list[dict[str
     return specs
 
 
+class ElectionHandle:
+    """An ``Election`` as the actors use a lock: ``acquire`` is ``campaign``, ``try_acquire`` is
+    ``campaign(timeout=0)`` (its LockTimeout: somebody else leads), ``leader()`` as is."""
+
+    def __init__(self, election: Any) -> None:
+        self.election = election
+        self.name = election.name
+        self.ttl = election._lock.ttl
+        self._params = election._lock._params
+
+    def acquire(self, timeout: float | None = None) -> Any:
+        return self.election.campaign(timeout)
+
+    def try_acquire(self) -> Any:
+        try:
+            return self.election.campaign(0)
+        except fencelock.LockTimeout:
+            return None
+
+    def leader(self) -> Any:
+        return self.election.leader()
+
+
+class AsyncElectionHandle(ElectionHandle):
+    async def acquire(self, timeout: float | None = None) -> Any:
+        return await self.election.campaign(timeout)
+
+    async def try_acquire(self) -> Any:
+        try:
+            return await self.election.campaign(0)
+        except fencelock.LockTimeout:
+            return None
+
+    async def leader(self) -> Any:
+        return await self.election.leader()
+
+
+def make_prims(cfg: dict[str, Any], rng: random.Random, api: str) -> tuple[list[tuple[Any, dict[str, Any]]], list[Any]]:
+    """The coordination primitives of this worker (``cfg["prims"]``: names and the semaphore's
+    limit, one per run): two semaphores, two read-write locks (readers listed twice: more readers
+    than writers), two election candidates. Returns (handle, spec) pairs and what to close."""
+    mod: Any = fencelock.aio if api == "async" else fencelock
+    prims = cfg["prims"]
+    out: list[tuple[Any, dict[str, Any]]] = []
+    closers: list[Any] = []
+    for i, spec in enumerate(make_specs(cfg, rng, 6)):
+        kw: dict[str, Any] = {
+            "ttl": spec["ttl"], "renew": spec["renew"], "timeout": spec["timeout"], "on_lost": on_lost,
+        }
+        if api == "async":
+            kw["cancel_on_loss"] = spec["col"]
+        else:
+            spec["col"] = False
+        url = _url(cfg, rng)
+        if i < 2:
+            sem = mod.Semaphore(prims["sem"], url, limit=prims["limit"], **kw)
+            spec.update(name=sem.name, prim="sem", limit=prims["limit"], ttl_eff=sem.ttl)
+            out.append((sem, spec))
+            closers.append(sem)
+        elif i < 4:
+            rw = mod.ReadWriteLock(prims["rw"], url, **kw)
+            for side, weight in (("read", 2), ("write", 1)):
+                lock = rw.read() if side == "read" else rw.write()
+                side_spec = {**spec, "name": rw.name, "prim": side, "ttl_eff": lock.ttl}
+                out += [(lock, side_spec)] * weight
+            closers.append(rw)
+        else:
+            election = mod.Election(prims["elect"], url, value=f"{os.getpid()}:{api}:{i}", **kw)
+            handle = (AsyncElectionHandle if api == "async" else ElectionHandle)(election)
+            spec.update(name=election.name, prim="elect", ttl_eff=handle.ttl, election=handle, **{"with": False})
+            out.append((handle, spec))
+            closers.append(election)
+    return out, closers
+
+
 def _url(cfg: dict[str, Any], rng: random.Random) -> str:
     return str(cfg["proxy_url"] if cfg.get("proxy_url") and rng.random() < cfg.get("proxy_share", 0.5) else cfg["url"])
 
@@ -752,15 +880,23 @@ async def async_main(cfg: dict[str, Any], rng: random.Random) -> None:
         )
         spec["ttl_eff"] = lock.ttl
         locks.append((lock, spec))
+    closers: list[Any] = [lock for lock, _ in locks]
     io = await make_io(cfg)
     actors = [
         AsyncActor(cfg, f"A{i}", locks, random.Random(f"{cfg['seed']}:{cfg['worker']}:A{i}"), io)
         for i in range(cfg.get("tasks", 4))
     ]
+    if cfg.get("prims") and cfg.get("prim_tasks", 0):
+        prims, more = make_prims(cfg, random.Random(f"{cfg['seed']}:{cfg['worker']}:prims:async"), "async")
+        closers += more
+        actors += [
+            AsyncActor(cfg, f"Q{i}", prims, random.Random(f"{cfg['seed']}:{cfg['worker']}:Q{i}"), io)
+            for i in range(cfg["prim_tasks"])
+        ]
     await asyncio.gather(*(a.run() for a in actors), return_exceptions=True)
-    for lock, _ in locks:
+    for closer in closers:
         try:
-            await asyncio.wait_for(lock.aclose(), 5)
+            await asyncio.wait_for(closer.aclose(), 5)
         except Exception:
             pass
 
@@ -852,10 +988,18 @@ def sync_main(cfg: dict[str, Any], rng: random.Random) -> list[threading.Thread]
                               on_lost=on_lost)
         s["ttl_eff"] = lock.ttl  # a backend may cap the TTL (ZooKeeper: the session timeout)
         shared.append((lock, s))
+    actors = [
+        SyncActor(cfg, f"T{i}", shared, random.Random(f"{cfg['seed']}:{cfg['worker']}:T{i}"))
+        for i in range(cfg.get("threads", 3))
+    ]
+    if cfg.get("prims") and cfg.get("prim_threads", 0):
+        prims, _ = make_prims(cfg, random.Random(f"{cfg['seed']}:{cfg['worker']}:prims:sync"), "sync")
+        actors += [
+            SyncActor(cfg, f"P{i}", prims, random.Random(f"{cfg['seed']}:{cfg['worker']}:P{i}"))
+            for i in range(cfg["prim_threads"])
+        ]
     threads = []
-    for i in range(cfg.get("threads", 3)):
-        arng = random.Random(f"{cfg['seed']}:{cfg['worker']}:T{i}")
-        actor = SyncActor(cfg, f"T{i}", shared, arng)
+    for actor in actors:
 
         def run(actor: SyncActor = actor) -> None:
             try:
@@ -863,7 +1007,7 @@ def sync_main(cfg: dict[str, Any], rng: random.Random) -> list[threading.Thread]
             except BaseException as err:
                 emit("unexpected", where=f"thread {actor.actor}", exc=type(err).__name__, tb=traceback.format_exc())
 
-        th = threading.Thread(target=run, name=f"stress-T{i}", daemon=True)
+        th = threading.Thread(target=run, name=f"stress-{actor.actor}", daemon=True)
         th.start()
         threads.append(th)
     return threads

@@ -27,7 +27,9 @@ async def off_loop(fn: Callable[..., T], *args: Any) -> T:
     """Run a blocking call in a worker thread. If the caller is cancelled meanwhile, still wait for
     the thread (it cannot be stopped, and each call is bounded by the backend's request timeout)
     before passing the cancellation on: the lock's cleanup that follows (``abandon``) then sees
-    what the call did, so a lock granted to a cancelled acquire is dropped, not left behind."""
+    what the call did, so a lock granted to a cancelled acquire is dropped, not left behind. The
+    cancellation wins over whatever the call ended with, an error too (a request that hung on a
+    frozen server and then failed): else the task would lose its cancel."""
     # What asyncio.to_thread does (default executor, caller's contextvars), minus the task it wraps
     # around the future: the future alone is enough to shield.
     call = functools.partial(contextvars.copy_context().run, fn, *args)
@@ -38,6 +40,10 @@ async def off_loop(fn: Callable[..., T], *args: Any) -> T:
             await asyncio.shield(future)
         except asyncio.CancelledError as err:
             interrupted = err
+        except Exception:
+            if interrupted is None:
+                raise
+            # the call failed after we were cancelled: the future is done, the cancellation wins
     if interrupted is not None:
         if not future.cancelled():
             future.exception()  # retrieved: the cancellation wins

@@ -35,6 +35,10 @@ GRANT_POLL = 1.0
 second waiter and later): that grant is marked by its owner, so a paused owner would hold the
 waiter up; looking again this often bounds that. Every other waiter needs no polling at all."""
 
+JANITOR_RETRY = 0.05
+"""``retry_after`` while the janitor deletes this token's expired node (one delete request): then
+the token queues again with a new node."""
+
 _WAIT_ROUNDS = 10_000
 """Backstop for the loops of ``wait``: each round either waits on a watch or moves to a node
 further ahead, and the clock ends them long before."""
@@ -142,7 +146,12 @@ class ZooKeeperBackend:
                         raise LimitMismatch(key, limit, current)
                     node.checked = True
                 if granted(order, at):
-                    return Attempt(fence=self._granted(node, order, at, started, ttl_ms))
+                    fence = self._granted(node, order, at, started, ttl_ms)
+                    if fence is None:
+                        # the janitor is deleting this token's expired node: once it is gone (and
+                        # forgotten), the next try queues a new one
+                        return Attempt(fence=None, retry_after=JANITOR_RETRY)
+                    return Attempt(fence=fence)
                 if not queue:
                     self._withdraw(k, node)
                     return Attempt(fence=None)
@@ -206,11 +215,14 @@ class ZooKeeperBackend:
             return []
         return contenders(children)
 
-    def _granted(self, node: Node, order: list[Contender], at: int, started: float, ttl_ms: int) -> int:
+    def _granted(self, node: Node, order: list[Contender], at: int, started: float, ttl_ms: int) -> int | None:
         """``order[at]`` (our ``node``) holds: start its lease; mark the grant for the waiter behind
-        it when that one may be waiting for it (see ``grants``)."""
+        it when that one may be waiting for it (see ``grants``). None: the node is being deleted
+        (see ``Core.grant``), no grant."""
         first = node.expires is None
         fence = self._core.grant(node, started, ttl_ms)
+        if fence is None:
+            return None
         if first and must_signal(order, at):
             from kazoo.exceptions import NoNodeError
 

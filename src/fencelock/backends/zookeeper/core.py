@@ -151,9 +151,17 @@ class Core:
     def parent(self, key: str) -> str:
         return lock_parent(self.root, key)
 
-    def grant(self, node: Node, started: float, ttl_ms: int) -> int:
-        """``node`` holds from ``started`` for ``ttl_ms``: the janitor ends it then; its fence."""
+    def grant(self, node: Node, started: float, ttl_ms: int) -> int | None:
+        """``node`` holds from ``started`` for ``ttl_ms``: the janitor ends it then; its fence.
+
+        None when the janitor has taken the node to delete it (an earlier lease of the token ran
+        out): a listing made before that delete landed still shows the node at the head, but it is
+        about to go, so it is not a grant (the caller queues again with a new node). Decided under
+        the mutex the janitor takes it under: either the janitor sees the new end and leaves the
+        node, or the grant sees ``reaping``."""
         with self.mutex:
+            if node.reaping:
+                return None
             node.expires = started + ttl_ms / 1000.0
             node.target = None
         self.janitor.wake(node.expires)
