@@ -10,12 +10,15 @@ Event kinds (the checker reads these; ``workload.py`` and ``faults.py`` write th
 
   start        a worker began: ``worker`` (index), ``via`` (direct|proxy), ``inject`` (list)
   call         a fencelock call begins: ``cid``, ``op`` (acquire|try_acquire|with|extend|release|
-               ensure), ``name``, ``api`` (sync|async), ``timeout`` (acquire), ``token`` (lease ops),
-               ``actor``
+               ensure|leader), ``name``, ``api`` (sync|async), ``timeout`` (acquire), ``token``
+               (lease ops; for ``leader`` the asking leader's lease), ``actor``; on a coordination
+               primitive also ``prim`` (sem|read|write|elect; absent: a mutex) and ``limit``
+               (a semaphore's). An election's ``campaign`` is recorded as ``acquire``.
   ret          it ended: ``cid``, ``out`` (ok|none|err|cancelled), ``exc`` (type), ``msg``,
                ``documented`` (a fencelock error, or CancelledError), ``tb`` (undocumented only),
                and for a granted acquire the lease: ``token``, ``fence``, ``deadline``, ``ttl``,
-               ``renew``, ``col`` (cancel_on_loss), ``lock_ttl``
+               ``renew``, ``col`` (cancel_on_loss), ``lock_ttl``; for ``leader`` the ``term`` and
+               ``value`` it reported (None: nobody leads)
   dl           a lease's deadline was set (at grant, and after every extend or renewal): ``token``,
                ``deadline``. Observed from outside (a property on the Lease class), not asked of
                the library.
