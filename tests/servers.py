@@ -68,6 +68,9 @@ class LockServer:
 
     kind = "base"
     capabilities: frozenset[str] = frozenset()
+    request_timeout = 2.0
+    """The longest a client made from ``url`` waits for one reply before it gives up (Redis: the
+    socket timeout fencelock sets): the adversarial suite's bound on a call to a frozen server."""
 
     @property
     def url(self) -> str:

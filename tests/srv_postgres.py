@@ -1,10 +1,6 @@
-"""A real PostgreSQL for the test run (the newest major version installed, see
-``fencelock_chaos.servers.postgres_bin_dir``): ``initdb`` into a temp dir, a unix socket only, trust auth.
-
-PostgreSQL refuses to run as root, so the server runs as the existing ``postgres`` user (through
-``Popen(user=...)``: the pid we hold is the postmaster's own, and we stop it by that pid). No TCP
-port is opened (``listen_addresses=''``); the socket lives in the temp dir. ``fsync=off``: a test
-cluster need not survive a power cut, and it spares the shared machine's disk.
+"""A real PostgreSQL for the test run, from ``fencelock_chaos.servers.Postgres`` (the newest major
+version installed, ``initdb`` into a temp dir, trust auth, run as the ``postgres`` user when we are
+root, stopped by its pid): here with a unix socket only, no TCP port.
 
     from srv_postgres import postgres_url  # noqa: F401   (in a test module)
 
@@ -15,12 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,88 +21,33 @@ import psycopg
 import pytest
 
 import servers
-from fencelock_chaos.servers import postgres_bin_dir
+from fencelock_chaos.servers import Postgres
 from servers import LockServer
 
 DB_NAME = "fencelock_test"
 
 
-class PostgresServer:
+class PostgresServer(Postgres):
+    """The launcher of ``fencelock_chaos.servers`` (one for tests, bench and harness), unix socket
+    only, with the test database created at start."""
+
     def __init__(self) -> None:
-        self.user = pwd.getpwnam("postgres")
-        self.dir = Path(tempfile.mkdtemp(prefix="fencelock-pg-"))
-        os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
-        self.data = self.dir / "data"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.bin = postgres_bin_dir()  # the newest major version installed (scripts/test installs one)
-
-    def _run_as_postgres(self, args: list[str]) -> None:
-        subprocess.run(
-            args, check=True, user=self.user.pw_uid, group=self.user.pw_gid, cwd=self.dir,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120, env=self._env(),
-        )
-
-    def _env(self) -> dict[str, str]:
-        return {"PATH": f"{self.bin}:/usr/bin:/bin", "HOME": str(self.dir), "LC_ALL": "C.UTF-8"}
+        super().__init__(tcp=False)
 
     @property
     def admin_url(self) -> str:
-        return f"postgresql://postgres@/postgres?host={self.dir}"
+        return self.dsn("postgres")
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@/{DB_NAME}?host={self.dir}"
+        return self.dsn(DB_NAME)
 
     def start(self) -> PostgresServer:
         """initdb, launch, create the test database."""
-        self._run_as_postgres(
-            [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-             "--no-sync"]
-        )
-        self.launch()
+        super().start()
         with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f"CREATE DATABASE {DB_NAME}")
         return self
-
-    def launch(self) -> None:
-        """Start the server on the existing data directory; return once it accepts connections."""
-        log = open(self.dir / "server.log", "ab")
-        self.process = subprocess.Popen(
-            [str(self.bin / "postgres"), "-D", str(self.data), "-k", str(self.dir), "-c", "listen_addresses=",
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=100"],
-            user=self.user.pw_uid, group=self.user.pw_gid, cwd=self.dir, env=self._env(),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-        )
-        log.close()
-        end = time.monotonic() + 60
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"postgres exited: {(self.dir / 'server.log').read_text()[-2000:]}")
-            try:
-                with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=2):
-                    return
-            except psycopg.OperationalError:
-                if time.monotonic() > end:
-                    self.stop()
-                    raise
-                time.sleep(0.05)
-
-    def halt(self) -> None:
-        """Stop the server by its pid ("fast" shutdown: sessions are rolled back), keep the data."""
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        self.process = None
-
-    def stop(self) -> None:
-        self.halt()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -150,6 +87,7 @@ class PostgresLockServer(LockServer):
     capabilities = frozenset(
         {"pause", "restart_empty", "restart_snapshot", "delete_key", "expire_key", "fifo", "counted"}
     )
+    request_timeout = 2.1  # request_timeout, plus the watchdog's tick
     SCHEMA = "fencelock"
 
     def __init__(self) -> None:
@@ -204,7 +142,8 @@ class PostgresLockServer(LockServer):
         self._snapshot = self.server.dir / "snapshot"
         shutil.rmtree(self._snapshot, ignore_errors=True)
         shutil.copytree(self.server.data, self._snapshot, symlinks=True)
-        _chown_tree(self._snapshot, self.server.user.pw_uid, self.server.user.pw_gid)
+        if self.server.owner is not None:
+            _chown_tree(self._snapshot, *self.server.owner)
         self.server.launch()
 
     def restart_from_snapshot(self) -> None:
@@ -240,7 +179,7 @@ class PostgresLockServer(LockServer):
 
     @property
     def upstream(self) -> tuple[str, str]:
-        return ("unix", str(self.server.dir / ".s.PGSQL.5432"))
+        return ("unix", str(self.server.socket))
 
     def url_through(self, port: int) -> str:
         return f"postgresql://postgres@127.0.0.1:{port}/{DB_NAME}"

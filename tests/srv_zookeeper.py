@@ -42,6 +42,7 @@ class ZooKeeperLockServer(servers.LockServer):
 
     kind = "zookeeper"
     capabilities = frozenset({"pause", "delete_key", "fifo", "counted"})
+    request_timeout = 3.0  # the request timeout of the URL's client
 
     def __init__(self) -> None:
         from kazoo.client import KazooClient

@@ -234,6 +234,21 @@ def _run_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+def _release(hist: Any, name: str, lease: Any) -> None:
+    """Release ``lease`` and record it: ok, fail (the lease was no longer ours: a ``LeaseError``),
+    or unknown (the lock server did not answer)."""
+    from fencelock import FenceLockError, LeaseError
+
+    hist.record("release", "invoke", file=name, fence=lease.fence)
+    try:
+        lease.release()
+        hist.record("release", "ok", file=name, fence=lease.fence)
+    except LeaseError as err:
+        hist.record("release", "fail", file=name, fence=lease.fence, error=repr(err))
+    except FenceLockError as err:
+        hist.record("release", "unknown", file=name, fence=lease.fence, error=repr(err))
+
+
 @main.command()
 @_run_options
 @click.option("--pause-before-archive", type=float, default=0.0)
@@ -248,7 +263,7 @@ def consume(share: Path, lock_url: str, db_url: str, history: Path, fencing: boo
     """Take files from the share one at a time under a lock and persist their rows."""
     import psycopg
 
-    from fencelock import BackendError, FenceLockError, LeaseError, Lock
+    from fencelock import BackendError, Lock
     from fencelock.backends import open_backend
 
     from .history import HistoryWriter
@@ -293,14 +308,7 @@ def consume(share: Path, lock_url: str, db_url: str, history: Path, fencing: boo
                 finally:
                     if renewer is not None:
                         renewer.close()
-                    hist.record("release", "invoke", file=name, fence=lease.fence)
-                    try:
-                        lease.release()
-                        hist.record("release", "ok", file=name, fence=lease.fence)
-                    except LeaseError as err:
-                        hist.record("release", "fail", file=name, fence=lease.fence, error=repr(err))
-                    except FenceLockError as err:
-                        hist.record("release", "unknown", file=name, fence=lease.fence, error=repr(err))
+                    _release(hist, name, lease)
                 done += 1
                 last_work = time.monotonic()
                 break
@@ -350,7 +358,7 @@ def lead(share: Path, name: str, lock_url: str, db_url: str, history: Path, fenc
     fence (the demo's tables), then resign. Its lease renews in the background while it leads."""
     import psycopg
 
-    from fencelock import Election, FenceLockError, LeaseError
+    from fencelock import Election
 
     from .history import HistoryWriter
 
@@ -370,14 +378,7 @@ def lead(share: Path, name: str, lock_url: str, db_url: str, history: Path, fenc
         try:
             _process(share / name, archive, lease, conn, hist, proc_id, fencing, pause_before_write, 0.0)
         finally:
-            hist.record("release", "invoke", file=name, fence=lease.fence)
-            try:
-                lease.release()
-                hist.record("release", "ok", file=name, fence=lease.fence)
-            except LeaseError as err:
-                hist.record("release", "fail", file=name, fence=lease.fence, error=repr(err))
-            except FenceLockError as err:
-                hist.record("release", "unknown", file=name, fence=lease.fence, error=repr(err))
+            _release(hist, name, lease)
     finally:
         election.close()
         conn.close()
