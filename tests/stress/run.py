@@ -48,6 +48,9 @@ BOUNDS: dict[str, Bounds] = {
     "zookeeper": Bounds(request=3.0, dead_hold=4.0 + 1.0, settle=5.0),
     # SQLite busy timeout (5 s); no registration: a dead waiter's row is skipped once it is stale
     "sqlite": Bounds(request=5.0, dead_hold=2.0, settle=2.0),
+    # request_timeout (2 s) plus the watchdog's tick; a dead waiter counts as alive for REGISTRATION_MS (2 s)
+    # after its last poll and may be handed the lock in it (then holds it for its TTL)
+    "postgres": Bounds(request=2.1, dead_hold=2.0 + 1.0, settle=3.0),
 }
 
 
