@@ -342,6 +342,7 @@ def build(events: Iterable[Event]) -> Model:
         lease = m.leases.get((c.pid, c.token))
         if lease is None:
             continue
+        c.prim, c.limit = lease.prim, lease.limit  # a lease's own calls (extend, release) are on its primitive
         if c.op in ("release", "with_exit") and lease.rel_call is None:
             lease.rel_call, lease.rel_end = c.t0, c.t1
             lease.rel_out = c.exc if c.out == "err" else c.out

@@ -92,6 +92,10 @@ class RunResult:
     faults: Counter[str] = field(default_factory=Counter)
     ops: Counter[str] = field(default_factory=Counter)
     leases: int = 0
+    prims: Counter[str] = field(default_factory=Counter)
+    """Leases per primitive (lock, sem, read, write, elect)."""
+    calls: Counter[str] = field(default_factory=Counter)
+    """fencelock calls per primitive."""
     writes: Counter[str] = field(default_factory=Counter)
     max_overrun: float = 0.0
     overrun: dict[str, float] = field(default_factory=dict)
@@ -102,7 +106,8 @@ class RunResult:
         rules = Counter(v.rule for v in self.violations)
         return (
             f"{self.backend} seed {self.seed}: {self.wall:.1f} s, {self.events} events, "
-            f"ops {dict(sorted(self.ops.items()))}, leases {self.leases}, writes {dict(self.writes)}, "
+            f"ops {dict(sorted(self.ops.items()))}, leases {self.leases} {dict(sorted(self.prims.items()))}, "
+            f"writes {dict(self.writes)}, "
             f"faults {dict(sorted(self.faults.items()))}, longest past timeout {self.overrun}, "
             f"violations {dict(sorted(rules.items())) or 0}"
         )
@@ -279,6 +284,8 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
     model = build(events)
     result.ops.update(c.op for c in model.calls.values())
     result.leases = len(model.leases)
+    result.prims.update(x.prim for x in model.leases.values())
+    result.calls.update(c.prim for c in model.calls.values())
     result.writes.update(w.get("res", "?") for w in model.writes)
     for c in model.calls.values():
         # how far past its own timeout a call returned (frozen time excluded): what rule e bounds

@@ -11,6 +11,7 @@ backend until its share of the time is up, then prints what ran and every violat
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections import Counter
@@ -32,9 +33,12 @@ LONG_DURATION = 30.0
 
 
 def _say(request: pytest.FixtureRequest, line: str) -> None:
+    """Print past pytest's output capture: what a long run ran is its result, passed or not."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None:
-        reporter.write_line(line)
+        with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+            reporter.write_line(line)
 
 
 def _replay(backend: str, seed: int) -> str:
@@ -89,18 +93,23 @@ def test_stress_long(lock_server: Any, backend_name: str, tmp_path: Path, reques
     totals: Counter[str] = Counter()
     faults: Counter[str] = Counter()
     ops: Counter[str] = Counter()
+    prims: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
     overrun: dict[str, float] = {}
     for res in results:
         totals.update(v.rule for v in res.violations)
         faults.update(res.faults)
         ops.update(res.ops)
+        prims.update(res.prims)
+        calls.update(res.calls)
         for op, over in res.overrun.items():
             overrun[op] = max(overrun.get(op, 0.0), over)
     _say(
         request,
         f"\n{backend_name}: {len(results)} runs (seeds {base}..{base + len(results) - 1}), "
-        f"{sum(ops.values())} operations {dict(ops)}, {sum(r.leases for r in results)} leases, "
-        f"faults {dict(faults)}, longest past timeout {overrun}, violations {dict(totals) or 0} in seeds "
+        f"{sum(ops.values())} operations {dict(ops)}, {sum(r.leases for r in results)} leases {dict(prims)}, "
+        f"calls per primitive {dict(calls)}, {sum(faults.values())} faults {dict(faults)}, "
+        f"longest past timeout {overrun}, violations {dict(totals) or 0} in seeds "
         f"{[r.seed for r in results if r.violations]}",
     )
     assert results, "the time budget allowed no run"
