@@ -7,9 +7,12 @@ a connection (its own, or the user's connection or pool), each call bounded by t
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -72,13 +75,10 @@ class PostgresBackend:
         self._pool: Any = None
         self._conn: Any = None
         self._conninfo = conninfo
-        self._listen_kwargs: dict[str, Any] = {}
         if conninfo is not None:
             pass  # ours: connections made on demand from conninfo
         elif callable(getattr(client, "connection", None)) and hasattr(client, "conninfo"):
             self._pool = client
-            kwargs = getattr(client, "kwargs", None) or {}
-            self._listen_kwargs = {k: v for k, v in kwargs.items() if k != "autocommit"}
         elif hasattr(client, "pgconn") and hasattr(client, "autocommit"):
             if not client.autocommit:
                 raise ConfigurationError(
@@ -107,7 +107,10 @@ class PostgresBackend:
         self._pid = os.getpid()
         self._listener: Listener | None = None
         if listen and (conninfo is not None or self._pool is not None):
-            self._listener = Listener(self._listen_connect, channel(s))
+            self._listener = Listener(_listen_connector(conninfo, self._pool), channel(s))
+        # A backend nobody closes (a Lock made from a URL and dropped) must not keep its connections
+        # and listener thread: both are released when it is garbage collected. Neither refers to it.
+        weakref.finalize(self, _release, self._idle, self._listener, self._pid)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresBackend:
@@ -120,18 +123,12 @@ class PostgresBackend:
 
     # -- connections --------------------------------------------------------------------------
 
-    def _listen_connect(self) -> Any:
-        """A blocking autocommit connection for the listener thread (both APIs use a thread)."""
-        if self._conninfo is not None:
-            return psycopg.Connection.connect(self._conninfo, autocommit=True)
-        return psycopg.Connection.connect(self._pool.conninfo, autocommit=True, **self._listen_kwargs)
-
     def _checkout(self) -> Any:
         if self._conn is not None:
             return self._conn
         if self._pid != os.getpid():
             # Inherited through fork(): never use (nor close: that would end the parent's sessions).
-            self._idle = []
+            self._idle.clear()
             self._pid = os.getpid()
         while self._idle:
             conn = self._idle.pop()
@@ -314,10 +311,26 @@ class PostgresBackend:
     def close(self) -> None:
         if self._listener is not None:
             self._listener.close()
-        if self._owns and self._pid == os.getpid():
-            idle, self._idle = self._idle, []
-            for conn in idle:
-                _drop(conn)
+        if self._owns:
+            _release(self._idle, None, self._pid)
+
+
+def _listen_connector(conninfo: str | None, pool: Any) -> Callable[[], Any]:
+    """How the listener thread connects (a blocking autocommit connection, in both APIs): from our
+    conninfo, or the user's pool's. It captures those, never the backend (which may then be freed)."""
+    if conninfo is not None:
+        return functools.partial(psycopg.Connection.connect, conninfo, autocommit=True)
+    kwargs = {k: v for k, v in (getattr(pool, "kwargs", None) or {}).items() if k != "autocommit"}
+    return functools.partial(psycopg.Connection.connect, pool.conninfo, autocommit=True, **kwargs)
+
+
+def _release(idle: list[Any], listener: Listener | None, pid: int) -> None:
+    """Close idle connections of ours (only in the process that opened them) and stop the listener."""
+    if listener is not None:
+        listener.close()
+    if pid == os.getpid():
+        while idle:
+            _drop(idle.pop())
 
 
 def _stale(conn: Any) -> bool:
