@@ -9,11 +9,14 @@ and ``full_page_writes`` on: unlike the test clusters) on a unix socket, and mea
 
   1. uncontended acquire+release, one name: the floor is ``pg_try_advisory_lock`` +
      ``pg_advisory_unlock`` on one connection (two round trips, no WAL, no fence, no lease: it dies
-     with the session); fencelock by default (its writes commit with ``synchronous_commit = off``:
+     with the session); for reference, the least two *writing* round trips cost (two autocommit
+     UPDATEs of one row, asynchronous commit: what any lock that records its holder and fence in a
+     table pays at minimum); fencelock by default (its writes commit with ``synchronous_commit = off``:
      the clock term of the fence protects against losing them, see the package docstring), and
      with ``durable=on`` (a WAL flush per change) for comparison
   2. 4 and 16 processes contending for one name with a 1 ms critical section that increments a
-     counter row non-atomically (read, sleep, write) on another connection: acquisitions/s, wait
+     counter row non-atomically (read, sleep, write) on another connection (asynchronous commit,
+     so that the section is the 1 ms sleep, not a WAL flush): acquisitions/s, wait
      p50/p99, handoff p50/p99, fairness (min/max acquisitions per worker), lost updates
 
 The machine is shared and noisy: rounds of the contenders are interleaved and the median is kept.
@@ -129,6 +132,17 @@ def make_cycle(kind: str, url: str, name: str) -> Callable[[], None]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
         return floor
+    if kind.startswith("two 1-row UPDATEs"):
+        conn = psycopg.connect(url, autocommit=True)
+        conn.execute("SET synchronous_commit = off")
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_row (id int PRIMARY KEY, v bigint NOT NULL)")
+        conn.execute("INSERT INTO bench_row VALUES (1, 0) ON CONFLICT DO NOTHING")
+
+        def writes() -> None:
+            conn.execute("UPDATE bench_row SET v = v + 1 WHERE id = %s", (1,))
+            conn.execute("UPDATE bench_row SET v = v + 1 WHERE id = %s", (1,))
+
+        return writes
     lock = fencelock.Lock(name, url + ("&durable=on" if "durable" in kind else ""), ttl=30, renew=False)
 
     def cycle() -> None:
@@ -140,7 +154,7 @@ def make_cycle(kind: str, url: str, name: str) -> Callable[[], None]:
 
 
 def uncontended(url: str, rounds: int, seconds: float) -> dict[str, float]:
-    kinds = ["advisory lock (floor)", "fencelock", "fencelock durable=on"]
+    kinds = ["advisory lock (floor)", "two 1-row UPDATEs, async commit", "fencelock", "fencelock durable=on"]
     cycles = {k: make_cycle(k, url, f"bench:{i}") for i, k in enumerate(kinds)}
     for fn in cycles.values():
         rate(fn, 0.2)  # warm up: connections, the schema, prepared statements
@@ -153,6 +167,7 @@ def uncontended(url: str, rounds: int, seconds: float) -> dict[str, float]:
 
 def contended_worker(url: str, name: str, seconds: float, start: Any, out: Any) -> None:
     data = psycopg.connect(url, autocommit=True)
+    data.execute("SET synchronous_commit = off")  # the section is 1 ms of sleep, not a WAL flush
     lock = fencelock.Lock(name, url, ttl=30, renew=False, timeout=60)
     lock.inspect()  # connect (and create the schema) before the start
     events: list[tuple[float, float, float]] = []

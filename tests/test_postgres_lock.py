@@ -129,7 +129,7 @@ def test_holds_takeover_first_refuses_the_old_writer(
 
     try:
         granted, fence = taker.execute(
-            "SELECT * FROM fencelock.acquire(%s, 'taker-token', 5000, 'taker', false, 1, 1, true)", (name,)
+            "SELECT * FROM fencelock.acquire(%s, 'taker-token', 5000, 'taker', false, 1, 1)", (name,)
         ).fetchone() or (0, 0)
         assert granted == 1 and fence > old.fence
         _write(taker, data, "taker")

@@ -92,13 +92,16 @@ class PostgresBackend:
                 f"expected a psycopg (3) connection or psycopg_pool pool, got {type(client).__name__}"
             )
         s = self.schema
+        # Lock changes commit asynchronously unless durable (see the package docstring): set for this
+        # statement's own transaction, by the statement itself (one round trip, no session state).
+        fast = "" if self.durable else ", set_config('synchronous_commit', 'off', true)"
         self._q_acquire = (
-            f"SELECT * FROM {s}.acquire(%s::text, %s::text, %s::bigint, %s::text, %s::boolean, %s::integer, "
-            "%s::integer, %s::boolean)"
+            f"SELECT a.granted, a.val{fast} FROM {s}.acquire(%s::text, %s::text, %s::bigint, %s::text, "
+            "%s::boolean, %s::integer, %s::integer) a"
         )
-        self._q_extend = f"SELECT {s}.extend(%s::text, %s::text, %s::bigint, %s::boolean)"
-        self._q_release = f"SELECT {s}.release(%s::text, %s::text, %s::boolean)"
-        self._q_abandon = f"SELECT {s}.abandon(%s::text, %s::text, %s::boolean)"
+        self._q_extend = f"SELECT {s}.extend(%s::text, %s::text, %s::bigint){fast}"
+        self._q_release = f"SELECT {s}.release(%s::text, %s::text){fast}"
+        self._q_abandon = f"SELECT {s}.abandon(%s::text, %s::text){fast}"
         self._q_granted = f"SELECT {s}.granted(%s::text, %s::text)"
         self._q_inspect = f"SELECT * FROM {s}.inspect(%s::text)"
         self._q_last = f"SELECT {s}.last_fence(%s::text)"
@@ -246,9 +249,9 @@ class PostgresBackend:
             )
         if queue and self._listener is not None:
             self._listener.start(0)  # listening before we can be handed anything (no wait here)
-        params = (key, token, ttl_ms, label, queue, limit, weight, self.durable)
+        params = (key, token, ttl_ms, label, queue, limit, weight)
         rows = self._call("acquire", self._q_acquire, params)
-        granted, value = rows[0]
+        granted, value = rows[0][0], rows[0][1]
         if granted == 1:
             return Attempt(fence=int(value))
         if granted == MISMATCH:
@@ -275,16 +278,16 @@ class PostgresBackend:
         return None
 
     def abandon(self, key: str, token: str) -> None:
-        self._call("abandon", self._q_abandon, (key, token, self.durable))
+        self._call("abandon", self._q_abandon, (key, token))
 
     @traced("extend")
     def extend(self, key: str, token: str, ttl_ms: int) -> bool:
-        rows = self._call("extend", self._q_extend, (key, token, ttl_ms, self.durable))
+        rows = self._call("extend", self._q_extend, (key, token, ttl_ms))
         return bool(rows[0][0])
 
     @traced("release")
     def release(self, key: str, token: str) -> bool:
-        rows = self._call("release", self._q_release, (key, token, self.durable))
+        rows = self._call("release", self._q_release, (key, token))
         return bool(rows[0][0])
 
     def inspect(self, key: str) -> LockInfo | None:

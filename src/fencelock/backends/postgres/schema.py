@@ -12,8 +12,10 @@ of the ``WHERE`` after waiting for it) is the mutual exclusion; every other path
 ``FOR UPDATE`` first, so the calls on one name take turns and never deadlock (one lock, always taken
 first). ``extend`` updates only its own row (the fence row, or a counted lease row).
 
-Durability: unless the backend was made with ``durable=True`` the functions commit with
-``synchronous_commit = off`` (for their own transaction only): a crash of the *server* may lose the
+Durability: unless the backend was made with ``durable=True`` every call that writes commits with
+``synchronous_commit = off``, set for its own transaction only by the same statement
+(``SELECT ..., set_config('synchronous_commit', 'off', true)``: no session state; a function's own
+``SET`` clause would undo it at the function's exit, before the commit). A crash of the *server* may lose the
 last grants, renewals or releases (at most ``3 * wal_writer_delay``, 0.6 s by default), never
 corrupts anything, and the fence stays increasing through the clock term. See the package docstring.
 """
@@ -180,7 +182,7 @@ $f$;
 -- One attempt. Returns (1, fence) granted; (0, retry_after ms or -1) busy; (-4, limit) limit mismatch.
 CREATE OR REPLACE FUNCTION {s}.acquire(
     p_name text, p_token text, p_ttl_ms bigint, p_label text, p_queue boolean, p_lim integer,
-    p_weight integer, p_durable boolean, OUT granted integer, OUT val bigint)
+    p_weight integer, OUT granted integer, OUT val bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     v_now timestamptz;
@@ -193,7 +195,6 @@ DECLARE
     v_head_lim integer;
     r record;
 BEGIN
-    IF NOT p_durable THEN PERFORM set_config('synchronous_commit', 'off', true); END IF;
     IF p_lim = 1 THEN
         -- The common case in one statement: a free mutex, nobody queued, no counted holders. The
         -- row lock the UPDATE takes (and re-checks "token IS NULL" after) is the mutual exclusion.
@@ -285,11 +286,10 @@ END
 $f$;
 
 -- true if the token held a live lease and now lasts p_ttl_ms from now; false (nothing changed) else.
-CREATE OR REPLACE FUNCTION {s}.extend(p_name text, p_token text, p_ttl_ms bigint, p_durable boolean)
+CREATE OR REPLACE FUNCTION {s}.extend(p_name text, p_token text, p_ttl_ms bigint)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
-    IF NOT p_durable THEN PERFORM set_config('synchronous_commit', 'off', true); END IF;
     UPDATE {s}.fence SET expires = clock_timestamp() + p_ttl_ms * interval '1 millisecond'
     WHERE name = p_name AND token = p_token AND expires > clock_timestamp();
     IF FOUND THEN RETURN true; END IF;
@@ -300,12 +300,11 @@ END
 $f$;
 
 -- true if the token held a live lease, now released (and its permits handed to the waiters that fit).
-CREATE OR REPLACE FUNCTION {s}.release(p_name text, p_token text, p_durable boolean) RETURNS boolean
+CREATE OR REPLACE FUNCTION {s}.release(p_name text, p_token text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     v_now timestamptz;
 BEGIN
-    IF NOT p_durable THEN PERFORM set_config('synchronous_commit', 'off', true); END IF;
     v_now := clock_timestamp();
     -- The mutex: one UPDATE of its row (which it keeps locked for the handoff below).
     UPDATE {s}.fence SET token = NULL, hfence = NULL, label = NULL, expires = NULL
@@ -326,13 +325,12 @@ END
 $f$;
 
 -- Leave the queue; drop our lease if one was granted or handed over unseen; pass the permits on.
-CREATE OR REPLACE FUNCTION {s}.abandon(p_name text, p_token text, p_durable boolean) RETURNS void
+CREATE OR REPLACE FUNCTION {s}.abandon(p_name text, p_token text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     v_now timestamptz;
     v_changed boolean := false;
 BEGIN
-    IF NOT p_durable THEN PERFORM set_config('synchronous_commit', 'off', true); END IF;
     PERFORM {s}.lock_name(p_name);
     v_now := clock_timestamp();
     DELETE FROM {s}.waiter WHERE name = p_name AND token = p_token;
