@@ -155,14 +155,25 @@ class PostgresLockServer(LockServer):
         self.server.launch()
 
     def delete_lock(self, name: str) -> None:
+        """Every holder of the name: the mutex's (columns of its fence row), a counted name's rows."""
+        s = self.SCHEMA
         with self.admin() as conn:
-            cur = conn.execute(f"DELETE FROM {self.SCHEMA}.lease WHERE name = %s", (name,))
-            assert cur.rowcount >= 1
+            mutex = conn.execute(
+                f"UPDATE {s}.fence SET token = NULL, hfence = NULL, label = NULL, expires = NULL "
+                "WHERE name = %s AND token IS NOT NULL", (name,),
+            ).rowcount
+            counted = conn.execute(f"DELETE FROM {s}.lease WHERE name = %s", (name,)).rowcount
+            assert mutex + counted >= 1
 
     def expire_lock(self, name: str) -> None:
+        s = self.SCHEMA
+        past = "clock_timestamp() - interval '1 ms'"
         with self.admin() as conn:
-            sql = f"UPDATE {self.SCHEMA}.lease SET expires = clock_timestamp() - interval '1 ms' WHERE name = %s"
-            assert conn.execute(sql, (name,)).rowcount >= 1
+            mutex = conn.execute(
+                f"UPDATE {s}.fence SET expires = {past} WHERE name = %s AND token IS NOT NULL", (name,)
+            ).rowcount
+            counted = conn.execute(f"UPDATE {s}.lease SET expires = {past} WHERE name = %s", (name,)).rowcount
+            assert mutex + counted >= 1
 
     def last_fence(self, name: str) -> int:
         with self.admin() as conn:

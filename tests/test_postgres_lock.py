@@ -56,7 +56,10 @@ def data(pg: PostgresLockServer) -> Iterator[str]:
 
 
 def _server_expired(pg: PostgresLockServer, name: str) -> bool:
-    rows = pg.query("SELECT bool_and(expires <= clock_timestamp()) FROM fencelock.lease WHERE name = %s", (name,))
+    """The name's mutex holder has run out on the server's clock (and is still there: not taken)."""
+    rows = pg.query(
+        "SELECT expires <= clock_timestamp() FROM fencelock.fence WHERE name = %s AND token IS NOT NULL", (name,)
+    )
     return bool(rows and rows[0][0])
 
 
@@ -105,29 +108,44 @@ def test_holds_old_writer_first_pins_its_lease_until_commit(pg: PostgresLockServ
 def test_holds_takeover_first_refuses_the_old_writer(
     pg: PostgresLockServer, name: str, data: str, taker_committed: bool
 ) -> None:
-    """A takeover came first: its transaction has replaced the expired lease row (committed, or still
-    open). The old holder's check refuses at once (LeaseLost), without waiting for the taker: a
-    takeover only happens to an expired lease, and ``holds`` judges expiry on the server's clock
-    before it looks at any lock. Its transaction writes nothing; the taker's write goes in."""
+    """A takeover came first: its transaction replaced the expired lease (committed, or still open:
+    then it holds the name's pin exclusively, and the old holder's check waits for it, as seen in
+    pg_stat_activity). Either way the old holder's check then finds the lease gone: LeaseLost, and
+    its transaction writes nothing; the taker's write goes in."""
     old = fencelock.Lock(name, pg.url, ttl=0.3, renew=False).acquire()
     assert wait_until(lambda: _server_expired(pg, name))
     taker = psycopg.connect(pg.url)  # not autocommit: the takeover stays open until we commit it
     writer = psycopg.connect(pg.url)
+    outcome: list[object] = []
+
+    def old_writer() -> None:
+        try:
+            with writer.transaction():
+                fencing.holds(writer, old)
+                _write(writer, data, "stale")
+            outcome.append("committed")
+        except Exception as err:
+            outcome.append(err)
+
     try:
         granted, fence = taker.execute(
-            "SELECT * FROM fencelock.acquire(%s, 'taker-token', 5000, 'taker', false, 1, 1, true)", (name,)
+            "SELECT * FROM fencelock.acquire(%s, 'taker-token', 5000, 'taker', false, 1, 1)", (name,)
         ).fetchone() or (0, 0)
         assert granted == 1 and fence > old.fence
+        _write(taker, data, "taker")
         if taker_committed:
             taker.commit()
-        with pytest.raises(fencelock.LeaseLost), writer.transaction():
-            fencing.holds(writer, old)
-            _write(writer, data, "stale")
-        _write(taker, data, "taker")
-        taker.commit()
+        thread = threading.Thread(target=old_writer, daemon=True)
+        thread.start()
+        if not taker_committed:
+            assert wait_until(lambda: _blocked_on_lock(pg, writer.info.backend_pid)), "the check never waited"
+            assert not outcome
+            taker.commit()
+        thread.join(WAIT)
     finally:
         taker.close()
         writer.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], fencelock.LeaseLost), outcome
     assert _value(pg, data) == "taker"
 
 
@@ -440,7 +458,7 @@ def test_hostile_names_are_data_and_each_is_its_own_lock(pg: PostgresLockServer)
         info = lock.inspect()
         assert info is not None and info.fence == lease.fence
         assert fencelock.Lock(lock.name, pg.url, ttl=5).try_acquire() is None
-    assert pg.query("SELECT count(*) FROM fencelock.lease WHERE name = 'x'")[0][0] == 0
+    assert pg.query("SELECT count(*) FROM fencelock.fence WHERE name = 'x'")[0][0] == 0
     for _, lease in leases:
         lease.release()
     with pytest.raises(fencelock.ConfigurationError, match="at most 2000 bytes"):

@@ -10,6 +10,8 @@ import functools
 import os
 import select
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -72,13 +74,10 @@ class AsyncPostgresBackend:
         self._pool: Any = None
         self._conn: Any = None
         self._conninfo = conninfo
-        self._listen_kwargs: dict[str, Any] = {}
         if conninfo is not None:
             pass  # ours: connections made on demand from conninfo
         elif callable(getattr(client, "connection", None)) and hasattr(client, "conninfo"):
             self._pool = client
-            kwargs = getattr(client, "kwargs", None) or {}
-            self._listen_kwargs = {k: v for k, v in kwargs.items() if k != "autocommit"}
         elif hasattr(client, "pgconn") and hasattr(client, "autocommit"):
             if not client.autocommit:
                 raise ConfigurationError(
@@ -92,13 +91,16 @@ class AsyncPostgresBackend:
                 f"expected a psycopg (3) connection or psycopg_pool pool, got {type(client).__name__}"
             )
         s = self.schema
+        # Lock changes commit asynchronously unless durable (see the package docstring): set for this
+        # statement's own transaction, by the statement itself (one round trip, no session state).
+        fast = "" if self.durable else ", set_config('synchronous_commit', 'off', true)"
         self._q_acquire = (
-            f"SELECT * FROM {s}.acquire(%s::text, %s::text, %s::bigint, %s::text, %s::boolean, %s::integer, "
-            "%s::integer, %s::boolean)"
+            f"SELECT a.granted, a.val{fast} FROM {s}.acquire(%s::text, %s::text, %s::bigint, %s::text, "
+            "%s::boolean, %s::integer, %s::integer) a"
         )
-        self._q_extend = f"SELECT {s}.extend(%s::text, %s::text, %s::bigint, %s::boolean)"
-        self._q_release = f"SELECT {s}.release(%s::text, %s::text, %s::boolean)"
-        self._q_abandon = f"SELECT {s}.abandon(%s::text, %s::text, %s::boolean)"
+        self._q_extend = f"SELECT {s}.extend(%s::text, %s::text, %s::bigint){fast}"
+        self._q_release = f"SELECT {s}.release(%s::text, %s::text){fast}"
+        self._q_abandon = f"SELECT {s}.abandon(%s::text, %s::text){fast}"
         self._q_granted = f"SELECT {s}.granted(%s::text, %s::text)"
         self._q_inspect = f"SELECT * FROM {s}.inspect(%s::text)"
         self._q_last = f"SELECT {s}.last_fence(%s::text)"
@@ -107,14 +109,10 @@ class AsyncPostgresBackend:
         self._pid = os.getpid()
         self._listener: Listener | None = None
         if listen and (conninfo is not None or self._pool is not None):
-            # The listener's thread must not keep this backend alive: a lock made from a URL and
-            # dropped without close() (one per file, say) would leave a connection and a thread
-            # behind for good. It gets what it needs to connect, not a method of ours, and
-            # ``__del__`` stops it.
-            listen_conninfo = conninfo if conninfo is not None else self._pool.conninfo
-            self._listener = Listener(
-                functools.partial(_listen_connect, listen_conninfo, dict(self._listen_kwargs)), channel(s)
-            )
+            self._listener = Listener(_listen_connector(conninfo, self._pool), channel(s))
+        # A backend nobody closes (a Lock made from a URL and dropped) must not keep its connections
+        # and listener thread: both are released when it is garbage collected. Neither refers to it.
+        weakref.finalize(self, _release, self._idle, self._listener, self._pid)
 
     @classmethod
     def from_url(cls, url: str) -> AsyncPostgresBackend:
@@ -132,7 +130,7 @@ class AsyncPostgresBackend:
             return self._conn
         if self._pid != os.getpid():
             # Inherited through fork(): never use (nor close: that would end the parent's sessions).
-            self._idle = []
+            self._idle.clear()
             self._pid = os.getpid()
         while self._idle:
             conn = self._idle.pop()
@@ -250,9 +248,9 @@ class AsyncPostgresBackend:
             )
         if queue and self._listener is not None:
             self._listener.start(0)  # listening before we can be handed anything (no wait here)
-        params = (key, token, ttl_ms, label, queue, limit, weight, self.durable)
+        params = (key, token, ttl_ms, label, queue, limit, weight)
         rows = await self._call("acquire", self._q_acquire, params)
-        granted, value = rows[0]
+        granted, value = rows[0][0], rows[0][1]
         if granted == 1:
             return Attempt(fence=int(value))
         if granted == MISMATCH:
@@ -279,16 +277,16 @@ class AsyncPostgresBackend:
         return None
 
     async def abandon(self, key: str, token: str) -> None:
-        await self._call("abandon", self._q_abandon, (key, token, self.durable))
+        await self._call("abandon", self._q_abandon, (key, token))
 
     @traced("extend")
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
-        rows = await self._call("extend", self._q_extend, (key, token, ttl_ms, self.durable))
+        rows = await self._call("extend", self._q_extend, (key, token, ttl_ms))
         return bool(rows[0][0])
 
     @traced("release")
     async def release(self, key: str, token: str) -> bool:
-        rows = await self._call("release", self._q_release, (key, token, self.durable))
+        rows = await self._call("release", self._q_release, (key, token))
         return bool(rows[0][0])
 
     async def inspect(self, key: str) -> LockInfo | None:
@@ -312,25 +310,29 @@ class AsyncPostgresBackend:
         rows = await self._call("read fence", self._q_last, (key,))
         return int(rows[0][0])
 
-    def __del__(self) -> None:
-        # Collected without aclose(): stop the listener (its thread and connection); our idle
-        # connections close with their objects.
-        listener = getattr(self, "_listener", None)
-        if listener is not None:
-            listener.close(wait=False)
-
     async def aclose(self) -> None:
         if self._listener is not None:
             self._listener.close()
-        if self._owns and self._pid == os.getpid():
-            idle, self._idle = self._idle, []
-            for conn in idle:
-                _drop(conn)
+        if self._owns:
+            _release(self._idle, None, self._pid)
 
 
-def _listen_connect(conninfo: str, kwargs: dict[str, Any]) -> Any:
-    """A blocking autocommit connection for the listener thread (both APIs use a thread)."""
-    return psycopg.Connection.connect(conninfo, autocommit=True, **kwargs)
+def _listen_connector(conninfo: str | None, pool: Any) -> Callable[[], Any]:
+    """How the listener thread connects (a blocking autocommit connection, in both APIs): from our
+    conninfo, or the user's pool's. It captures those, never the backend (which may then be freed)."""
+    if conninfo is not None:
+        return functools.partial(psycopg.Connection.connect, conninfo, autocommit=True)
+    kwargs = {k: v for k, v in (getattr(pool, "kwargs", None) or {}).items() if k != "autocommit"}
+    return functools.partial(psycopg.Connection.connect, pool.conninfo, autocommit=True, **kwargs)
+
+
+def _release(idle: list[Any], listener: Listener | None, pid: int) -> None:
+    """Close idle connections of ours (only in the process that opened them) and stop the listener."""
+    if listener is not None:
+        listener.close()
+    if pid == os.getpid():
+        while idle:
+            _drop(idle.pop())
 
 
 def _stale(conn: Any) -> bool:

@@ -33,6 +33,9 @@ __all__ = ["AsyncPause", "AsyncWaiter", "Listener", "Pause", "Waiter", "token_ha
 
 RECENT_MAX = 4096
 RECENT_AGE = 30.0
+IDLE_EXIT = 15.0
+"""Seconds without a waiter after which the listener closes its connection and its thread ends
+(the next request that may queue starts it again): a backend that waited once keeps nothing open."""
 
 
 def token_hash(token: str) -> str:
@@ -53,15 +56,17 @@ class Listener:
         self._pid = 0
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._conn: Any = None
+        self._last_use = time.monotonic()
         self.healthy = False
 
     def start(self, timeout: float) -> bool:
         """Connect and LISTEN (in the listener's thread); True once listening, False if that did not
         happen within ``timeout`` (waiters poll meanwhile; the thread keeps trying)."""
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
-            return self.healthy
+        if self._pid != os.getpid():  # forked: the parent's thread is gone, and its lock may be held
+            self._lock = threading.Lock()
+            self._thread = None
         with self._lock:
+            self._last_use = time.monotonic()
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
                 self._stop = threading.Event()
@@ -76,31 +81,46 @@ class Listener:
     def _run(self) -> None:
         from psycopg import sql
 
+        me = threading.current_thread()
         stop = self._stop
         failures = 0
-        while not stop.is_set():
+        while not stop.is_set() and not self._retire(me):
             conn = None
             try:
                 conn = self._connect()
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-                self._conn = conn
-                self.healthy = True
+                self._set_health(me, True)
                 self._ready.set()
                 failures = 0
-                while not stop.is_set():
+                while not stop.is_set() and not self._retire(me):
                     for note in conn.notifies(timeout=0.5):
                         self._deliver(note.payload)
             except Exception:
-                self.healthy = False
+                self._set_health(me, False)
                 failures += 1
                 self._ready.set()  # a start() waiting for us learns that we are not listening
                 stop.wait(min(2.0, 0.05 * 2**min(failures, 6)) * random.uniform(0.5, 1.0))
             finally:
-                self.healthy = False
-                self._conn = None
+                self._set_health(me, False)
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
+
+    def _set_health(self, me: threading.Thread, healthy: bool) -> None:
+        with self._lock:
+            if self._thread is me:
+                self.healthy = healthy
+
+    def _retire(self, me: threading.Thread) -> bool:
+        """True (and this thread is no longer the listener) when nobody waited for ``IDLE_EXIT`` s."""
+        with self._lock:
+            if self._thread is not me:
+                return True
+            if not self._subs and time.monotonic() - self._last_use > IDLE_EXIT:
+                self.healthy = False
+                self._thread = None  # the next start() makes a new one
+                return True
+            return False
 
     def _deliver(self, payload: str) -> None:
         digest, _, fence_text = payload.partition(" ")
@@ -124,6 +144,7 @@ class Listener:
         """Call ``callback(fence)`` when a handoff to ``digest`` arrives; returns the fence at once
         instead when it already arrived (nothing is registered then)."""
         with self._lock:
+            self._last_use = time.monotonic()
             got = self._recent.pop(digest, None)
             if got is not None:
                 return got[0]
@@ -134,11 +155,10 @@ class Listener:
         with self._lock:
             self._subs.pop(digest, None)
 
-    def close(self, wait: bool = True) -> None:
-        """Stop listening; with ``wait``, join the thread (it notices within half a second)."""
+    def close(self) -> None:
         self._stop.set()
         thread = self._thread
-        if wait and thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
+        if thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
             thread.join(2.0)
         self._thread = None
 

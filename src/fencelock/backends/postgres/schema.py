@@ -6,12 +6,16 @@ functions is granted to ``PUBLIC`` by PostgreSQL's default), and cannot read or 
 (the tokens in them) directly. Each function pins ``search_path`` to ``pg_catalog, pg_temp`` and
 names every table with its schema, so no object of the caller's can stand in for ours.
 
-Serialization: every function that changes a name's holders or queue first locks that name's row of
-``fence`` (``FOR UPDATE``), so the calls on one name take turns and never deadlock (one lock, always
-taken first). ``extend`` only updates its own lease row and takes no other lock.
+Serialization: the name's ``fence`` row is the lock of the lock. The common mutex acquire (free,
+nobody queued) and release are one ``UPDATE`` of that row, whose row lock (and PostgreSQL's re-check
+of the ``WHERE`` after waiting for it) is the mutual exclusion; every other path locks the row
+``FOR UPDATE`` first, so the calls on one name take turns and never deadlock (one lock, always taken
+first). ``extend`` updates only its own row (the fence row, or a counted lease row).
 
-Durability: unless the backend was made with ``durable=True`` the functions commit with
-``synchronous_commit = off`` (for their own transaction only): a crash of the *server* may lose the
+Durability: unless the backend was made with ``durable=True`` every call that writes commits with
+``synchronous_commit = off``, set for its own transaction only by the same statement
+(``SELECT ..., set_config('synchronous_commit', 'off', true)``: no session state; a function's own
+``SET`` clause would undo it at the function's exit, before the commit). A crash of the *server* may lose the
 last grants, renewals or releases (at most ``3 * wal_writer_delay``, 0.6 s by default), never
 corrupts anything, and the fence stays increasing through the clock term. See the package docstring.
 """
@@ -22,7 +26,9 @@ import re
 
 from ..._errors import ConfigurationError
 
-__all__ = ["DEFAULT_SCHEMA", "LAYOUT_VERSION", "REFRESH_MS", "REGISTRATION_MS", "check_schema", "ddl", "channel"]
+__all__ = [
+    "DEFAULT_SCHEMA", "LAYOUT_VERSION", "PIN_CLASS", "REFRESH_MS", "REGISTRATION_MS", "channel", "check_schema", "ddl",
+]
 
 DEFAULT_SCHEMA = "fencelock"
 LAYOUT_VERSION = 1
@@ -58,11 +64,17 @@ def channel(schema: str) -> str:
 _DDL = r"""
 CREATE SCHEMA IF NOT EXISTS {s};
 
+-- One row per name, never deleted: the last fence issued, and the mutex's holder (limit 1) if any.
 CREATE TABLE IF NOT EXISTS {s}.fence (
     name text PRIMARY KEY,
-    last bigint NOT NULL
+    last bigint NOT NULL,
+    token text,
+    hfence bigint,
+    label text,
+    expires timestamptz
 );
 
+-- The holders of counted names (limit > 1: semaphores, read-write locks), one row each.
 CREATE TABLE IF NOT EXISTS {s}.lease (
     name text NOT NULL,
     token text NOT NULL,
@@ -74,6 +86,7 @@ CREATE TABLE IF NOT EXISTS {s}.lease (
     PRIMARY KEY (name, token)
 );
 
+-- The FIFO queue of every name, with what each waiter asks for.
 CREATE TABLE IF NOT EXISTS {s}.waiter (
     name text NOT NULL,
     token text NOT NULL,
@@ -87,48 +100,77 @@ CREATE TABLE IF NOT EXISTS {s}.waiter (
 );
 CREATE INDEX IF NOT EXISTS waiter_order ON {s}.waiter (name, since, token);
 
--- The name's next fence: max(last + 1, server clock in microseconds). Caller holds the fence row lock.
-CREATE OR REPLACE FUNCTION {s}.mint(p_name text, p_now timestamptz) RETURNS bigint
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $f$
-    UPDATE {s}.fence SET last = greatest(last + 1, (extract(epoch FROM p_now) * 1000000)::bigint)
-    WHERE name = p_name RETURNING last
-$f$;
-
--- Lock the name's fence row (creating it on first use): every change of a name starts here.
-CREATE OR REPLACE FUNCTION {s}.lock_name(p_name text) RETURNS void
+-- Lock the name's fence row (creating it on first use): the slow paths start here. Returns the row.
+CREATE OR REPLACE FUNCTION {s}.lock_name(p_name text, OUT last bigint, OUT token text, OUT hfence bigint,
+                                         OUT expires timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
-    PERFORM 1 FROM {s}.fence WHERE name = p_name FOR UPDATE;
+    SELECT f.last, f.token, f.hfence, f.expires INTO last, token, hfence, expires
+    FROM {s}.fence f WHERE f.name = p_name FOR UPDATE;
     IF NOT FOUND THEN
         INSERT INTO {s}.fence (name, last) VALUES (p_name, 0) ON CONFLICT (name) DO NOTHING;
-        PERFORM 1 FROM {s}.fence WHERE name = p_name FOR UPDATE;
+        SELECT f.last, f.token, f.hfence, f.expires INTO last, token, hfence, expires
+        FROM {s}.fence f WHERE f.name = p_name FOR UPDATE;
     END IF;
+END
+$f$;
+
+-- Clear what expired and is not pinned by an open fencing.holds() transaction (a shared advisory
+-- lock of that transaction; ours is tried, never waited for). Caller holds the fence row lock.
+-- Returns false when something expired could not be cleared (it still counts as held).
+CREATE OR REPLACE FUNCTION {s}.clear_expired(p_name text, p_now timestamptz) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM {s}.fence WHERE name = p_name AND token IS NOT NULL AND expires <= p_now)
+       AND NOT EXISTS (SELECT 1 FROM {s}.lease WHERE name = p_name AND expires <= p_now) THEN
+        RETURN true;
+    END IF;
+    IF NOT pg_try_advisory_xact_lock({pin}, hashtext('{s}:' || p_name)) THEN
+        RETURN false;
+    END IF;
+    UPDATE {s}.fence SET token = NULL, hfence = NULL, label = NULL, expires = NULL
+    WHERE name = p_name AND token IS NOT NULL AND expires <= p_now;
+    DELETE FROM {s}.lease WHERE name = p_name AND expires <= p_now;
+    RETURN true;
 END
 $f$;
 
 -- Hand free permits to the live waiters at the head of the queue, in order, as many as fit; stop at
 -- the first that does not (nobody overtakes it). Each grantee gets its own fence, a lease of its own
 -- TTL from now, and a notification "<md5(token)> <fence>". Caller holds the fence row lock and has
--- dropped the expired leases. Returns how many were granted.
+-- cleared what it could; whatever holder is left counts (expired but pinned ones too).
 CREATE OR REPLACE FUNCTION {s}.hand_over(p_name text, p_now timestamptz) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     v_used bigint;
     v_lim integer;
-    v_fence bigint;
+    v_last bigint;
     v_n integer := 0;
     w record;
 BEGIN
-    SELECT coalesce(sum(weight), 0), max(lim) INTO v_used, v_lim FROM {s}.lease WHERE name = p_name;
+    SELECT f.last, CASE WHEN f.token IS NULL THEN 0 ELSE 1 END INTO v_last, v_used
+    FROM {s}.fence f WHERE f.name = p_name;
+    IF v_used > 0 THEN
+        v_lim := 1;
+    ELSE
+        SELECT coalesce(sum(weight), 0), max(lim) INTO v_used, v_lim FROM {s}.lease WHERE name = p_name;
+    END IF;
     FOR w IN SELECT token, ttl_ms, label, weight, lim FROM {s}.waiter
              WHERE name = p_name AND alive > p_now ORDER BY since, token LIMIT 256 LOOP
-        IF v_lim IS NOT NULL AND w.lim <> v_lim THEN EXIT; END IF;  -- stale limit: it will be told
+        IF v_lim IS NOT NULL AND w.lim <> v_lim THEN EXIT; END IF;  -- another limit: it will be told
         IF v_used + w.weight > w.lim THEN EXIT; END IF;
-        v_fence := {s}.mint(p_name, p_now);
-        INSERT INTO {s}.lease (name, token, fence, label, expires, weight, lim)
-        VALUES (p_name, w.token, v_fence, w.label, p_now + w.ttl_ms * interval '1 millisecond', w.weight, w.lim);
+        v_last := greatest(v_last + 1, (extract(epoch FROM p_now) * 1000000)::bigint);
+        IF w.lim = 1 THEN
+            UPDATE {s}.fence SET last = v_last, token = w.token, hfence = v_last, label = w.label,
+                expires = p_now + w.ttl_ms * interval '1 millisecond'
+            WHERE name = p_name;
+        ELSE
+            UPDATE {s}.fence SET last = v_last WHERE name = p_name;
+            INSERT INTO {s}.lease (name, token, fence, label, expires, weight, lim)
+            VALUES (p_name, w.token, v_last, w.label, p_now + w.ttl_ms * interval '1 millisecond', w.weight, w.lim);
+        END IF;
         DELETE FROM {s}.waiter WHERE name = p_name AND token = w.token;
-        PERFORM pg_notify('{ch}', md5(w.token) || ' ' || v_fence);
+        PERFORM pg_notify('{ch}', md5(w.token) || ' ' || v_last);
         v_used := v_used + w.weight;
         v_lim := w.lim;
         v_n := v_n + 1;
@@ -140,10 +182,11 @@ $f$;
 -- One attempt. Returns (1, fence) granted; (0, retry_after ms or -1) busy; (-4, limit) limit mismatch.
 CREATE OR REPLACE FUNCTION {s}.acquire(
     p_name text, p_token text, p_ttl_ms bigint, p_label text, p_queue boolean, p_lim integer,
-    p_weight integer, p_durable boolean, OUT granted integer, OUT val bigint)
+    p_weight integer, OUT granted integer, OUT val bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     v_now timestamptz;
+    v_row record;
     v_used bigint := 0;
     v_cur integer := 0;
     v_soonest timestamptz;
@@ -152,15 +195,39 @@ DECLARE
     v_head_lim integer;
     r record;
 BEGIN
-    IF NOT p_durable THEN PERFORM set_config('synchronous_commit', 'off', true); END IF;
-    PERFORM {s}.lock_name(p_name);
+    IF p_lim = 1 THEN
+        -- The common case in one statement: a free mutex, nobody queued, no counted holders. The
+        -- row lock the UPDATE takes (and re-checks "token IS NULL" after) is the mutual exclusion.
+        v_now := clock_timestamp();
+        UPDATE {s}.fence f
+        SET last = greatest(f.last + 1, (extract(epoch FROM v_now) * 1000000)::bigint),
+            hfence = greatest(f.last + 1, (extract(epoch FROM v_now) * 1000000)::bigint),
+            token = p_token, label = p_label, expires = v_now + p_ttl_ms * interval '1 millisecond'
+        WHERE f.name = p_name AND f.token IS NULL
+          AND NOT EXISTS (SELECT 1 FROM {s}.waiter w WHERE w.name = p_name AND w.alive > v_now)
+          AND NOT EXISTS (SELECT 1 FROM {s}.lease l WHERE l.name = p_name)
+        RETURNING f.last INTO val;
+        IF FOUND THEN granted := 1; RETURN; END IF;
+    END IF;
+    -- Everything else with the name's row locked: calls on one name take turns from here.
+    SELECT * INTO v_row FROM {s}.lock_name(p_name);
     v_now := clock_timestamp();  -- after the lock wait: expiry judged on the server's clock, now
-    -- Expired leases go, except those pinned by an open fencing.holds() transaction (SKIP LOCKED):
-    -- those still count as held until that transaction ends.
-    DELETE FROM {s}.lease WHERE name = p_name AND token IN (
-        SELECT token FROM {s}.lease WHERE name = p_name AND expires <= v_now FOR UPDATE SKIP LOCKED);
+    IF v_row.token = p_token AND v_row.expires > v_now THEN  -- ours already (repeated, or handed over)
+        IF p_lim <> 1 THEN granted := -4; val := 1; RETURN; END IF;
+        UPDATE {s}.fence SET expires = v_now + p_ttl_ms * interval '1 millisecond', label = p_label
+        WHERE name = p_name;
+        DELETE FROM {s}.waiter WHERE name = p_name AND token = p_token;
+        granted := 1; val := v_row.hfence; RETURN;
+    END IF;
+    PERFORM {s}.clear_expired(p_name, v_now);
+    SELECT f.last, f.token, f.expires INTO v_row FROM {s}.fence f WHERE f.name = p_name;
+    IF v_row.token IS NOT NULL THEN  -- the mutex is held (or expired but pinned)
+        v_used := 1;
+        v_cur := 1;
+        v_soonest := greatest(v_row.expires, v_now + interval '10 milliseconds');
+    END IF;
     FOR r IN SELECT token, fence, expires, weight, lim FROM {s}.lease WHERE name = p_name LOOP
-        IF r.token = p_token THEN  -- ours already (a repeated request, or handed over): refresh, answer
+        IF r.token = p_token AND r.expires > v_now THEN  -- ours already: refresh and answer again
             IF r.lim <> p_lim THEN granted := -4; val := r.lim; RETURN; END IF;
             UPDATE {s}.lease SET expires = v_now + p_ttl_ms * interval '1 millisecond', label = p_label
             WHERE name = p_name AND token = p_token;
@@ -181,9 +248,16 @@ BEGIN
     SELECT EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name AND alive > v_now AND token <> p_token
                    AND (v_since IS NULL OR (since, token) < (v_since, p_token))) INTO v_ahead;
     IF v_used + p_weight <= p_lim AND NOT v_ahead THEN
-        val := {s}.mint(p_name, v_now);
-        INSERT INTO {s}.lease (name, token, fence, label, expires, weight, lim)
-        VALUES (p_name, p_token, val, p_label, v_now + p_ttl_ms * interval '1 millisecond', p_weight, p_lim);
+        val := greatest(v_row.last + 1, (extract(epoch FROM v_now) * 1000000)::bigint);
+        IF p_lim = 1 THEN
+            UPDATE {s}.fence SET last = val, token = p_token, hfence = val, label = p_label,
+                expires = v_now + p_ttl_ms * interval '1 millisecond'
+            WHERE name = p_name;
+        ELSE
+            UPDATE {s}.fence SET last = val WHERE name = p_name;
+            INSERT INTO {s}.lease (name, token, fence, label, expires, weight, lim)
+            VALUES (p_name, p_token, val, p_label, v_now + p_ttl_ms * interval '1 millisecond', p_weight, p_lim);
+        END IF;
         IF v_since IS NOT NULL THEN
             DELETE FROM {s}.waiter WHERE name = p_name AND token = p_token;
             IF v_used + p_weight < p_lim THEN PERFORM {s}.hand_over(p_name, v_now); END IF;
@@ -212,11 +286,13 @@ END
 $f$;
 
 -- true if the token held a live lease and now lasts p_ttl_ms from now; false (nothing changed) else.
-CREATE OR REPLACE FUNCTION {s}.extend(p_name text, p_token text, p_ttl_ms bigint, p_durable boolean)
+CREATE OR REPLACE FUNCTION {s}.extend(p_name text, p_token text, p_ttl_ms bigint)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
-    IF NOT p_durable THEN PERFORM set_config('synchronous_commit', 'off', true); END IF;
+    UPDATE {s}.fence SET expires = clock_timestamp() + p_ttl_ms * interval '1 millisecond'
+    WHERE name = p_name AND token = p_token AND expires > clock_timestamp();
+    IF FOUND THEN RETURN true; END IF;
     UPDATE {s}.lease SET expires = clock_timestamp() + p_ttl_ms * interval '1 millisecond'
     WHERE name = p_name AND token = p_token AND expires > clock_timestamp();
     RETURN FOUND;
@@ -224,19 +300,23 @@ END
 $f$;
 
 -- true if the token held a live lease, now released (and its permits handed to the waiters that fit).
-CREATE OR REPLACE FUNCTION {s}.release(p_name text, p_token text, p_durable boolean) RETURNS boolean
+CREATE OR REPLACE FUNCTION {s}.release(p_name text, p_token text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     v_now timestamptz;
 BEGIN
-    IF NOT p_durable THEN PERFORM set_config('synchronous_commit', 'off', true); END IF;
-    PERFORM {s}.lock_name(p_name);
     v_now := clock_timestamp();
-    DELETE FROM {s}.lease WHERE name = p_name AND token = p_token AND expires > v_now;
-    IF NOT FOUND THEN RETURN false; END IF;
+    -- The mutex: one UPDATE of its row (which it keeps locked for the handoff below).
+    UPDATE {s}.fence SET token = NULL, hfence = NULL, label = NULL, expires = NULL
+    WHERE name = p_name AND token = p_token AND expires > v_now;
+    IF NOT FOUND THEN
+        PERFORM {s}.lock_name(p_name);
+        v_now := clock_timestamp();
+        DELETE FROM {s}.lease WHERE name = p_name AND token = p_token AND expires > v_now;
+        IF NOT FOUND THEN RETURN false; END IF;
+    END IF;
     IF EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name) THEN
-        DELETE FROM {s}.lease WHERE name = p_name AND token IN (
-            SELECT token FROM {s}.lease WHERE name = p_name AND expires <= v_now FOR UPDATE SKIP LOCKED);
+        PERFORM {s}.clear_expired(p_name, v_now);
         DELETE FROM {s}.waiter WHERE name = p_name AND alive <= v_now;
         PERFORM {s}.hand_over(p_name, v_now);
     END IF;
@@ -245,22 +325,23 @@ END
 $f$;
 
 -- Leave the queue; drop our lease if one was granted or handed over unseen; pass the permits on.
-CREATE OR REPLACE FUNCTION {s}.abandon(p_name text, p_token text, p_durable boolean) RETURNS void
+CREATE OR REPLACE FUNCTION {s}.abandon(p_name text, p_token text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     v_now timestamptz;
     v_changed boolean := false;
 BEGIN
-    IF NOT p_durable THEN PERFORM set_config('synchronous_commit', 'off', true); END IF;
     PERFORM {s}.lock_name(p_name);
     v_now := clock_timestamp();
     DELETE FROM {s}.waiter WHERE name = p_name AND token = p_token;
     v_changed := FOUND;
+    UPDATE {s}.fence SET token = NULL, hfence = NULL, label = NULL, expires = NULL
+    WHERE name = p_name AND token = p_token;
+    v_changed := v_changed OR FOUND;
     DELETE FROM {s}.lease WHERE name = p_name AND token = p_token;
     v_changed := v_changed OR FOUND;
     IF v_changed AND EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name) THEN
-        DELETE FROM {s}.lease WHERE name = p_name AND token IN (
-            SELECT token FROM {s}.lease WHERE name = p_name AND expires <= v_now FOR UPDATE SKIP LOCKED);
+        PERFORM {s}.clear_expired(p_name, v_now);
         DELETE FROM {s}.waiter WHERE name = p_name AND alive <= v_now;
         PERFORM {s}.hand_over(p_name, v_now);
     END IF;
@@ -270,17 +351,26 @@ $f$;
 -- The fence of the token's live lease (handed over while it waited), or null.
 CREATE OR REPLACE FUNCTION {s}.granted(p_name text, p_token text) RETURNS bigint
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-    SELECT fence FROM {s}.lease WHERE name = p_name AND token = p_token AND expires > clock_timestamp()
+    SELECT coalesce(
+        (SELECT hfence FROM {s}.fence WHERE name = p_name AND token = p_token AND expires > clock_timestamp()),
+        (SELECT fence FROM {s}.lease WHERE name = p_name AND token = p_token AND expires > clock_timestamp()))
 $f$;
 
 -- Live holders, oldest grant first: fence, label, ms left, weight, limit, live waiters.
 CREATE OR REPLACE FUNCTION {s}.inspect(p_name text)
 RETURNS TABLE (fence bigint, label text, left_ms bigint, weight integer, lim integer, waiters bigint)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-    SELECT l.fence, l.label, greatest(0, ceil(extract(epoch FROM l.expires - clock_timestamp()) * 1000))::bigint,
-           l.weight, l.lim,
+    WITH holders AS (
+        SELECT f.hfence AS fence, f.label, f.expires, 1 AS weight, 1 AS lim FROM {s}.fence f
+        WHERE f.name = p_name AND f.token IS NOT NULL AND f.expires > clock_timestamp()
+        UNION ALL
+        SELECT l.fence, l.label, l.expires, l.weight, l.lim FROM {s}.lease l
+        WHERE l.name = p_name AND l.expires > clock_timestamp()
+    )
+    SELECT h.fence, h.label, greatest(0, ceil(extract(epoch FROM h.expires - clock_timestamp()) * 1000))::bigint,
+           h.weight, h.lim,
            (SELECT count(*) FROM {s}.waiter w WHERE w.name = p_name AND w.alive > clock_timestamp())
-    FROM {s}.lease l WHERE l.name = p_name AND l.expires > clock_timestamp() ORDER BY l.fence
+    FROM holders h ORDER BY h.fence
 $f$;
 
 CREATE OR REPLACE FUNCTION {s}.last_fence(p_name text) RETURNS bigint
@@ -295,8 +385,8 @@ DECLARE
     v_labels text;
 BEGIN
     PERFORM {s}.lock_name(p_name);
-    SELECT string_agg(label, ', ' ORDER BY fence) INTO v_labels FROM {s}.lease
-    WHERE name = p_name AND expires > clock_timestamp();
+    SELECT string_agg(label, ', ' ORDER BY fence) INTO v_labels FROM {s}.inspect(p_name);
+    UPDATE {s}.fence SET token = NULL, hfence = NULL, label = NULL, expires = NULL WHERE name = p_name;
     DELETE FROM {s}.lease WHERE name = p_name;
     PERFORM {s}.hand_over(p_name, clock_timestamp());
     RETURN v_labels;
@@ -304,14 +394,18 @@ END
 $f$;
 
 -- fencing.holds(): inside the caller's write transaction, is this lease still the live holder's?
--- Locks the lease row (FOR KEY SHARE) until that transaction ends: a takeover or release (which
--- delete the row) waits for its commit; renewals (which update it) do not.
+-- Pins the name until that transaction ends: a shared advisory lock, transaction-scoped (nothing is
+-- left when it ends), which a takeover of an expired lease tries to take exclusively and, failing,
+-- treats the lease as held. Renewals and the holder's release do not look at it. The check runs in
+-- its own statement, after the pin: its snapshot sees every takeover committed before the pin.
 CREATE OR REPLACE FUNCTION {s}.holds(p_name text, p_token text, p_fence bigint) RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
-    PERFORM 1 FROM {s}.lease WHERE name = p_name AND token = p_token AND fence = p_fence
-        AND expires > clock_timestamp() FOR KEY SHARE;
-    RETURN FOUND;
+    PERFORM pg_advisory_xact_lock_shared({pin}, hashtext('{s}:' || p_name));
+    RETURN EXISTS (SELECT 1 FROM {s}.fence WHERE name = p_name AND token = p_token AND hfence = p_fence
+                   AND expires > clock_timestamp())
+        OR EXISTS (SELECT 1 FROM {s}.lease WHERE name = p_name AND token = p_token AND fence = p_fence
+                   AND expires > clock_timestamp());
 END
 $f$;
 
@@ -319,14 +413,19 @@ CREATE OR REPLACE FUNCTION {s}.layout() RETURNS integer
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$ SELECT {version} $f$;
 
 -- Internal helpers: only the SECURITY DEFINER functions (running as the owner) call them.
-REVOKE ALL ON FUNCTION {s}.mint(text, timestamptz), {s}.lock_name(text), {s}.hand_over(text, timestamptz)
-    FROM PUBLIC;
+REVOKE ALL ON FUNCTION {s}.lock_name(text), {s}.clear_expired(text, timestamptz),
+    {s}.hand_over(text, timestamptz) FROM PUBLIC;
 """
+
+PIN_CLASS = 0x666C6B70
+"""First key of the transaction-scoped advisory locks ``holds`` pins a name with ("flkp"); the second
+is ``hashtext('<schema>:<name>')``. Two names that share a hash only delay each other's takeovers."""
 
 
 def ddl(schema: str) -> str:
     """The statements that create (or bring up to date) the layout in ``schema``."""
     s = check_schema(schema)
     return _DDL.format(
-        s=s, ch=channel(s), registration=REGISTRATION_MS, refresh=REFRESH_MS, version=LAYOUT_VERSION
+        s=s, ch=channel(s), registration=REGISTRATION_MS, refresh=REFRESH_MS, version=LAYOUT_VERSION,
+        pin=PIN_CLASS,
     )
