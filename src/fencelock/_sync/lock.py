@@ -40,6 +40,18 @@ __all__ = ["Lease", "Lock"]
 log = logging.getLogger("fencelock")
 
 LostCallback = Callable[["Lease"], None]
+
+_HELD: contextvars.ContextVar[tuple[tuple[Lock, int, Lease], ...]] = contextvars.ContextVar(
+    "fencelock_held", default=()
+)
+"""Leases entered with ``with lock`` in this context, innermost last: (lock, who entered, lease).
+
+One variable for every lock (a ContextVar per lock cost a microsecond to make, and a lock is made
+per name). A lock looks only at its own entries, and among them only at those its own thread or
+task entered: a Lock shared by several threads/tasks must never pop another's lease (one whose
+lease expired inside the block would otherwise release its successor's lock on exit), and a child
+task inherits a copy of its parent's context, so it must neither pop nor count as holding its
+parent's lease."""
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -105,14 +117,6 @@ class Lock:
         # ReadWriteLock set these. The mutex calls the backend without them (its fast path).
         self._limit = 1
         self._weight = 1
-        # Leases entered with ``with lock`` by *this* thread or task: a Lock shared by several
-        # threads/tasks must never pop another's lease (one whose lease expired inside the block
-        # would otherwise release its successor's lock on exit).
-        # Each entry says which thread or task entered it: a child task inherits a copy of its
-        # parent's context, and must neither pop nor count as holding its parent's lease.
-        self._held: contextvars.ContextVar[tuple[tuple[int, Lease], ...]] = contextvars.ContextVar(
-            "fencelock_held", default=()
-        )
 
     @property
     def name(self) -> str:
@@ -156,12 +160,12 @@ class Lock:
         return self._acquire(0.0)
 
     def _refuse_reentry(self) -> None:
-        stack = self._held.get()
+        stack = _HELD.get()
         if not stack:
             return
         me = _compat.current_owner_id()
-        for owner, lease in stack:
-            if owner == me and not lease._released and not lease.lost:
+        for lock, owner, lease in stack:
+            if lock is self and owner == me and not lease._released and not lease.lost:
                 raise AlreadyHeld(
                     f"lock {self.name!r} is already held by this {_compat.OWNER_KIND} (fence {lease.fence}): "
                     "fencelock locks are not reentrant; use the lease you hold (lock.current_lease()), or "
@@ -172,8 +176,8 @@ class Lock:
         """The lease this thread or task holds through its innermost ``with lock:`` block (or a
         call of a function decorated with ``@lock``), else None."""
         me = _compat.current_owner_id()
-        for owner, lease in reversed(self._held.get()):
-            if owner == me:
+        for lock, owner, lease in reversed(_HELD.get()):
+            if lock is self and owner == me:
                 return lease
         return None
 
@@ -248,7 +252,7 @@ class Lock:
 
     def __enter__(self) -> Lease:
         lease = self.acquire()
-        self._held.set((*self._held.get(), (_compat.current_owner_id(), lease)))
+        _HELD.set((*_HELD.get(), (self, _compat.current_owner_id(), lease)))
         return lease
 
     def __exit__(
@@ -257,11 +261,14 @@ class Lock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack = self._held.get()
-        if not stack:
+        stack = _HELD.get()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i][0] is self:
+                break
+        else:
             raise NotHeld(f"leaving a `with` block of lock {self.name!r} that this thread/task did not enter")
-        self._held.set(stack[:-1])
-        stack[-1][1].__exit__(exc_type, exc, tb)
+        _HELD.set(stack[:i] + stack[i + 1 :])
+        stack[i][2].__exit__(exc_type, exc, tb)
 
     def close(self) -> None:
         """Close connections that fencelock opened for this lock (never a client you passed in)."""
