@@ -215,3 +215,179 @@ def test_a_down_server_from_a_shared_url_is_an_error_not_a_hang() -> None:
         with pytest.raises(fencelock.BackendUnavailable):
             lock.acquire(timeout=0.1)
         lock.close()
+
+
+# -- asyncio: nothing left pending in the loop --------------------------------------------------------
+
+
+def pending_timers(loop: asyncio.AbstractEventLoop) -> int:
+    """Timers scheduled in ``loop`` and not cancelled. ``_scheduled`` is asyncio's own heap of
+    TimerHandles (BaseEventLoop); a cancelled one stays there until asyncio sweeps it, but will
+    never run and is not counted."""
+    return sum(1 for handle in loop._scheduled if not handle.cancelled())  # type: ignore[attr-defined]
+
+
+def other_tasks() -> set[asyncio.Task[Any]]:
+    current = asyncio.current_task()
+    return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+
+
+async def settle(loop: asyncio.AbstractEventLoop, timers: int, tasks: set[asyncio.Task[Any]]) -> None:
+    """Let the loop run callbacks already due (a renewer's last wake-up) for at most 200 rounds."""
+    for _ in range(200):
+        if pending_timers(loop) <= timers and other_tasks() <= tasks:
+            return
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("renew", [False, True])
+async def test_no_timer_or_task_is_left_in_the_loop_after_releases(server: Any, renew: bool) -> None:
+    url, _ = tagged_url(server)
+    loop = asyncio.get_running_loop()
+    locks = [aio.Lock(f"loop:{uuid.uuid4().hex[:8]}:{i}", url, ttl=30, renew=renew) for i in range(20)]
+    await (await locks[0].acquire()).release()  # connections opened: redis.asyncio's own state settles
+    timers, tasks = pending_timers(loop), other_tasks()
+
+    for _ in range(10):  # sequential cycles, both ways of releasing
+        for lock in locks:
+            lease = await lock.acquire()
+            await lease.release()
+            async with lock:
+                pass
+    await settle(loop, timers, tasks)
+    assert pending_timers(loop) == timers, "a timer of a released lease is still pending"
+    assert other_tasks() == tasks, "a task was left behind by a release"
+
+    async def worker(lock: aio.Lock) -> None:
+        for _ in range(10):
+            async with lock:
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(worker(lock) for lock in locks))  # 20 tasks at once
+    await settle(loop, timers, tasks)
+    assert pending_timers(loop) == timers
+    assert other_tasks() == tasks
+
+    held = [await lock.acquire() for lock in locks]
+    assert pending_timers(loop) == timers + 1, "20 leases held: one timer for all of them (the earliest deadline)"
+    for lease in held:
+        await lease.release()
+    await settle(loop, timers, tasks)
+    assert pending_timers(loop) == timers, "the last release cancels the timer"
+    for lock in locks:
+        await lock.aclose()
+
+
+async def test_a_renewed_lease_leaves_no_renewer_task_after_release(server: Any, name: str) -> None:
+    url, _ = tagged_url(server)
+    loop = asyncio.get_running_loop()
+    lock = aio.Lock(name, url, ttl=0.3, renew=0.05)
+    await (await lock.acquire()).release()
+    timers, tasks = pending_timers(loop), other_tasks()
+    for _ in range(3):
+        async with lock as lease:
+            first = lease.deadline
+            for _ in range(500):  # bounded: 5 s; the first renewal is due after 0.05 s
+                if lease.deadline > first:
+                    break
+                await asyncio.sleep(0.01)
+            assert lease.deadline > first, "renewed"
+            assert not lease.lost
+            assert any(t.get_name() == "fencelock-renewer" for t in other_tasks()), "renewing in a task"
+    await settle(loop, timers, tasks)
+    assert other_tasks() == tasks, "the renewer ended with its lease"
+    assert pending_timers(loop) == timers
+    await lock.aclose()
+
+
+async def test_a_lease_dropped_without_release_does_not_keep_the_timer(server: Any, name: str) -> None:
+    import gc
+
+    url, _ = tagged_url(server)
+    loop = asyncio.get_running_loop()
+    lock = aio.Lock(name, url, ttl=30, renew=False)
+    await (await lock.acquire()).release()
+    timers = pending_timers(loop)
+    lease = await lock.acquire()
+    assert pending_timers(loop) == timers + 1
+    server.admin.delete(f"fencelock:{{{name}}}:lock")  # the key goes; the lease object goes too
+    del lease
+    gc.collect()
+    assert pending_timers(loop) == timers, "a collected lease's deadline concerns nobody"
+    await lock.aclose()
+
+
+# -- what a name leaves in Redis ------------------------------------------------------------------------
+
+
+def name_keys(server: Any, name: str) -> set[str]:
+    return {k.decode() for k in server.admin.scan_iter(match=f"fencelock:{{{name}}}*")}
+
+
+def test_a_released_name_leaves_only_its_fence_counter_and_that_expires(server: Any, name: str) -> None:
+    from fencelock.backends.redis import RedisKeys
+    from fencelock.backends.redis.scripts import FENCE_KEEP_MS
+
+    keys = RedisKeys("fencelock:", name)
+    lock = fencelock.Lock(name, server.url, ttl=5, renew=False)
+    for _ in range(20):
+        lock.acquire().release()
+    assert name_keys(server, name) == {keys.fence}
+    pttl = server.admin.pttl(keys.fence)
+    assert FENCE_KEEP_MS - 60_000 < pttl <= FENCE_KEEP_MS + 5_000, "kept FENCE_KEEP_MS past the lease's TTL"
+    usage = server.admin.memory_usage(keys.fence)
+    assert usage is not None and usage <= 128, f"{usage} bytes for an idle name"
+    lock.close()
+
+
+def test_after_waiters_and_handoffs_only_the_counter_stays(server: Any, name: str) -> None:
+    from fencelock.backends.redis import REGISTRATION_MS, RedisKeys
+
+    keys = RedisKeys("fencelock:", name)
+    lock = fencelock.Lock(name, server.url, ttl=5, renew=False)
+    fences: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(10):
+                with lock as lease:
+                    fences.append(lease.fence)
+                    threading.Event().wait(0.001)
+        except BaseException as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(fences) == 40 and len(set(fences)) == 40
+    # a waiter that timed out leaves its registration behind for at most REGISTRATION_MS
+    holder = lock.acquire()
+    with pytest.raises(fencelock.LockTimeout):
+        fencelock.Lock(name, server.url, ttl=5).acquire(timeout=0.05)
+    holder.release()
+    end = time.monotonic() + REGISTRATION_MS / 1000 + 5
+    while name_keys(server, name) != {keys.fence} and time.monotonic() < end:
+        threading.Event().wait(0.05)
+    assert name_keys(server, name) == {keys.fence}, "wait lists and handoff notices expire"
+    lock.close()
+
+
+def test_a_counter_that_expired_still_mints_a_larger_fence(server: Any, name: str) -> None:
+    from fencelock.backends.redis import RedisKeys
+
+    keys = RedisKeys("fencelock:", name)
+    lock = fencelock.Lock(name, server.url, ttl=5, renew=False)
+    with lock as lease:
+        first = lease.fence
+    assert server.admin.pexpire(keys.fence, 1)
+    end = time.monotonic() + 5
+    while server.admin.exists(keys.fence) and time.monotonic() < end:
+        threading.Event().wait(0.01)
+    assert not server.admin.exists(keys.fence), "the counter expired"
+    with lock as lease:
+        assert lease.fence > first, "the server clock (microseconds) restarts it above the earlier fences"
+    lock.close()

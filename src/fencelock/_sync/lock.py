@@ -26,13 +26,14 @@ from .._core.params import (
     LockParams,
     check_timeout,
     check_ttl,
+    current_pid,
     lease_deadline,
     new_token,
 )
 from .._errors import AlreadyHeld, BackendError, ConfigurationError, LeaseError, LeaseLost, LockTimeout, NotHeld
-from .._metrics import instruments
+from .._metrics import instruments, span_outcome, tracing
 from ..backends import abilities, open_backend
-from ..backends.base import Backend, LockInfo
+from ..backends.base import Backend, Attempt, LockInfo
 from . import _compat
 
 __all__ = ["Lease", "Lock"]
@@ -185,9 +186,16 @@ class Lock:
         """``@lock``: run every call of ``fn`` inside ``with lock:`` (its lease: ``lock.current_lease()``)."""
         return _compat.decorate(self, fn)
 
+    def _ops(self) -> Backend:
+        """The backend to call: itself, or while a tracer provider is set, a view of it that makes
+        a span of each call (so no wrapper runs when tracing is off)."""
+        if tracing.active():
+            return TracedBackend(self._backend)
+        return self._backend
+
     def _acquire(self, wait: float) -> Lease | None:
         p = self._params
-        backend = self._backend
+        backend = self._ops()
         clock = self._clock
         token = new_token()
         started = clock()
@@ -295,7 +303,7 @@ class Lease:
         self.fence = fence
         self._deadline = deadline
         self._clock = lock._clock
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self._released = False
         self._lost_reason: str | None = None
         self._doubt: str | None = None
@@ -306,12 +314,13 @@ class Lease:
         self._cancels = 0  # cancel requests we made of the owner (see _compat.interrupt_owner)
         # One extend in flight at a time (the user's and the renewer's): the server applies them in
         # the order the client sent them, so the last reply is the last one applied.
-        self._extending = _compat.Mutex()
+        self._extending: _compat.Mutex | None = None  # made at the first extend: most leases never extend
         self._stopper: _compat.Stopper | None = None
         self._renewing = False
         self._unwatch: Callable[[], None] | None = None
         self._watch_gen = 0  # the deadline watch of this generation is the live one
-        self._timer: Any = None  # the pending deadline timer (asyncio): cancelled on release
+        self._watch_ref: Any = None  # the deadline watch's weak reference to us (asyncio)
+        self._watcher: Any = None  # and its watcher (asyncio: the loop's), told when we end
 
     def __repr__(self) -> str:
         state = "released" if self._released else ("lost" if self.lost else "held")
@@ -420,7 +429,13 @@ class Lease:
         applied it: then the lease keeps the earlier of its deadline and the one the request would
         have set, so a shorter extend whose reply was lost is believed too.
         """
-        with self._extending:
+        extending = self._extending
+        if extending is None:
+            with self._mutex:
+                if self._extending is None:
+                    self._extending = _compat.Mutex()
+                extending = self._extending
+        with extending:
             if self._released:
                 raise NotHeld(f"cannot extend lease on {self.name!r}: it was already released")
             if self._lost_reason is not None:
@@ -428,7 +443,7 @@ class Lease:
             cancels = _compat.cancel_requests()
             sent = self._clock()
             try:
-                ok = self._lock._backend.extend(self.name, self.token, max(1, int(length * 1000)))
+                ok = self._lock._ops().extend(self.name, self.token, max(1, int(length * 1000)))
             except BaseException:
                 self._set_deadline(min(self._deadline, lease_deadline(sent, length)))
                 raise
@@ -456,7 +471,7 @@ class Lease:
         self._released = True
         self._stop_background()
         was_lost = self._lost_reason
-        backend = self._lock._backend
+        backend = self._lock._ops()
         # Shielded: a cancellation while the release is in flight must not leave the key behind.
         ok = _compat.shielded(lambda: backend.release(self.name, self.token))
         log.debug("released %r fence=%d holder=%s ok=%s", self.name, self.fence, self._lock._params.label, ok)
@@ -520,16 +535,13 @@ class Lease:
             )
         delay = self._deadline - self._clock()
         if params.renew_interval is not None:
-            # The renewer starts lazily, at the first renewal: most critical sections end before
-            # it, and then no thread or task is ever created for them.
-            self._stopper = _compat.Stopper()
+            # The renewer (and its stopper) start lazily, at the first renewal: most critical
+            # sections end before it, and then no thread, task or event is ever made for them.
             delay = min(delay, params.renew_interval)
         _compat.watch_deadline(self, delay)
 
     def _stop_background(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()  # no timer is left pending for a lease that ended
+        _compat.unwatch_deadline(self)  # nothing is left pending for a lease that ended
         if self._stopper is not None:
             self._stopper.stop()
         if self._unwatch is not None:
@@ -548,10 +560,14 @@ class Lease:
         if left <= 0:
             self._mark_lost("the TTL ran out before the lease was renewed")
             return None
-        stopper = self._stopper
-        if stopper is not None and not self._renewing:
-            interval = self._lock._params.renew_interval or left
+        interval = self._lock._params.renew_interval
+        if interval is not None and not self._renewing:
             try:
+                stopper = self._stopper
+                if stopper is None:
+                    stopper = self._stopper = _compat.Stopper()
+                if self._released:  # released meanwhile (from another thread): nothing to renew
+                    return None
                 _compat.spawn(_renew_loop, weakref.ref(self), stopper, interval)
             except Exception as err:
                 log.warning(
@@ -614,7 +630,7 @@ class Lease:
             event.set()
 
     def _check_process(self) -> None:
-        if os.getpid() != self._pid:
+        if current_pid() != self._pid:
             raise NotHeld(
                 f"lease on {self.name!r} was acquired by process {self._pid}; a forked child does not "
                 "hold its parent's lock (acquire a new one in the child)"
@@ -662,6 +678,57 @@ def _renew_loop(ref: Callable[[], Lease | None], stopper: _compat.Stopper, inter
         instruments.renewed(lease.name, "ok")
         next_due = interval
         del lease
+
+
+class TracedBackend:
+    """A backend seen through spans: ``fencelock.<backend>.<op>`` around each primitive the handle
+    calls (``lock.name``, ``fencelock.outcome``, ``fencelock.fence`` when one was granted; an
+    error is recorded on its span). Made per operation, only while a tracer provider is set."""
+
+    __slots__ = ("_inner", "_prefix", "name")
+
+    def __init__(self, inner: Backend) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self._prefix = f"fencelock.{getattr(inner, 'name', 'backend')}."
+
+    def try_acquire(
+        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
+    ) -> Attempt:
+        with tracing.span(self._prefix + "try_acquire", {"lock.name": key}) as span:
+            if limit == 1 and weight == 1:  # the mutex's call, as the handle makes it untraced
+                result = self._inner.try_acquire(key, token, ttl_ms, label, queue)
+            else:
+                result = self._inner.try_acquire(key, token, ttl_ms, label, queue, limit, weight)
+            span_outcome(span, result)
+            return result
+
+    def wait(self, key: str, token: str, timeout: float) -> int | None:
+        with tracing.span(self._prefix + "wait", {"lock.name": key}) as span:
+            result = self._inner.wait(key, token, timeout)
+            span_outcome(span, result)
+            return result
+
+    def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        with tracing.span(self._prefix + "extend", {"lock.name": key}) as span:
+            result = self._inner.extend(key, token, ttl_ms)
+            span_outcome(span, result)
+            return result
+
+    def release(self, key: str, token: str) -> bool:
+        with tracing.span(self._prefix + "release", {"lock.name": key}) as span:
+            result = self._inner.release(key, token)
+            span_outcome(span, result)
+            return result
+
+    def abandon(self, key: str, token: str) -> None:
+        self._inner.abandon(key, token)
+
+    def inspect(self, key: str) -> LockInfo | None:
+        return self._inner.inspect(key)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def _unknown_acquire_arguments(unknown: dict[str, Any]) -> TypeError:

@@ -2,8 +2,8 @@
 
 The protocol lives in ``scripts.py`` (the Lua scripts); this class only runs them, with
 ``EVALSHA`` through ``execute_command`` (``Lua.sha`` is computed once, at import). A server that
-does not have a script (restarted, flushed) answers ``NOSCRIPT``; the call is then sent once as
-``EVAL``, which runs it and caches it there. redis-py's ``Script`` objects would do the same but
+does not have a script (restarted, flushed) answers ``NOSCRIPT``; the script is then loaded
+(``SCRIPT LOAD``) and the call sent once more. redis-py's ``Script`` objects would do the same but
 cost about 10 us of client time per call (and six SHA-1s per backend made); see issue 14.
 """
 
@@ -16,7 +16,6 @@ import redis.asyncio as redis_api
 from redis.exceptions import NoScriptError
 
 from ..._errors import ConfigurationError, LimitMismatch, ReplicationUnconfirmed
-from ..._metrics import traced
 from ..base import Attempt, HolderInfo, LockInfo, check_counted
 from . import shared
 from .errors import map_errors, raise_translated, text
@@ -55,6 +54,13 @@ SOCKET_TIMEOUT = 2.0
 """Seconds a URL-made client waits for one reply (connect: CONNECT_TIMEOUT). It bounds every call:
 an acquire returns within its timeout plus this (plus the cleanup grace) even when the server stops
 answering. BLPOP polls stay well below it (see ``BLOCK_CAP``)."""
+
+
+SHARED_MAX_CONNECTIONS = 2**31
+"""Connection limit of a URL's shared pool (redis-py 8 defaults to 100). Every lock of the URL in
+the process draws on this one pool, and a waiter holds a connection through each BLPOP: 300
+threads waiting would otherwise fail with "Too many connections", where a pool per lock used to
+serve them. The pool only opens what is used at once; set ``?max_connections=`` to cap it."""
 
 
 class AsyncRedisBackend:
@@ -122,6 +128,7 @@ class AsyncRedisBackend:
             kwargs = dict(client_kwargs)
             kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
             kwargs.setdefault("socket_timeout", SOCKET_TIMEOUT)
+            kwargs.setdefault("max_connections", SHARED_MAX_CONNECTIONS)  # a URL's ?max_connections= wins
             client = redis_api.Redis.from_url(plain, **kwargs)
             replicas = int(ours.get("wait_replicas", "0") or 0)
             timeout = float(ours.get("wait_timeout", DEFAULT_WAIT_TIMEOUT) or DEFAULT_WAIT_TIMEOUT)
@@ -143,7 +150,6 @@ class AsyncRedisBackend:
             keys = self._keys[name] = RedisKeys(self.prefix, name)
         return keys
 
-    @traced("try_acquire")
     async def try_acquire(
         self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
     ) -> Attempt:
@@ -180,7 +186,6 @@ class AsyncRedisBackend:
             granted, value = await self._eval("acquire", _ACQUIRE_COUNTED, k.all9(), args)
         return _attempt(key, limit, int(granted), int(value))
 
-    @traced("wait")
     async def wait(self, key: str, token: str, timeout: float) -> int | None:
         """BLPOP on our wake list; a pop means RELEASE already made the lock ours (the fence)."""
         block = max(0.01, min(timeout, self._block_cap))
@@ -199,12 +204,14 @@ class AsyncRedisBackend:
 
     async def _retry(self, err: Exception, what: str, script: Lua, keys: list[str], args: list[Any]) -> Any:
         """After an EVALSHA raised ``err``: a server without the script (restarted, flushed, a new
-        Cluster node) gets it once as EVAL, which also caches it there; any other error is
+        Cluster node) gets it with SCRIPT LOAD, and the EVALSHA is sent again (not EVAL: the
+        minimal ACL in the README grants EVALSHA and SCRIPT LOAD only); any other error is
         translated into fencelock's tree."""
         if not isinstance(err, NoScriptError):
             raise_translated(err, what)
         with map_errors(what):
-            return await self.client.execute_command("EVAL", script.source, len(keys), *keys, *args)
+            await self.client.script_load(script.source)  # a Cluster client loads it on every primary
+            return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def _replicated(self, key: str, what: str, script: Lua, keys: list[str], args: list[Any]) -> Any:
         """Run ``script`` then ``WAIT`` in one pipeline: WAIT counts only the writes sent on its own
@@ -248,7 +255,6 @@ class AsyncRedisBackend:
     async def abandon(self, key: str, token: str) -> None:
         await self._eval("abandon", _ABANDON, self.keys(key).all4(), [token])
 
-    @traced("extend")
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         k = self._keys.get(key) or self.keys(key)
         try:
@@ -257,7 +263,6 @@ class AsyncRedisBackend:
             done = await self._retry(err, "extend", _EXTEND, [k.lock], [token, ttl_ms])
         return int(done) == 1
 
-    @traced("release")
     async def release(self, key: str, token: str) -> bool:
         k = self._keys.get(key) or self.keys(key)
         try:

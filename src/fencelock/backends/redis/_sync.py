@@ -3,8 +3,8 @@
 
 The protocol lives in ``scripts.py`` (the Lua scripts); this class only runs them, with
 ``EVALSHA`` through ``execute_command`` (``Lua.sha`` is computed once, at import). A server that
-does not have a script (restarted, flushed) answers ``NOSCRIPT``; the call is then sent once as
-``EVAL``, which runs it and caches it there. redis-py's ``Script`` objects would do the same but
+does not have a script (restarted, flushed) answers ``NOSCRIPT``; the script is then loaded
+(``SCRIPT LOAD``) and the call sent once more. redis-py's ``Script`` objects would do the same but
 cost about 10 us of client time per call (and six SHA-1s per backend made); see issue 14.
 """
 
@@ -17,7 +17,6 @@ import redis as redis_api
 from redis.exceptions import NoScriptError
 
 from ..._errors import ConfigurationError, LimitMismatch, ReplicationUnconfirmed
-from ..._metrics import traced
 from ..base import Attempt, HolderInfo, LockInfo, check_counted
 from . import shared
 from .errors import map_errors, raise_translated, text
@@ -56,6 +55,13 @@ SOCKET_TIMEOUT = 2.0
 """Seconds a URL-made client waits for one reply (connect: CONNECT_TIMEOUT). It bounds every call:
 an acquire returns within its timeout plus this (plus the cleanup grace) even when the server stops
 answering. BLPOP polls stay well below it (see ``BLOCK_CAP``)."""
+
+
+SHARED_MAX_CONNECTIONS = 2**31
+"""Connection limit of a URL's shared pool (redis-py 8 defaults to 100). Every lock of the URL in
+the process draws on this one pool, and a waiter holds a connection through each BLPOP: 300
+threads waiting would otherwise fail with "Too many connections", where a pool per lock used to
+serve them. The pool only opens what is used at once; set ``?max_connections=`` to cap it."""
 
 
 class RedisBackend:
@@ -123,6 +129,7 @@ class RedisBackend:
             kwargs = dict(client_kwargs)
             kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
             kwargs.setdefault("socket_timeout", SOCKET_TIMEOUT)
+            kwargs.setdefault("max_connections", SHARED_MAX_CONNECTIONS)  # a URL's ?max_connections= wins
             client = redis_api.Redis.from_url(plain, **kwargs)
             replicas = int(ours.get("wait_replicas", "0") or 0)
             timeout = float(ours.get("wait_timeout", DEFAULT_WAIT_TIMEOUT) or DEFAULT_WAIT_TIMEOUT)
@@ -144,7 +151,6 @@ class RedisBackend:
             keys = self._keys[name] = RedisKeys(self.prefix, name)
         return keys
 
-    @traced("try_acquire")
     def try_acquire(
         self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
     ) -> Attempt:
@@ -181,7 +187,6 @@ class RedisBackend:
             granted, value = self._eval("acquire", _ACQUIRE_COUNTED, k.all9(), args)
         return _attempt(key, limit, int(granted), int(value))
 
-    @traced("wait")
     def wait(self, key: str, token: str, timeout: float) -> int | None:
         """BLPOP on our wake list; a pop means RELEASE already made the lock ours (the fence)."""
         block = max(0.01, min(timeout, self._block_cap))
@@ -200,12 +205,14 @@ class RedisBackend:
 
     def _retry(self, err: Exception, what: str, script: Lua, keys: list[str], args: list[Any]) -> Any:
         """After an EVALSHA raised ``err``: a server without the script (restarted, flushed, a new
-        Cluster node) gets it once as EVAL, which also caches it there; any other error is
+        Cluster node) gets it with SCRIPT LOAD, and the EVALSHA is sent again (not EVAL: the
+        minimal ACL in the README grants EVALSHA and SCRIPT LOAD only); any other error is
         translated into fencelock's tree."""
         if not isinstance(err, NoScriptError):
             raise_translated(err, what)
         with map_errors(what):
-            return self.client.execute_command("EVAL", script.source, len(keys), *keys, *args)
+            self.client.script_load(script.source)  # a Cluster client loads it on every primary
+            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def _replicated(self, key: str, what: str, script: Lua, keys: list[str], args: list[Any]) -> Any:
         """Run ``script`` then ``WAIT`` in one pipeline: WAIT counts only the writes sent on its own
@@ -249,7 +256,6 @@ class RedisBackend:
     def abandon(self, key: str, token: str) -> None:
         self._eval("abandon", _ABANDON, self.keys(key).all4(), [token])
 
-    @traced("extend")
     def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         k = self._keys.get(key) or self.keys(key)
         try:
@@ -258,7 +264,6 @@ class RedisBackend:
             done = self._retry(err, "extend", _EXTEND, [k.lock], [token, ttl_ms])
         return int(done) == 1
 
-    @traced("release")
     def release(self, key: str, token: str) -> bool:
         k = self._keys.get(key) or self.keys(key)
         try:
