@@ -72,8 +72,8 @@ local function now_us()
 end
 -- next fence: max(last + 1, server clock in us); stored before it is returned, kept for the
 -- lease's ttl ms plus FENCE_KEEP_MS (see the package docstring: an idle name's memory)
-local function mint(fence_key, now, ttl)
-  local f = (tonumber(redis.call('GET', fence_key) or '0') or 0) + 1
+local function mint(fence_key, now, ttl, last)
+  local f = (last or tonumber(redis.call('GET', fence_key) or '0') or 0) + 1
   if now > f then f = now end
   local s = string.format('%.0f', f)
   redis.call('SET', fence_key, s, 'PX', string.format('%.0f', ttl + FENCE_KEEP_MS_VALUE))
@@ -293,9 +293,11 @@ _RELEASE_FN = (
     """
 -- release the lock held by `token`, in whichever layout: the mutex's is handed to the first live
 -- waiter (for that waiter's TTL, under its label), else deleted. returns 0 (not ours: nothing
--- changed), 1 (released), 2 (handed over); `settle` as for crelease
-local function release(lock, fence_key, queue, alive, token, settle)
-  if not owns(redis.call('GET', lock), token) then
+-- changed), 1 (released), 2 (handed over); `settle` as for crelease. `cur` and `queued`: what the
+-- caller already read of the lock and the queue (nil: read them here)
+local function release(lock, fence_key, queue, alive, token, settle, cur, queued)
+  if cur == nil then cur = redis.call('GET', lock) end
+  if not owns(cur, token) then
     -- a lost mutex lease lands here too: answer it without building the counted functions
     if not settle and not redis.call('HGET', string.sub(lock, 1, -5) .. 'leases', token) then return 0 end
 """
@@ -303,7 +305,8 @@ local function release(lock, fence_key, queue, alive, token, settle)
     + """
     return crelease(counted_keys(lock), fence_key, lock, token, settle)
   end
-  if redis.call('EXISTS', queue) == 0 then
+  if queued == nil then queued = redis.call('EXISTS', queue) == 1 end
+  if not queued then
     redis.call('DEL', lock)
     return 1
   end
@@ -316,7 +319,9 @@ local function release(lock, fence_key, queue, alive, token, settle)
     return 1
   end
   local _, ttl, label = string.match(reg, '^(%d+)|(%d+)|(.*)$')
-  local f = mint(fence_key, now, tonumber(ttl))
+  -- the holder's fence is the last one minted for the name (while the mutex is held nothing else
+  -- mints: a counted request meets LimitMismatch), so the counter need not be read
+  local f = mint(fence_key, now, tonumber(ttl), tonumber(string.match(string.sub(cur, #token + 2), '^(%d+)')))
   redis.call('SET', lock, h .. ':' .. f .. ':' .. label, 'PX', ttl)
   redis.call('ZREM', queue, h)
   redis.call('HDEL', alive, h)
@@ -566,7 +571,8 @@ RELEASE = (
 --         1 when released; 2 when released and handed over to waiters
 -- ours and nobody waits (the common case, as release() below does it): delete
 local cur = redis.call('GET', KEYS[1])
-if cur and string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. ':' and redis.call('EXISTS', KEYS[3]) == 0 then
+local mine = cur and string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. ':'
+if mine and redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('DEL', KEYS[1])
   return 1
 end
@@ -574,7 +580,7 @@ end
     + _PREAMBLE
     + _RELEASE_FN
     + """
-return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], false)
+return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], false, cur or false, mine and true or nil)
 """
 )
 
