@@ -173,6 +173,9 @@ class _LoopWatcher:
             return
         ref = obj._watch_ref
         if ref is not None:
+            # Dropped here, so that once the heap lets go of it too, the reference dies before
+            # the lease and its callback (``_collected``) never runs for a lease that ended.
+            obj._watch_ref = None
             self._forget(ref)
 
     def _collected(self, ref: weakref.ref[Any]) -> None:
@@ -313,8 +316,10 @@ def cancel_requests() -> int:
     """How many cancellations of the current task are pending (Python 3.11+; 0 before, where
     asyncio keeps no count). Taken before a call, compared after it by ``check_cancel``."""
     task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return int(cancelling()) if cancelling is not None else 0
+    try:
+        return int(task.cancelling())  # type: ignore[union-attr]
+    except AttributeError:  # Python 3.10, a task without the count, or no task at all
+        return 0
 
 
 def check_cancel(before: int) -> None:

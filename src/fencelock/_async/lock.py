@@ -237,10 +237,14 @@ class AsyncLock:
                     if not renewed:
                         continue
                 return self._granted(token, fence, sent, started)
-        except BaseException:
+        except BaseException as err:
             # The request in flight may have succeeded on the server (we just never heard back), or
             # we may sit in the queue: leave nothing behind that would block the others.
             await _compat.run_cleanup(lambda: backend.abandon(p.name, token))
+            if not isinstance(err, _compat.Cancelled):
+                # A library that swallowed a cancellation may fail instead (a call cut short ends in
+                # BackendUnavailable): the task was asked to stop, so it stops (the error is chained).
+                _compat.check_cancel(cancels)
             raise
         if queue:  # timed out: leave the queue (and pass on a grant that raced the timeout)
             await _compat.run_cleanup(lambda: backend.abandon(p.name, token))
@@ -443,8 +447,10 @@ class AsyncLease:
             sent = self._clock()
             try:
                 ok = await self._lock._ops().extend(self.name, self.token, max(1, int(length * 1000)))
-            except BaseException:
+            except BaseException as err:
                 self._set_deadline(min(self._deadline, lease_deadline(sent, length)))
+                if not isinstance(err, _compat.Cancelled):
+                    _compat.check_cancel(cancels)  # as in _acquire: a swallowed cancellation still stops us
                 raise
             if ok:
                 self._set_deadline(lease_deadline(sent, length))
