@@ -7,8 +7,11 @@ Metrics (meter ``fencelock``): ``fencelock.acquire.duration`` (histogram, s; ``o
 ``fencelock.renewals`` (``outcome`` ok/lost/error), ``fencelock.leases.lost``,
 ``fencelock.fencing.rejected`` (``resource``).
 
-Spans (tracer ``fencelock``), made only once the application has set a tracer provider, so the
-uncontended path pays one attribute read when tracing is off:
+Metrics are recorded only once the application has set a meter provider, and spans made only once
+it has set a tracer provider: until then the hot path pays two attribute reads, no wrapper, no
+call into the API's proxies (issue 14).
+
+Spans (tracer ``fencelock``):
 
 - ``fencelock.acquire``: the whole acquire, waiting included (``lock.name``, ``fencelock.outcome``
   ok/timeout, ``fencelock.wait_s``);
@@ -19,15 +22,11 @@ uncontended path pays one attribute read when tracing is off:
 
 from __future__ import annotations
 
-import functools
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-__all__ = ["instruments", "traced", "tracing"]
-
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["instruments", "span_outcome", "tracing"]
 
 
 class _Instruments:
@@ -36,10 +35,15 @@ class _Instruments:
         self._renew: Any = None
         self._lost: Any = None
         self._stale: Any = None
+        self._api: Any = None
         try:
             from opentelemetry import metrics
+            from opentelemetry.metrics import _internal as api
         except ImportError:  # the API package is optional
             return
+        self._api = api
+        if os.environ.get("OTEL_PYTHON_METER_PROVIDER"):
+            metrics.get_meter_provider()  # the provider named by the environment is loaded lazily
         meter = metrics.get_meter("fencelock")
         self._acquire = meter.create_histogram(
             "fencelock.acquire.duration", unit="s", description="time from acquire() to outcome"
@@ -50,8 +54,13 @@ class _Instruments:
             "fencelock.fencing.rejected", description="writes refused by the storage for a stale fence"
         )
 
+    def active(self) -> bool:
+        """True once the application set a meter provider (until then records would be dropped).
+        Reads the API's global; if a future API renames it, we always record (correct, a bit slower)."""
+        return self._api is not None and getattr(self._api, "_METER_PROVIDER", True) is not None
+
     def acquired(self, name: str, outcome: str, seconds: float) -> None:
-        if self._acquire is not None:
+        if self._acquire is not None and self.active():
             self._acquire.record(seconds, {"lock.name": name, "outcome": outcome})
         if tracing.active():
             tracing.finished(
@@ -107,7 +116,8 @@ class _Tracing:
         span.end(end_time=end)
 
 
-def _outcome(span: Any, result: Any) -> None:
+def span_outcome(span: Any, result: Any) -> None:
+    """Record what a backend primitive answered on its span (never the token)."""
     fence = getattr(result, "fence", None)
     if hasattr(result, "fence"):  # an Attempt
         span.set_attribute("fencelock.outcome", "granted" if fence is not None else "busy")
@@ -115,47 +125,6 @@ def _outcome(span: Any, result: Any) -> None:
         span.set_attribute("fencelock.outcome", "ok" if result else "not_ours")
     if isinstance(fence, int):
         span.set_attribute("fencelock.fence", fence)
-
-
-def traced(op: str) -> Callable[[F], F]:
-    """Decorate a backend primitive ``(self, key, ...)``, sync or async, with a span per call.
-
-    With tracing off the wrapper calls straight through (for a coroutine function it returns the
-    coroutine itself: no extra frame). The token and other arguments never reach the span.
-    """
-
-    def decorate(fn: F) -> F:
-        is_async = _is_coroutine_function(fn)
-
-        @functools.wraps(fn)
-        def call(self: Any, key: str, *args: Any, **kwargs: Any) -> Any:
-            if not tracing.active():
-                return fn(self, key, *args, **kwargs)
-            name = f"fencelock.{getattr(self, 'name', 'backend')}.{op}"
-            attributes = {"lock.name": key}
-            if is_async:
-                return _traced_async(name, attributes, fn(self, key, *args, **kwargs))
-            with tracing.span(name, attributes) as span:
-                result = fn(self, key, *args, **kwargs)
-                _outcome(span, result)
-                return result
-
-        return call  # type: ignore[return-value]
-
-    return decorate
-
-
-async def _traced_async(name: str, attributes: dict[str, Any], coro: Awaitable[Any]) -> Any:
-    with tracing.span(name, attributes) as span:
-        result = await coro
-        _outcome(span, result)
-        return result
-
-
-def _is_coroutine_function(fn: Any) -> bool:
-    import inspect
-
-    return inspect.iscoroutinefunction(fn)
 
 
 tracing = _Tracing()

@@ -25,13 +25,14 @@ from .._core.params import (
     LockParams,
     check_timeout,
     check_ttl,
+    current_pid,
     lease_deadline,
     new_token,
 )
 from .._errors import AlreadyHeld, BackendError, ConfigurationError, LeaseError, LeaseLost, LockTimeout, NotHeld
-from .._metrics import instruments
+from .._metrics import instruments, span_outcome, tracing
 from ..backends import abilities, open_async_backend
-from ..backends.base import AsyncBackend, LockInfo
+from ..backends.base import AsyncBackend, Attempt, LockInfo
 from . import _compat
 
 __all__ = ["AsyncLease", "AsyncLock"]
@@ -39,6 +40,18 @@ __all__ = ["AsyncLease", "AsyncLock"]
 log = logging.getLogger("fencelock")
 
 LostCallback = Callable[["AsyncLease"], None]
+
+_HELD: contextvars.ContextVar[tuple[tuple[AsyncLock, int, AsyncLease], ...]] = contextvars.ContextVar(
+    "fencelock_held", default=()
+)
+"""Leases entered with ``with lock`` in this context, innermost last: (lock, who entered, lease).
+
+One variable for every lock (a ContextVar per lock cost a microsecond to make, and a lock is made
+per name). A lock looks only at its own entries, and among them only at those its own thread or
+task entered: a Lock shared by several threads/tasks must never pop another's lease (one whose
+lease expired inside the block would otherwise release its successor's lock on exit), and a child
+task inherits a copy of its parent's context, so it must neither pop nor count as holding its
+parent's lease."""
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -104,14 +117,6 @@ class AsyncLock:
         # ReadWriteLock set these. The mutex calls the backend without them (its fast path).
         self._limit = 1
         self._weight = 1
-        # Leases entered with ``with lock`` by *this* thread or task: a Lock shared by several
-        # threads/tasks must never pop another's lease (one whose lease expired inside the block
-        # would otherwise release its successor's lock on exit).
-        # Each entry says which thread or task entered it: a child task inherits a copy of its
-        # parent's context, and must neither pop nor count as holding its parent's lease.
-        self._held: contextvars.ContextVar[tuple[tuple[int, AsyncLease], ...]] = contextvars.ContextVar(
-            "fencelock_held", default=()
-        )
 
     @property
     def name(self) -> str:
@@ -155,12 +160,12 @@ class AsyncLock:
         return await self._acquire(0.0)
 
     def _refuse_reentry(self) -> None:
-        stack = self._held.get()
+        stack = _HELD.get()
         if not stack:
             return
         me = _compat.current_owner_id()
-        for owner, lease in stack:
-            if owner == me and not lease._released and not lease.lost:
+        for lock, owner, lease in stack:
+            if lock is self and owner == me and not lease._released and not lease.lost:
                 raise AlreadyHeld(
                     f"lock {self.name!r} is already held by this {_compat.OWNER_KIND} (fence {lease.fence}): "
                     "fencelock locks are not reentrant; use the lease you hold (lock.current_lease()), or "
@@ -171,8 +176,8 @@ class AsyncLock:
         """The lease this thread or task holds through its innermost ``with lock:`` block (or a
         call of a function decorated with ``@lock``), else None."""
         me = _compat.current_owner_id()
-        for owner, lease in reversed(self._held.get()):
-            if owner == me:
+        for lock, owner, lease in reversed(_HELD.get()):
+            if lock is self and owner == me:
                 return lease
         return None
 
@@ -180,9 +185,16 @@ class AsyncLock:
         """``@lock``: run every call of ``fn`` inside ``with lock:`` (its lease: ``lock.current_lease()``)."""
         return _compat.decorate(self, fn)
 
+    def _ops(self) -> AsyncBackend:
+        """The backend to call: itself, or while a tracer provider is set, a view of it that makes
+        a span of each call (so no wrapper runs when tracing is off)."""
+        if tracing.active():
+            return AsyncTracedBackend(self._backend)
+        return self._backend
+
     async def _acquire(self, wait: float) -> AsyncLease | None:
         p = self._params
-        backend = self._backend
+        backend = self._ops()
         clock = self._clock
         token = new_token()
         started = clock()
@@ -225,10 +237,14 @@ class AsyncLock:
                     if not renewed:
                         continue
                 return self._granted(token, fence, sent, started)
-        except BaseException:
+        except BaseException as err:
             # The request in flight may have succeeded on the server (we just never heard back), or
             # we may sit in the queue: leave nothing behind that would block the others.
             await _compat.run_cleanup(lambda: backend.abandon(p.name, token))
+            if not isinstance(err, _compat.Cancelled):
+                # A library that swallowed a cancellation may fail instead (a call cut short ends in
+                # BackendUnavailable): the task was asked to stop, so it stops (the error is chained).
+                _compat.check_cancel(cancels)
             raise
         if queue:  # timed out: leave the queue (and pass on a grant that raced the timeout)
             await _compat.run_cleanup(lambda: backend.abandon(p.name, token))
@@ -247,7 +263,7 @@ class AsyncLock:
 
     async def __aenter__(self) -> AsyncLease:
         lease = await self.acquire()
-        self._held.set((*self._held.get(), (_compat.current_owner_id(), lease)))
+        _HELD.set((*_HELD.get(), (self, _compat.current_owner_id(), lease)))
         return lease
 
     async def __aexit__(
@@ -256,11 +272,14 @@ class AsyncLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack = self._held.get()
-        if not stack:
+        stack = _HELD.get()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i][0] is self:
+                break
+        else:
             raise NotHeld(f"leaving a `with` block of lock {self.name!r} that this thread/task did not enter")
-        self._held.set(stack[:-1])
-        await stack[-1][1].__aexit__(exc_type, exc, tb)
+        _HELD.set(stack[:i] + stack[i + 1 :])
+        await stack[i][2].__aexit__(exc_type, exc, tb)
 
     async def aclose(self) -> None:
         """Close connections that fencelock opened for this lock (never a client you passed in)."""
@@ -287,7 +306,7 @@ class AsyncLease:
         self.fence = fence
         self._deadline = deadline
         self._clock = lock._clock
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self._released = False
         self._lost_reason: str | None = None
         self._doubt: str | None = None
@@ -298,12 +317,13 @@ class AsyncLease:
         self._cancels = 0  # cancel requests we made of the owner (see _compat.interrupt_owner)
         # One extend in flight at a time (the user's and the renewer's): the server applies them in
         # the order the client sent them, so the last reply is the last one applied.
-        self._extending = _compat.Mutex()
+        self._extending: _compat.Mutex | None = None  # made at the first extend: most leases never extend
         self._stopper: _compat.AsyncStopper | None = None
         self._renewing = False
         self._unwatch: Callable[[], None] | None = None
         self._watch_gen = 0  # the deadline watch of this generation is the live one
-        self._timer: Any = None  # the pending deadline timer (asyncio): cancelled on release
+        self._watch_ref: Any = None  # the deadline watch's weak reference to us (asyncio)
+        self._watcher: Any = None  # and its watcher (asyncio: the loop's), told when we end
 
     def __repr__(self) -> str:
         state = "released" if self._released else ("lost" if self.lost else "held")
@@ -412,7 +432,13 @@ class AsyncLease:
         applied it: then the lease keeps the earlier of its deadline and the one the request would
         have set, so a shorter extend whose reply was lost is believed too.
         """
-        async with self._extending:
+        extending = self._extending
+        if extending is None:
+            with self._mutex:
+                if self._extending is None:
+                    self._extending = _compat.Mutex()
+                extending = self._extending
+        async with extending:
             if self._released:
                 raise NotHeld(f"cannot extend lease on {self.name!r}: it was already released")
             if self._lost_reason is not None:
@@ -420,9 +446,11 @@ class AsyncLease:
             cancels = _compat.cancel_requests()
             sent = self._clock()
             try:
-                ok = await self._lock._backend.extend(self.name, self.token, max(1, int(length * 1000)))
-            except BaseException:
+                ok = await self._lock._ops().extend(self.name, self.token, max(1, int(length * 1000)))
+            except BaseException as err:
                 self._set_deadline(min(self._deadline, lease_deadline(sent, length)))
+                if not isinstance(err, _compat.Cancelled):
+                    _compat.check_cancel(cancels)  # as in _acquire: a swallowed cancellation still stops us
                 raise
             if ok:
                 self._set_deadline(lease_deadline(sent, length))
@@ -448,7 +476,7 @@ class AsyncLease:
         self._released = True
         self._stop_background()
         was_lost = self._lost_reason
-        backend = self._lock._backend
+        backend = self._lock._ops()
         # Shielded: a cancellation while the release is in flight must not leave the key behind.
         ok = await _compat.shielded(lambda: backend.release(self.name, self.token))
         log.debug("released %r fence=%d holder=%s ok=%s", self.name, self.fence, self._lock._params.label, ok)
@@ -512,16 +540,13 @@ class AsyncLease:
             )
         delay = self._deadline - self._clock()
         if params.renew_interval is not None:
-            # The renewer starts lazily, at the first renewal: most critical sections end before
-            # it, and then no thread or task is ever created for them.
-            self._stopper = _compat.AsyncStopper()
+            # The renewer (and its stopper) start lazily, at the first renewal: most critical
+            # sections end before it, and then no thread, task or event is ever made for them.
             delay = min(delay, params.renew_interval)
         _compat.watch_deadline(self, delay)
 
     def _stop_background(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()  # no timer is left pending for a lease that ended
+        _compat.unwatch_deadline(self)  # nothing is left pending for a lease that ended
         if self._stopper is not None:
             self._stopper.stop()
         if self._unwatch is not None:
@@ -540,10 +565,14 @@ class AsyncLease:
         if left <= 0:
             self._mark_lost("the TTL ran out before the lease was renewed")
             return None
-        stopper = self._stopper
-        if stopper is not None and not self._renewing:
-            interval = self._lock._params.renew_interval or left
+        interval = self._lock._params.renew_interval
+        if interval is not None and not self._renewing:
             try:
+                stopper = self._stopper
+                if stopper is None:
+                    stopper = self._stopper = _compat.AsyncStopper()
+                if self._released:  # released meanwhile (from another thread): nothing to renew
+                    return None
                 _compat.spawn(_renew_loop, weakref.ref(self), stopper, interval)
             except Exception as err:
                 log.warning(
@@ -606,7 +635,7 @@ class AsyncLease:
             event.set()
 
     def _check_process(self) -> None:
-        if os.getpid() != self._pid:
+        if current_pid() != self._pid:
             raise NotHeld(
                 f"lease on {self.name!r} was acquired by process {self._pid}; a forked child does not "
                 "hold its parent's lock (acquire a new one in the child)"
@@ -654,6 +683,57 @@ async def _renew_loop(ref: Callable[[], AsyncLease | None], stopper: _compat.Asy
         instruments.renewed(lease.name, "ok")
         next_due = interval
         del lease
+
+
+class AsyncTracedBackend:
+    """A backend seen through spans: ``fencelock.<backend>.<op>`` around each primitive the handle
+    calls (``lock.name``, ``fencelock.outcome``, ``fencelock.fence`` when one was granted; an
+    error is recorded on its span). Made per operation, only while a tracer provider is set."""
+
+    __slots__ = ("_inner", "_prefix", "name")
+
+    def __init__(self, inner: AsyncBackend) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self._prefix = f"fencelock.{getattr(inner, 'name', 'backend')}."
+
+    async def try_acquire(
+        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
+    ) -> Attempt:
+        with tracing.span(self._prefix + "try_acquire", {"lock.name": key}) as span:
+            if limit == 1 and weight == 1:  # the mutex's call, as the handle makes it untraced
+                result = await self._inner.try_acquire(key, token, ttl_ms, label, queue)
+            else:
+                result = await self._inner.try_acquire(key, token, ttl_ms, label, queue, limit, weight)
+            span_outcome(span, result)
+            return result
+
+    async def wait(self, key: str, token: str, timeout: float) -> int | None:
+        with tracing.span(self._prefix + "wait", {"lock.name": key}) as span:
+            result = await self._inner.wait(key, token, timeout)
+            span_outcome(span, result)
+            return result
+
+    async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        with tracing.span(self._prefix + "extend", {"lock.name": key}) as span:
+            result = await self._inner.extend(key, token, ttl_ms)
+            span_outcome(span, result)
+            return result
+
+    async def release(self, key: str, token: str) -> bool:
+        with tracing.span(self._prefix + "release", {"lock.name": key}) as span:
+            result = await self._inner.release(key, token)
+            span_outcome(span, result)
+            return result
+
+    async def abandon(self, key: str, token: str) -> None:
+        await self._inner.abandon(key, token)
+
+    async def inspect(self, key: str) -> LockInfo | None:
+        return await self._inner.inspect(key)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def _unknown_acquire_arguments(unknown: dict[str, Any]) -> TypeError:

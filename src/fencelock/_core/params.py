@@ -8,10 +8,8 @@ from __future__ import annotations
 import math
 import os
 import random
-import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .._errors import ConfigurationError
 
@@ -26,6 +24,7 @@ __all__ = [
     "check_name",
     "check_timeout",
     "check_ttl",
+    "current_pid",
     "lease_deadline",
     "new_token",
 ]
@@ -47,13 +46,45 @@ Clock = Callable[[], float]
 
 
 def new_token() -> str:
-    """128 random bits from the OS CSPRNG, hex: unguessable, fixed length (32 characters)."""
-    return secrets.token_hex(16)
+    """128 random bits from the OS CSPRNG, hex: unguessable, fixed length (32 characters).
+    (``secrets.token_hex`` is this, two calls deeper: a token is made per acquire.)"""
+    return _urandom(16).hex()
+
+
+_urandom = os.urandom
+
+
+class _Process:
+    """This process's pid, kept current across ``fork`` (``os.getpid()`` is a system call, and
+    every lease checks it when it is made and released)."""
+
+    pid = os.getpid()
+
+
+def _forked() -> None:
+    _Process.pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+def current_pid() -> int:
+    """``os.getpid()``, without the system call."""
+    return _Process.pid
+
+
+_label: tuple[int, str] = (0, "")
 
 
 def default_label() -> str:
-    """Who holds the lock, for operators: ``hostname:pid``. Stored with the lock, never the token."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who holds the lock, for operators: ``hostname:pid``. Stored with the lock, never the token.
+    Computed once per process (a forked child has another pid, so it computes its own)."""
+    global _label
+    pid = os.getpid()
+    if _label[0] != pid:
+        _label = (pid, f"{socket.gethostname()}:{pid}")
+    return _label[1]
 
 
 def lease_deadline(sent_at: float, ttl: float) -> float:
@@ -70,19 +101,36 @@ def backoff(attempt: int, base: float = 0.005, cap: float = 0.25) -> float:
     return random.uniform(0, min(cap, base * (2 ** min(attempt, 16))))
 
 
-@dataclass(frozen=True, slots=True)
 class LockParams:
-    """Validated settings of one lock. Construct with ``LockParams.make``."""
+    """Validated settings of one lock. Construct with ``LockParams.make``; treat as read-only.
 
-    name: str
-    ttl: float
-    renew_interval: float | None
-    acquire_timeout: float
-    label: str
+    A plain class with slots (not a frozen dataclass, whose ``__init__`` sets each field through
+    ``object.__setattr__``), and ``ttl_ms`` computed once: a lock is made per name, and its
+    settings are read on every acquire."""
 
-    @property
-    def ttl_ms(self) -> int:
-        return max(1, int(self.ttl * 1000))
+    __slots__ = ("acquire_timeout", "label", "name", "renew_interval", "ttl", "ttl_ms")
+
+    def __init__(self, name: str, ttl: float, renew_interval: float | None, acquire_timeout: float, label: str) -> None:
+        self.name = name
+        self.ttl = ttl
+        self.renew_interval = renew_interval
+        self.acquire_timeout = acquire_timeout
+        self.label = label
+        self.ttl_ms = max(1, int(ttl * 1000))
+
+    def __repr__(self) -> str:
+        return (
+            f"LockParams(name={self.name!r}, ttl={self.ttl!r}, renew_interval={self.renew_interval!r}, "
+            f"acquire_timeout={self.acquire_timeout!r}, label={self.label!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LockParams):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in LockParams.__slots__)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.ttl, self.renew_interval, self.acquire_timeout, self.label))
 
     @staticmethod
     def make(
@@ -93,25 +141,48 @@ class LockParams:
         label: str | None,
     ) -> LockParams:
         check_name(name)
-        ttl = check_ttl(ttl)
-        interval: float | None
-        if renew is True:
-            interval = ttl / 3
-        elif renew is False or renew is None:
-            interval = None
-        else:
-            if isinstance(renew, bool) or not isinstance(renew, (int, float)) or not math.isfinite(renew) or renew <= 0:
-                raise ConfigurationError(f"renew must be True, False or a positive interval in seconds, got {renew!r}")
-            if renew > ttl * RENEW_MARGIN:
-                raise ConfigurationError(
-                    f"renew interval {renew!r} s leaves no margin in a {ttl:g} s lease: a renewal must be able to "
-                    f"fail once and be retried before the lease ends, so the interval is at most ttl/2 "
-                    f"({ttl * RENEW_MARGIN:.3g} s); renew=True (ttl/3, {ttl / 3:.3g} s) leaves room for two "
-                    "failed attempts"
-                )
-            interval = float(renew)
-        check_timeout(acquire_timeout, "acquire_timeout")
-        return LockParams(name, ttl, interval, float(acquire_timeout), check_label(label))
+        # Everything but the name is usually the same for every lock of a program: validated once.
+        # Keys carry the types, so renew=True and renew=1 (a 1 s interval) stay apart.
+        key = (type(ttl), ttl, type(renew), renew, type(acquire_timeout), acquire_timeout, label)
+        try:
+            settings = _settings.get(key)
+        except TypeError:  # an unhashable argument: validation below says what is wrong with it
+            settings = None
+        if settings is None:
+            settings = _validate(ttl, renew, acquire_timeout, label)
+            if len(_settings) < 256:
+                _settings[key] = settings
+        if not label:
+            return LockParams(name, settings[0], settings[1], settings[2], default_label())
+        return LockParams(name, *settings)
+
+
+_settings: dict[tuple[object, ...], tuple[float, float | None, float, str]] = {}
+
+
+def _validate(
+    ttl: float, renew: bool | float, acquire_timeout: float, label: str | None
+) -> tuple[float, float | None, float, str]:
+    ttl = check_ttl(ttl)
+    interval: float | None
+    if renew is True:
+        interval = ttl / 3
+    elif renew is False or renew is None:
+        interval = None
+    else:
+        if isinstance(renew, bool) or not isinstance(renew, (int, float)) or not math.isfinite(renew) or renew <= 0:
+            raise ConfigurationError(f"renew must be True, False or a positive interval in seconds, got {renew!r}")
+        if renew > ttl * RENEW_MARGIN:
+            raise ConfigurationError(
+                f"renew interval {renew!r} s leaves no margin in a {ttl:g} s lease: a renewal must be able to "
+                f"fail once and be retried before the lease ends, so the interval is at most ttl/2 "
+                f"({ttl * RENEW_MARGIN:.3g} s); renew=True (ttl/3, {ttl / 3:.3g} s) leaves room for two "
+                "failed attempts"
+            )
+        interval = float(renew)
+    check_timeout(acquire_timeout, "acquire_timeout")
+    # The default label (hostname:pid) is not cached with the settings: a forked child has its own pid.
+    return ttl, interval, float(acquire_timeout), check_label(label) if label else label  # type: ignore[return-value]
 
 
 MAX_TTL = 30 * 86400.0

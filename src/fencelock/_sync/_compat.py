@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import heapq
 import inspect
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -96,61 +98,87 @@ def spawn(fn: Callable[..., None], *args: Any) -> None:
 
 class _DeadlineWatcher:
     """One daemon thread per process that fires timers on weakly held objects (lease deadlines,
-    the start of a lease's renewer). A thread per lease would cost ~100 us per acquire; this costs
-    a heap push."""
+    the start of a lease's renewer). A thread per lease would cost ~100 us per acquire; a heap
+    push under a lock, with a thread check, cost a few; this costs a tuple appended to a deque.
+
+    ``watch`` appends to ``_incoming`` without taking the lock, and wakes the thread only when the
+    new time is earlier than the one it sleeps until (``_wake_at``): with one TTL for every lease,
+    each new deadline comes after the pending ones, so the common acquire never wakes the thread.
+    The thread moves the incoming entries into its heap when it wakes. Entries of leases that were
+    released or collected are dropped in bulk when the entries double (so memory stays within
+    twice the live leases, plus a constant), not one by one on release.
+
+    Why no entry is missed (CPython runs one bytecode at a time): the thread sets ``_wake_at`` to
+    +inf ("tell me") before it drains ``_incoming``, and to the time it will sleep until only after;
+    a producer appends first and reads ``_wake_at`` second. A producer that read a time later than
+    its entry (+inf included) notifies under the lock, which the thread holds until it waits, so
+    the notice is not lost; one that read a time no later than its entry either appended before
+    the drain that follows, or the thread wakes by that time and drains it then.
+    """
+
+    COMPACT_MIN = 4096
 
     def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._heap: list[tuple[float, int, weakref.ref[Any], Callable[[Any], float | None]]] = []
+        self._cv = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, weakref.ref[Any], int]] = []
+        self._incoming: collections.deque[tuple[float, int, weakref.ref[Any], int]] = collections.deque()
         self._seq = itertools.count()
+        self._wake_at = math.inf  # no thread yet: the first watch starts it
+        self._compact_at = self.COMPACT_MIN
         self._thread: threading.Thread | None = None
 
-    def watch(self, obj: Any, delay: float, fn: Callable[[Any], float | None]) -> None:
-        """After ``delay`` s call ``fn(obj)`` if ``obj`` is still alive; again after what it returns."""
+    def watch(self, obj: Any, delay: float, gen: int) -> None:
+        """After ``delay`` s call ``obj._check_deadline()`` if ``obj`` is alive and its
+        ``_watch_gen`` is still ``gen``; again after the delay it returns."""
+        when = time.monotonic() + max(delay, 0.0)
+        self._incoming.append((when, next(self._seq), weakref.ref(obj), gen))
+        if when >= self._wake_at and len(self._incoming) < self._compact_at:
+            return  # the thread wakes before this is due, and drains it then
         with self._cv:
-            entry = (time.monotonic() + max(delay, 0.0), next(self._seq), weakref.ref(obj), fn)
-            heapq.heappush(self._heap, entry)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="fencelock-deadlines", daemon=True)
                 self._thread.start()
-            elif self._heap[0] is entry:
-                # Wake the thread only when its next timer moved earlier: waking it on every
-                # acquire would cost a context switch (and the GIL) each time.
+            else:
                 self._cv.notify()
-            if len(self._heap) > 4096 and len(self._heap) > 4 * self._live_hint:
-                self._compact()
 
-    _live_hint = 1024
-
-    def _compact(self) -> None:
-        # Entries of released or collected leases wait for their time; drop them in bulk instead.
-        alive = [e for e in self._heap if (t := e[2]()) is not None and not _finished(t)]
-        heapq.heapify(alive)
-        self._heap = alive
-        self._live_hint = max(1024, len(alive))
+    def _drain(self) -> None:
+        incoming = self._incoming
+        heap = self._heap
+        while incoming:
+            heapq.heappush(heap, incoming.popleft())
+        if len(heap) > self._compact_at:
+            # Entries of released, lost or collected leases, and of replaced watches, wait for
+            # their time; drop them in bulk instead.
+            alive = [e for e in heap if (t := e[2]()) is not None and t._watch_gen == e[3] and not _finished(t)]
+            heapq.heapify(alive)
+            self._heap = alive
+            self._compact_at = max(self.COMPACT_MIN, 2 * len(alive))
 
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._heap:
-                    self._cv.wait()
-                when, _, ref, fn = self._heap[0]
-                now = time.monotonic()
-                if when > now:
-                    self._cv.wait(when - now)
-                    continue
-                heapq.heappop(self._heap)
+                while True:
+                    self._wake_at = math.inf  # from here until it waits, every watch notifies
+                    self._drain()
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        _, _, ref, gen = heapq.heappop(self._heap)
+                        break
+                    self._wake_at = self._heap[0][0] if self._heap else math.inf
+                    if self._incoming:
+                        continue
+                    self._cv.wait(None if not self._heap else self._wake_at - now)
             target = ref()
-            if target is None:
+            if target is None or target._watch_gen != gen:
                 continue
             try:
-                again = fn(target)
+                again = target._check_deadline()
             except Exception:
                 # Never drop a deadline: a check that raised is tried again shortly.
                 log.exception("fencelock: a lease's deadline check failed; checking again shortly")
                 again = RECHECK
             if again is not None:
-                self.watch(target, max(again, 0.001), fn)
+                self.watch(target, max(again, 0.001), gen)
 
 
 def _finished(obj: Any) -> bool:
@@ -174,15 +202,13 @@ if hasattr(os, "register_at_fork"):
 def watch_deadline(obj: _Deadlined, delay: float) -> None:
     """Call ``obj._check_deadline()`` after ``delay`` s, again after any delay it returns, as long
     as ``obj._watch_gen`` is what it was when this watch started (a newer watch replaces it)."""
-    gen = obj._watch_gen
+    _watcher.watch(obj, delay, obj._watch_gen)
 
-    def check(target: Any) -> float | None:
-        if target._watch_gen != gen:
-            return None
-        result: float | None = target._check_deadline()
-        return result
 
-    _watcher.watch(obj, delay, check)
+def unwatch_deadline(obj: _Deadlined) -> None:
+    """The lease ended (released or lost): nothing to do here, its entry is skipped when its time
+    comes or dropped at the next compaction (the asyncio twin cancels its loop timer)."""
+    return None
 
 
 def cancel_requests() -> int:

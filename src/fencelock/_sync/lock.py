@@ -26,13 +26,14 @@ from .._core.params import (
     LockParams,
     check_timeout,
     check_ttl,
+    current_pid,
     lease_deadline,
     new_token,
 )
 from .._errors import AlreadyHeld, BackendError, ConfigurationError, LeaseError, LeaseLost, LockTimeout, NotHeld
-from .._metrics import instruments
+from .._metrics import instruments, span_outcome, tracing
 from ..backends import abilities, open_backend
-from ..backends.base import Backend, LockInfo
+from ..backends.base import Backend, Attempt, LockInfo
 from . import _compat
 
 __all__ = ["Lease", "Lock"]
@@ -40,6 +41,18 @@ __all__ = ["Lease", "Lock"]
 log = logging.getLogger("fencelock")
 
 LostCallback = Callable[["Lease"], None]
+
+_HELD: contextvars.ContextVar[tuple[tuple[Lock, int, Lease], ...]] = contextvars.ContextVar(
+    "fencelock_held", default=()
+)
+"""Leases entered with ``with lock`` in this context, innermost last: (lock, who entered, lease).
+
+One variable for every lock (a ContextVar per lock cost a microsecond to make, and a lock is made
+per name). A lock looks only at its own entries, and among them only at those its own thread or
+task entered: a Lock shared by several threads/tasks must never pop another's lease (one whose
+lease expired inside the block would otherwise release its successor's lock on exit), and a child
+task inherits a copy of its parent's context, so it must neither pop nor count as holding its
+parent's lease."""
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -105,14 +118,6 @@ class Lock:
         # ReadWriteLock set these. The mutex calls the backend without them (its fast path).
         self._limit = 1
         self._weight = 1
-        # Leases entered with ``with lock`` by *this* thread or task: a Lock shared by several
-        # threads/tasks must never pop another's lease (one whose lease expired inside the block
-        # would otherwise release its successor's lock on exit).
-        # Each entry says which thread or task entered it: a child task inherits a copy of its
-        # parent's context, and must neither pop nor count as holding its parent's lease.
-        self._held: contextvars.ContextVar[tuple[tuple[int, Lease], ...]] = contextvars.ContextVar(
-            "fencelock_held", default=()
-        )
 
     @property
     def name(self) -> str:
@@ -156,12 +161,12 @@ class Lock:
         return self._acquire(0.0)
 
     def _refuse_reentry(self) -> None:
-        stack = self._held.get()
+        stack = _HELD.get()
         if not stack:
             return
         me = _compat.current_owner_id()
-        for owner, lease in stack:
-            if owner == me and not lease._released and not lease.lost:
+        for lock, owner, lease in stack:
+            if lock is self and owner == me and not lease._released and not lease.lost:
                 raise AlreadyHeld(
                     f"lock {self.name!r} is already held by this {_compat.OWNER_KIND} (fence {lease.fence}): "
                     "fencelock locks are not reentrant; use the lease you hold (lock.current_lease()), or "
@@ -172,8 +177,8 @@ class Lock:
         """The lease this thread or task holds through its innermost ``with lock:`` block (or a
         call of a function decorated with ``@lock``), else None."""
         me = _compat.current_owner_id()
-        for owner, lease in reversed(self._held.get()):
-            if owner == me:
+        for lock, owner, lease in reversed(_HELD.get()):
+            if lock is self and owner == me:
                 return lease
         return None
 
@@ -181,9 +186,16 @@ class Lock:
         """``@lock``: run every call of ``fn`` inside ``with lock:`` (its lease: ``lock.current_lease()``)."""
         return _compat.decorate(self, fn)
 
+    def _ops(self) -> Backend:
+        """The backend to call: itself, or while a tracer provider is set, a view of it that makes
+        a span of each call (so no wrapper runs when tracing is off)."""
+        if tracing.active():
+            return TracedBackend(self._backend)
+        return self._backend
+
     def _acquire(self, wait: float) -> Lease | None:
         p = self._params
-        backend = self._backend
+        backend = self._ops()
         clock = self._clock
         token = new_token()
         started = clock()
@@ -226,10 +238,14 @@ class Lock:
                     if not renewed:
                         continue
                 return self._granted(token, fence, sent, started)
-        except BaseException:
+        except BaseException as err:
             # The request in flight may have succeeded on the server (we just never heard back), or
             # we may sit in the queue: leave nothing behind that would block the others.
             _compat.run_cleanup(lambda: backend.abandon(p.name, token))
+            if not isinstance(err, _compat.Cancelled):
+                # A library that swallowed a cancellation may fail instead (a call cut short ends in
+                # BackendUnavailable): the task was asked to stop, so it stops (the error is chained).
+                _compat.check_cancel(cancels)
             raise
         if queue:  # timed out: leave the queue (and pass on a grant that raced the timeout)
             _compat.run_cleanup(lambda: backend.abandon(p.name, token))
@@ -248,7 +264,7 @@ class Lock:
 
     def __enter__(self) -> Lease:
         lease = self.acquire()
-        self._held.set((*self._held.get(), (_compat.current_owner_id(), lease)))
+        _HELD.set((*_HELD.get(), (self, _compat.current_owner_id(), lease)))
         return lease
 
     def __exit__(
@@ -257,11 +273,14 @@ class Lock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack = self._held.get()
-        if not stack:
+        stack = _HELD.get()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i][0] is self:
+                break
+        else:
             raise NotHeld(f"leaving a `with` block of lock {self.name!r} that this thread/task did not enter")
-        self._held.set(stack[:-1])
-        stack[-1][1].__exit__(exc_type, exc, tb)
+        _HELD.set(stack[:i] + stack[i + 1 :])
+        stack[i][2].__exit__(exc_type, exc, tb)
 
     def close(self) -> None:
         """Close connections that fencelock opened for this lock (never a client you passed in)."""
@@ -288,7 +307,7 @@ class Lease:
         self.fence = fence
         self._deadline = deadline
         self._clock = lock._clock
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self._released = False
         self._lost_reason: str | None = None
         self._doubt: str | None = None
@@ -299,12 +318,13 @@ class Lease:
         self._cancels = 0  # cancel requests we made of the owner (see _compat.interrupt_owner)
         # One extend in flight at a time (the user's and the renewer's): the server applies them in
         # the order the client sent them, so the last reply is the last one applied.
-        self._extending = _compat.Mutex()
+        self._extending: _compat.Mutex | None = None  # made at the first extend: most leases never extend
         self._stopper: _compat.Stopper | None = None
         self._renewing = False
         self._unwatch: Callable[[], None] | None = None
         self._watch_gen = 0  # the deadline watch of this generation is the live one
-        self._timer: Any = None  # the pending deadline timer (asyncio): cancelled on release
+        self._watch_ref: Any = None  # the deadline watch's weak reference to us (asyncio)
+        self._watcher: Any = None  # and its watcher (asyncio: the loop's), told when we end
 
     def __repr__(self) -> str:
         state = "released" if self._released else ("lost" if self.lost else "held")
@@ -413,7 +433,13 @@ class Lease:
         applied it: then the lease keeps the earlier of its deadline and the one the request would
         have set, so a shorter extend whose reply was lost is believed too.
         """
-        with self._extending:
+        extending = self._extending
+        if extending is None:
+            with self._mutex:
+                if self._extending is None:
+                    self._extending = _compat.Mutex()
+                extending = self._extending
+        with extending:
             if self._released:
                 raise NotHeld(f"cannot extend lease on {self.name!r}: it was already released")
             if self._lost_reason is not None:
@@ -421,9 +447,11 @@ class Lease:
             cancels = _compat.cancel_requests()
             sent = self._clock()
             try:
-                ok = self._lock._backend.extend(self.name, self.token, max(1, int(length * 1000)))
-            except BaseException:
+                ok = self._lock._ops().extend(self.name, self.token, max(1, int(length * 1000)))
+            except BaseException as err:
                 self._set_deadline(min(self._deadline, lease_deadline(sent, length)))
+                if not isinstance(err, _compat.Cancelled):
+                    _compat.check_cancel(cancels)  # as in _acquire: a swallowed cancellation still stops us
                 raise
             if ok:
                 self._set_deadline(lease_deadline(sent, length))
@@ -449,7 +477,7 @@ class Lease:
         self._released = True
         self._stop_background()
         was_lost = self._lost_reason
-        backend = self._lock._backend
+        backend = self._lock._ops()
         # Shielded: a cancellation while the release is in flight must not leave the key behind.
         ok = _compat.shielded(lambda: backend.release(self.name, self.token))
         log.debug("released %r fence=%d holder=%s ok=%s", self.name, self.fence, self._lock._params.label, ok)
@@ -513,16 +541,13 @@ class Lease:
             )
         delay = self._deadline - self._clock()
         if params.renew_interval is not None:
-            # The renewer starts lazily, at the first renewal: most critical sections end before
-            # it, and then no thread or task is ever created for them.
-            self._stopper = _compat.Stopper()
+            # The renewer (and its stopper) start lazily, at the first renewal: most critical
+            # sections end before it, and then no thread, task or event is ever made for them.
             delay = min(delay, params.renew_interval)
         _compat.watch_deadline(self, delay)
 
     def _stop_background(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()  # no timer is left pending for a lease that ended
+        _compat.unwatch_deadline(self)  # nothing is left pending for a lease that ended
         if self._stopper is not None:
             self._stopper.stop()
         if self._unwatch is not None:
@@ -541,10 +566,14 @@ class Lease:
         if left <= 0:
             self._mark_lost("the TTL ran out before the lease was renewed")
             return None
-        stopper = self._stopper
-        if stopper is not None and not self._renewing:
-            interval = self._lock._params.renew_interval or left
+        interval = self._lock._params.renew_interval
+        if interval is not None and not self._renewing:
             try:
+                stopper = self._stopper
+                if stopper is None:
+                    stopper = self._stopper = _compat.Stopper()
+                if self._released:  # released meanwhile (from another thread): nothing to renew
+                    return None
                 _compat.spawn(_renew_loop, weakref.ref(self), stopper, interval)
             except Exception as err:
                 log.warning(
@@ -607,7 +636,7 @@ class Lease:
             event.set()
 
     def _check_process(self) -> None:
-        if os.getpid() != self._pid:
+        if current_pid() != self._pid:
             raise NotHeld(
                 f"lease on {self.name!r} was acquired by process {self._pid}; a forked child does not "
                 "hold its parent's lock (acquire a new one in the child)"
@@ -655,6 +684,57 @@ def _renew_loop(ref: Callable[[], Lease | None], stopper: _compat.Stopper, inter
         instruments.renewed(lease.name, "ok")
         next_due = interval
         del lease
+
+
+class TracedBackend:
+    """A backend seen through spans: ``fencelock.<backend>.<op>`` around each primitive the handle
+    calls (``lock.name``, ``fencelock.outcome``, ``fencelock.fence`` when one was granted; an
+    error is recorded on its span). Made per operation, only while a tracer provider is set."""
+
+    __slots__ = ("_inner", "_prefix", "name")
+
+    def __init__(self, inner: Backend) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self._prefix = f"fencelock.{getattr(inner, 'name', 'backend')}."
+
+    def try_acquire(
+        self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
+    ) -> Attempt:
+        with tracing.span(self._prefix + "try_acquire", {"lock.name": key}) as span:
+            if limit == 1 and weight == 1:  # the mutex's call, as the handle makes it untraced
+                result = self._inner.try_acquire(key, token, ttl_ms, label, queue)
+            else:
+                result = self._inner.try_acquire(key, token, ttl_ms, label, queue, limit, weight)
+            span_outcome(span, result)
+            return result
+
+    def wait(self, key: str, token: str, timeout: float) -> int | None:
+        with tracing.span(self._prefix + "wait", {"lock.name": key}) as span:
+            result = self._inner.wait(key, token, timeout)
+            span_outcome(span, result)
+            return result
+
+    def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        with tracing.span(self._prefix + "extend", {"lock.name": key}) as span:
+            result = self._inner.extend(key, token, ttl_ms)
+            span_outcome(span, result)
+            return result
+
+    def release(self, key: str, token: str) -> bool:
+        with tracing.span(self._prefix + "release", {"lock.name": key}) as span:
+            result = self._inner.release(key, token)
+            span_outcome(span, result)
+            return result
+
+    def abandon(self, key: str, token: str) -> None:
+        self._inner.abandon(key, token)
+
+    def inspect(self, key: str) -> LockInfo | None:
+        return self._inner.inspect(key)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def _unknown_acquire_arguments(unknown: dict[str, Any]) -> TypeError:

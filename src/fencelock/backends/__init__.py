@@ -60,7 +60,13 @@ class BackendSpec:
 
     def load(self, asyncio: bool) -> Any:
         """The backend class, imported now; ``ConfigurationError`` naming the extra when its client
-        library is not installed."""
+        library is not installed. Found once per process (a lock is made per name)."""
+        cls = _LOADED.get((self.name, asyncio))
+        if cls is None:
+            cls = _LOADED[(self.name, asyncio)] = self._import(asyncio)
+        return cls
+
+    def _import(self, asyncio: bool) -> Any:
         module_name, _, attr = (self.async_ if asyncio else self.sync).partition(":")
         try:
             module = importlib.import_module(module_name)
@@ -88,6 +94,8 @@ class BackendSpec:
             verdict = False
         return verdict
 
+
+_LOADED: dict[tuple[str, bool], Any] = {}
 
 REGISTRY: tuple[BackendSpec, ...] = (
     BackendSpec(
@@ -180,6 +188,18 @@ def safe_url(url: str) -> str:
 
 
 def _spec_for_url(url: str) -> BackendSpec:
+    spec = _URL_SPECS.get(url)
+    if spec is None:
+        spec = _find_spec(url)
+        if len(_URL_SPECS) < 1024:
+            _URL_SPECS[url] = spec
+    return spec
+
+
+_URL_SPECS: dict[str, BackendSpec] = {}
+
+
+def _find_spec(url: str) -> BackendSpec:
     scheme, sep, _ = url.partition("://")
     spec = _BY_SCHEME.get(scheme.lower()) if sep else None
     if spec is None:
@@ -193,10 +213,17 @@ def _open(spec_or_obj: Any, asyncio: bool) -> tuple[Any, bool]:
     if isinstance(spec_or_obj, str):
         spec = _spec_for_url(spec_or_obj)
         return spec.load(asyncio).from_url(spec_or_obj), True
+    known = _KNOWN_CLIENTS.get((type(spec_or_obj), asyncio))
+    if known is not None:
+        return known(spec_or_obj), False
     for spec in REGISTRY:
         verdict = spec.recognizes(spec_or_obj, asyncio)
         if verdict is True:
-            return spec.load(asyncio)(spec_or_obj), False
+            cls = spec.load(asyncio)
+            # A backend may share one instance among the locks given the same client (for_client)
+            make = getattr(cls, "for_client", cls)
+            _KNOWN_CLIENTS[(type(spec_or_obj), asyncio)] = make
+            return make(spec_or_obj), False
         if verdict is False:
             kind = "a blocking" if asyncio else "an asyncio"
             raise ConfigurationError(
@@ -212,6 +239,11 @@ def _open(spec_or_obj: Any, asyncio: bool) -> tuple[Any, bool]:
         f"cannot use {type(spec_or_obj).__name__} as {'an asyncio' if asyncio else 'a'} lock backend: pass a URL "
         f"({url_help()}), a client of yours ({clients}), or a fencelock {'asyncio ' if asyncio else ''}backend"
     )
+
+
+_KNOWN_CLIENTS: dict[tuple[type, bool], Any] = {}
+"""Client classes already recognized, and what makes their backend: the ``isinstance`` walk over
+every registered client class cost microseconds a lock."""
 
 
 def open_backend(spec: Any) -> tuple[Backend, bool]:

@@ -10,7 +10,7 @@
 Keys of one lock (all share one hash tag, so Redis Cluster puts them in one slot):
 
     {prefix}{<name>}:lock          STRING "<token>:<fence>:<label>", with PX = the lease
-    {prefix}{<name>}:fence         STRING the last fence issued (no expiry; never decreases)
+    {prefix}{<name>}:fence         STRING the last fence issued; kept FENCE_KEEP_MS past its lease
     {prefix}{<name>}:queue         ZSET   waiting tokens, scored by arrival (server microseconds)
     {prefix}{<name>}:alive         HASH   waiting token -> "<alive until, server ms>|<ttl ms>|<label>"
     {prefix}{<name>}:lock:wake:<t> LIST   handoff notice for waiter <t> (it BLPOPs on it)
@@ -37,6 +37,14 @@ clock (``TIME``) reads later than it did when the last fence was issued; i.e. th
 backwards by more than the time elapsed since then. NTP slewing never does that; a manual clock
 reset across a data loss could. While the counter survives, the clock may do anything: fences still
 grow by at least one. Fences are integers below 2**53 (exact in Lua's doubles) until the year 2255.
+
+An idle name's memory. After a release nothing of the name stays in Redis but its fence counter,
+and that only for ``FENCE_KEEP_MS`` (24 hours) past the TTL of the last lease minted from it (each
+mint sets its expiry): about 90 bytes a name (``MEMORY USAGE``), then nothing. A counter that
+expired is a lost counter, so the assumption above covers it: the next fence is the clock, above
+every fence issued before unless the server's clock stepped back by more than the name's idle time
+(at least 24 hours). The wait lists (``queue``, ``alive``) expire ``REGISTRATION_MS`` after their
+last waiter's poll, a handoff notice (``wake``) with the lease it announced.
 
 Waiting (first come, first served). A contender that must wait enqueues its token in ``queue``. A
 free lock is granted only to the first *live* waiter (or anyone when the queue is empty), so newcomers

@@ -1,20 +1,24 @@
 """Redis backend I/O. Source: ``_async.py``; ``_sync.py`` is generated from it (scripts/unasync.py).
 
-The protocol lives in ``scripts.py`` (the Lua scripts); this class only runs them.
-redis-py's ``Script`` objects send EVALSHA and reload the script on ``NOSCRIPT`` by themselves, so
-a restarted (or flushed) server needs nothing from us.
+The protocol lives in ``scripts.py`` (the Lua scripts); this class only runs them, with
+``EVALSHA`` through ``execute_command`` (``Lua.sha`` is computed once, at import). A server that
+does not have a script (restarted, flushed) answers ``NOSCRIPT``; the script is then loaded
+(``SCRIPT LOAD``) and the call sent once more. redis-py's ``Script`` objects would do the same but
+cost about 10 us of client time per call (and six SHA-1s per backend made); see issue 14.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import redis.asyncio as redis_api
+from redis.exceptions import NoScriptError
 
 from ..._errors import ConfigurationError, LimitMismatch, ReplicationUnconfirmed
-from ..._metrics import traced
 from ..base import Attempt, HolderInfo, LockInfo, check_counted
-from .errors import map_errors, text
+from . import shared
+from .errors import map_errors, raise_translated, text
 from .keys import RedisKeys, check_prefix
 from .scripts import (
     ABANDON,
@@ -29,16 +33,34 @@ from .scripts import (
     QUEUE_UNSETTLED,
     REGISTRATION_MS,
     RELEASE,
+    Lua,
 )
 from .urls import DEFAULT_WAIT_TIMEOUT, check_wait_replicas, parse_redis_url
 
 __all__ = ["AsyncRedisBackend"]
+
+_ACQUIRE = Lua(ACQUIRE)
+_ACQUIRE_COUNTED = Lua(ACQUIRE_COUNTED)
+_EXTEND = Lua(EXTEND)
+_RELEASE = Lua(RELEASE)
+_ABANDON = Lua(ABANDON)
+_INSPECT = Lua(INSPECT)
+_FORCE_COUNTED = Lua(FORCE_COUNTED)
+_IS_ASYNCIO = redis_api.__name__ == "redis.asyncio"  # this module's blocking twin imports plain redis
+_by_client: weakref.WeakKeyDictionary[Any, AsyncRedisBackend] = weakref.WeakKeyDictionary()
 
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 2.0
 """Seconds a URL-made client waits for one reply (connect: CONNECT_TIMEOUT). It bounds every call:
 an acquire returns within its timeout plus this (plus the cleanup grace) even when the server stops
 answering. BLPOP polls stay well below it (see ``BLOCK_CAP``)."""
+
+
+SHARED_MAX_CONNECTIONS = 2**31
+"""Connection limit of a URL's shared pool (redis-py 8 defaults to 100). Every lock of the URL in
+the process draws on this one pool, and a waiter holds a connection through each BLPOP: 300
+threads waiting would otherwise fail with "Too many connections", where a pool per lock used to
+serve them. The pool only opens what is used at once; set ``?max_connections=`` to cap it."""
 
 
 class AsyncRedisBackend:
@@ -65,39 +87,60 @@ class AsyncRedisBackend:
         wait_replicas: int = 0,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
     ) -> None:
-        if not hasattr(client, "register_script"):
+        if not hasattr(client, "execute_command"):
             raise ConfigurationError(f"expected a redis-py client, got {type(client).__name__}")
         self.client = client
-        self.prefix = check_prefix(prefix)
-        self.wait_replicas, self._wait_ms = check_wait_replicas(client, wait_replicas, wait_timeout)
+        self.prefix = prefix if prefix == DEFAULT_PREFIX else check_prefix(prefix)
+        if wait_replicas == 0 and wait_timeout == DEFAULT_WAIT_TIMEOUT:
+            self.wait_replicas, self._wait_ms = 0, int(DEFAULT_WAIT_TIMEOUT * 1000)
+        else:
+            self.wait_replicas, self._wait_ms = check_wait_replicas(client, wait_replicas, wait_timeout)
         self._owns_client = owns_client
-        self._acquire = client.register_script(ACQUIRE)
-        self._acquire_counted = client.register_script(ACQUIRE_COUNTED)
-        self._extend = client.register_script(EXTEND)
-        self._release = client.register_script(RELEASE)
-        self._abandon = client.register_script(ABANDON)
-        self._inspect = client.register_script(INSPECT)
-        self._force_counted = client.register_script(FORCE_COUNTED)
+        self._shared: shared.SharedClient | None = None
         self._keys: dict[str, RedisKeys] = {}
         self._block_cap = _block_cap(client)
 
     @classmethod
+    def for_client(cls, client: Any) -> AsyncRedisBackend:
+        """The backend for a user's own client, made once per client and shared by every lock given
+        that client: it holds no per-lock state (its key-name cache is bounded), and making one per
+        lock cost most of a lock's construction time."""
+        try:
+            backend = _by_client.get(client)
+        except TypeError:  # a client that cannot be weakly referenced: one backend per lock
+            return cls(client)
+        if backend is None:
+            backend = cls(client)
+            _by_client[client] = backend
+        return backend
+
+    @classmethod
     def from_url(cls, url: str, **client_kwargs: Any) -> AsyncRedisBackend:
         """``redis://[user:pass@]host:port/db``, ``rediss://...`` (TLS), ``unix:///path.sock``;
-        ``?prefix=app:`` sets the key prefix. Other query options go to redis-py."""
-        plain, ours = parse_redis_url(url)
-        client_kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
-        client_kwargs.setdefault("socket_timeout", SOCKET_TIMEOUT)
-        client = redis_api.Redis.from_url(plain, **client_kwargs)
-        replicas = int(ours.get("wait_replicas", "0") or 0)
-        timeout = float(ours.get("wait_timeout", DEFAULT_WAIT_TIMEOUT) or DEFAULT_WAIT_TIMEOUT)
-        return cls(
-            client,
-            prefix=ours.get("prefix", DEFAULT_PREFIX),
-            owns_client=True,
-            wait_replicas=replicas,
-            wait_timeout=timeout,
-        )
+        ``?prefix=app:`` sets the key prefix. Other query options go to redis-py.
+
+        Backends made from the same URL (and keyword arguments) in one process share one client,
+        so one connection pool (see ``shared``): the URL is parsed once, and the client is closed
+        when the last of them is closed or collected."""
+
+        def make() -> tuple[Any, dict[str, Any]]:
+            plain, ours = parse_redis_url(url)
+            kwargs = dict(client_kwargs)
+            kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+            kwargs.setdefault("socket_timeout", SOCKET_TIMEOUT)
+            kwargs.setdefault("max_connections", SHARED_MAX_CONNECTIONS)  # a URL's ?max_connections= wins
+            client = redis_api.Redis.from_url(plain, **kwargs)
+            replicas = int(ours.get("wait_replicas", "0") or 0)
+            timeout = float(ours.get("wait_timeout", DEFAULT_WAIT_TIMEOUT) or DEFAULT_WAIT_TIMEOUT)
+            prefix = ours.get("prefix", DEFAULT_PREFIX)
+            template = cls(client, prefix=prefix, owns_client=True, wait_replicas=replicas, wait_timeout=timeout)
+            return client, dict(vars(template))  # every backend of this URL starts as a copy
+
+        entry = shared.attach(url, client_kwargs, _IS_ASYNCIO, make)
+        backend = cls.__new__(cls)
+        vars(backend).update(entry.parsed)  # the key-name cache is shared too: it is bounded
+        backend._shared = entry
+        return backend
 
     def keys(self, name: str) -> RedisKeys:
         keys = self._keys.get(name)
@@ -107,19 +150,25 @@ class AsyncRedisBackend:
             keys = self._keys[name] = RedisKeys(self.prefix, name)
         return keys
 
-    @traced("try_acquire")
     async def try_acquire(
         self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
     ) -> Attempt:
         if limit != 1 or weight != 1:
             return await self._try_counted(key, token, ttl_ms, label, queue, limit, weight)
-        k = self.keys(key)
-        args = [token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS]
+        k = self._keys.get(key) or self.keys(key)
         if self.wait_replicas:
-            granted, value = await self._replicated(key, "acquire", self._acquire, k.all4(), args)
+            args = [token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS]
+            granted, value = await self._replicated(key, "acquire", _ACQUIRE, k.all4(), args)
         else:
-            with map_errors("acquire"):
-                granted, value = await self._acquire(keys=k.all4(), args=args)
+            try:
+                granted, value = await self.client.execute_command(
+                    "EVALSHA", _ACQUIRE.sha, 4, k.lock, k.fence, k.queue, k.alive,
+                    token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS,
+                )  # fmt: skip
+            except Exception as err:
+                granted, value = await self._retry(err, "acquire", _ACQUIRE, k.all4(), [
+                    token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS
+                ])  # fmt: skip
         if int(granted) == 1:  # the common case first: one comparison, no call
             return Attempt(fence=int(value))
         return _attempt(key, 1, int(granted), int(value))
@@ -132,13 +181,11 @@ class AsyncRedisBackend:
         k = self.keys(key)
         args = [token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS, limit, weight]
         if self.wait_replicas:
-            granted, value = await self._replicated(key, "acquire", self._acquire_counted, k.all9(), args)
+            granted, value = await self._replicated(key, "acquire", _ACQUIRE_COUNTED, k.all9(), args)
         else:
-            with map_errors("acquire"):
-                granted, value = await self._acquire_counted(keys=k.all9(), args=args)
+            granted, value = await self._eval("acquire", _ACQUIRE_COUNTED, k.all9(), args)
         return _attempt(key, limit, int(granted), int(value))
 
-    @traced("wait")
     async def wait(self, key: str, token: str, timeout: float) -> int | None:
         """BLPOP on our wake list; a pop means RELEASE already made the lock ours (the fence)."""
         block = max(0.01, min(timeout, self._block_cap))
@@ -148,12 +195,28 @@ class AsyncRedisBackend:
             got = await self.client.blpop([self.keys(key).wake(token)], timeout=block)
         return None if got is None else int(got[1])
 
-    async def _replicated(self, key: str, what: str, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _eval(self, what: str, script: Lua, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` by its SHA-1 (EVALSHA); see ``_retry`` for a server that lacks it."""
+        try:
+            return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except Exception as err:
+            return await self._retry(err, what, script, keys, args)
+
+    async def _retry(self, err: Exception, what: str, script: Lua, keys: list[str], args: list[Any]) -> Any:
+        """After an EVALSHA raised ``err``: a server without the script (restarted, flushed, a new
+        Cluster node) gets it with SCRIPT LOAD, and the EVALSHA is sent again (not EVAL: the
+        minimal ACL in the README grants EVALSHA and SCRIPT LOAD only); any other error is
+        translated into fencelock's tree."""
+        if not isinstance(err, NoScriptError):
+            raise_translated(err, what)
+        with map_errors(what):
+            await self.client.script_load(script.source)  # a Cluster client loads it on every primary
+            return await self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def _replicated(self, key: str, what: str, script: Lua, keys: list[str], args: list[Any]) -> Any:
         """Run ``script`` then ``WAIT`` in one pipeline: WAIT counts only the writes sent on its own
         connection, so both must travel on the same one. Raises ``ReplicationUnconfirmed`` when a
         grant (a reply carrying a fence) was acknowledged by too few replicas."""
-        from redis.exceptions import NoScriptError
-
         with map_errors(what):
             for attempt in (1, 2):
                 # EVALSHA queued by hand: a Script given a pipeline would add a SCRIPT EXISTS round
@@ -168,7 +231,7 @@ class AsyncRedisBackend:
                 except NoScriptError:
                     if attempt == 2:
                         raise
-                    await self.client.script_load(script.script)
+                    await self.client.script_load(script.source)
         granted = reply is not None and (not isinstance(reply, list) or int(reply[0]) == 1)
         if granted and int(acked) < self.wait_replicas:
             raise ReplicationUnconfirmed(key, int(acked), self.wait_replicas, self._wait_ms / 1000)
@@ -190,23 +253,30 @@ class AsyncRedisBackend:
         return int(got[1])
 
     async def abandon(self, key: str, token: str) -> None:
-        with map_errors("abandon"):
-            await self._abandon(keys=self.keys(key).all4(), args=[token])
+        await self._eval("abandon", _ABANDON, self.keys(key).all4(), [token])
 
-    @traced("extend")
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
-        with map_errors("extend"):
-            return int(await self._extend(keys=[self.keys(key).lock], args=[token, ttl_ms])) == 1
+        k = self._keys.get(key) or self.keys(key)
+        try:
+            done = await self.client.execute_command("EVALSHA", _EXTEND.sha, 1, k.lock, token, ttl_ms)
+        except Exception as err:
+            done = await self._retry(err, "extend", _EXTEND, [k.lock], [token, ttl_ms])
+        return int(done) == 1
 
-    @traced("release")
     async def release(self, key: str, token: str) -> bool:
-        with map_errors("release"):
-            return int(await self._release(keys=self.keys(key).all4(), args=[token])) != 0
+        k = self._keys.get(key) or self.keys(key)
+        try:
+            done = await self.client.execute_command(
+                "EVALSHA", _RELEASE.sha, 4, k.lock, k.fence, k.queue, k.alive, token
+            )
+        except Exception as err:
+            done = await self._retry(err, "release", _RELEASE, k.all4(), [token])
+        return int(done) != 0
 
     async def inspect(self, key: str) -> LockInfo | None:
         k = self.keys(key)
-        with map_errors("inspect"):
-            reply = await self._inspect(keys=[k.lock, k.fence, k.queue, k.permits, k.holders, k.leases, k.cqueue])
+        keys = [k.lock, k.fence, k.queue, k.permits, k.holders, k.leases, k.cqueue]
+        reply = await self._eval("inspect", _INSPECT, keys, [])
         value, pttl, waiters, _last, limit, now_ms, leases = reply
         if value:
             token_fence_label = text(value).split(":", 2)
@@ -239,7 +309,7 @@ class AsyncRedisBackend:
             if value is not None:
                 await self.client.delete(k.lock)
                 return text(value)
-            removed = await self._force_counted(keys=[k.permits, k.holders, k.leases])
+        removed = await self._eval("force release", _FORCE_COUNTED, [k.permits, k.holders, k.leases], [])
         if not removed:
             return None
         return ", ".join(text(lease).split("|", 3)[3] for lease in removed)
@@ -251,8 +321,23 @@ class AsyncRedisBackend:
         return 0 if value is None else int(value)
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self.client.aclose()
+        """Close what fencelock opened: a URL's shared client once its last backend is closed (a
+        user's own client is never closed here)."""
+        if not self._owns_client:
+            return
+        self._owns_client = False  # once: a second close must not count as another user leaving
+        entry, self._shared = self._shared, None
+        client = shared.detach(entry) if entry is not None else self.client
+        if client is not None:
+            await client.aclose()
+
+    def __del__(self) -> None:
+        # A backend collected without close(): one user of its shared client fewer; the client
+        # stays registered for the next lock from the URL (see ``shared``).
+        entry = getattr(self, "_shared", None)
+        if entry is not None and getattr(self, "_owns_client", False):
+            self._owns_client = False
+            shared.detach(entry, close=False)
 
 
 def _attempt(key: str, limit: int, granted: int, value: int) -> Attempt:

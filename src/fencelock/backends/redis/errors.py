@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from ..._errors import AuthenticationFailed, BackendError, BackendRejected, BackendUnavailable
 
-__all__ = ["map_errors", "text"]
+__all__ = ["map_errors", "raise_translated", "text"]
 
 
 def text(value: Any) -> str:
@@ -37,6 +37,17 @@ class map_errors:  # used like a function: ``with map_errors("acquire"):``
         translated = _translate(err, self.what)
         if translated is not None:
             raise translated from err
+
+
+def raise_translated(err: Exception, what: str) -> NoReturn:
+    """Raise ``err`` as fencelock's error (``map_errors`` for an ``except`` clause: the hot path's
+    calls are a plain ``try``, which costs nothing until something is raised)."""
+    if isinstance(err, BackendError):
+        raise err
+    translated = _translate(err, what)
+    if translated is None:
+        raise err
+    raise translated from err
 
 
 def _translate(err: Exception, what: str) -> BackendError | None:

@@ -13,17 +13,21 @@ carries costs the mutex's hot path client time, and a derived key keeps the hash
 
 from __future__ import annotations
 
+import hashlib
+
 __all__ = [
     "ABANDON",
     "ACQUIRE",
     "ACQUIRE_COUNTED",
     "BLOCK_CAP",
     "DEFAULT_PREFIX",
+    "FENCE_KEEP_MS",
     "EXTEND",
     "FORCE_COUNTED",
     "GRANT_BUDGET",
     "INSPECT",
     "LIMIT_MISMATCH",
+    "Lua",
     "QUEUE_UNSETTLED",
     "REGISTRATION_MS",
     "RELEASE",
@@ -38,6 +42,13 @@ waiter's ``alive`` stamp."""
 
 REGISTRATION_MS = 2000
 """How long a waiter counts as alive after its last poll (four polls missed = gone)."""
+
+FENCE_KEEP_MS = 86_400_000
+"""How long a name's fence counter outlives the last lease minted from it (24 hours past that
+lease's TTL). After that an idle name costs nothing in Redis; the next fence is then the server's
+clock in microseconds, which is above every fence issued before unless the clock stepped back by
+more than the time since (the assumption a lost counter already relies on: see the package
+docstring). While the counter lives, fences grow by at least one whatever the clock does."""
 
 QUEUE_UNSETTLED = -3
 """ACQUIRE's "busy" reply when the lock is free but the queue still held more crashed waiters than
@@ -59,12 +70,13 @@ local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
--- next fence: max(last + 1, server clock in us); stored before it is returned
-local function mint(fence_key, now)
-  local f = (tonumber(redis.call('GET', fence_key) or '0') or 0) + 1
+-- next fence: max(last + 1, server clock in us); stored before it is returned, kept for the
+-- lease's ttl ms plus FENCE_KEEP_MS (see the package docstring: an idle name's memory)
+local function mint(fence_key, now, ttl, last)
+  local f = (last or tonumber(redis.call('GET', fence_key) or '0') or 0) + 1
   if now > f then f = now end
   local s = string.format('%.0f', f)
-  redis.call('SET', fence_key, s)
+  redis.call('SET', fence_key, s, 'PX', string.format('%.0f', ttl + FENCE_KEEP_MS_VALUE))
   return s
 end
 local HEAD_BATCH, HEAD_BATCHES = 64, 4
@@ -97,7 +109,7 @@ local function head(queue, alive, now_ms)
   end
   return false
 end
-"""
+""".replace("FENCE_KEEP_MS_VALUE", str(FENCE_KEEP_MS))
 
 # Counted leases. A name's state: permits {limit, used}; holders token -> lease end (ms, server
 # clock); leases token -> "<lease end ms>|<fence>|<weight>|<label>"; cqueue/calive the waiters, as
@@ -181,7 +193,7 @@ local function chead(c, now_ms, b)
 end
 -- grant `token` `w` permits for `ttl` ms under `label`: mints its fence (returned)
 local function cgrant(c, st, fence_key, now, token, w, ttl, label)
-  local f = mint(fence_key, now)
+  local f = mint(fence_key, now, ttl)
   local e = n0(math.floor(now / 1000) + ttl)
   redis.call('ZADD', c.holders, e, token)
   redis.call('HSET', c.leases, token, e .. '|' .. f .. '|' .. n0(w) .. '|' .. label)
@@ -281,9 +293,11 @@ _RELEASE_FN = (
     """
 -- release the lock held by `token`, in whichever layout: the mutex's is handed to the first live
 -- waiter (for that waiter's TTL, under its label), else deleted. returns 0 (not ours: nothing
--- changed), 1 (released), 2 (handed over); `settle` as for crelease
-local function release(lock, fence_key, queue, alive, token, settle)
-  if not owns(redis.call('GET', lock), token) then
+-- changed), 1 (released), 2 (handed over); `settle` as for crelease. `cur` and `queued`: what the
+-- caller already read of the lock and the queue (nil: read them here)
+local function release(lock, fence_key, queue, alive, token, settle, cur, queued)
+  if cur == nil then cur = redis.call('GET', lock) end
+  if not owns(cur, token) then
     -- a lost mutex lease lands here too: answer it without building the counted functions
     if not settle and not redis.call('HGET', string.sub(lock, 1, -5) .. 'leases', token) then return 0 end
 """
@@ -291,7 +305,8 @@ local function release(lock, fence_key, queue, alive, token, settle)
     + """
     return crelease(counted_keys(lock), fence_key, lock, token, settle)
   end
-  if redis.call('EXISTS', queue) == 0 then
+  if queued == nil then queued = redis.call('EXISTS', queue) == 1 end
+  if not queued then
     redis.call('DEL', lock)
     return 1
   end
@@ -304,7 +319,9 @@ local function release(lock, fence_key, queue, alive, token, settle)
     return 1
   end
   local _, ttl, label = string.match(reg, '^(%d+)|(%d+)|(.*)$')
-  local f = mint(fence_key, now)
+  -- the holder's fence is the last one minted for the name (while the mutex is held nothing else
+  -- mints: a counted request meets LimitMismatch), so the counter need not be read
+  local f = mint(fence_key, now, tonumber(ttl), tonumber(string.match(string.sub(cur, #token + 2), '^(%d+)')))
   redis.call('SET', lock, h .. ':' .. f .. ':' .. label, 'PX', ttl)
   redis.call('ZREM', queue, h)
   redis.call('HDEL', alive, h)
@@ -317,9 +334,11 @@ end
 """
 )
 
-ACQUIRE = (
-    _PREAMBLE
-    + """
+# The common case of ACQUIRE and RELEASE comes first in their scripts, before any function is
+# defined: a function defined at a script's top level is a closure made on every call (the
+# preamble's cost about 2 us of server time per EVALSHA), and the uncontended acquire and release
+# need none of them. Lua only makes a closure when the line that defines it runs.
+_ACQUIRE_FAST = """
 -- ACQUIRE: the mutex (limit 1, weight 1). One round trip: SET NX PX and mint the fence.
 -- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive (the counted keys are derived)
 -- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] holder label, ARGV[4] '1' to queue when busy,
@@ -330,6 +349,25 @@ ACQUIRE = (
 --         {-1, limit} when the name is in counted use with that limit: nothing changed
 local token = ARGV[1]
 local cur = redis.call('GET', KEYS[1])
+-- free, nobody queued, no counted use (one EXISTS for both): mint the fence (as mint() below) and take it
+if not cur and redis.call('EXISTS', KEYS[3], string.sub(KEYS[1], 1, -5) .. 'permits') == 0 then
+  if redis.replicate_commands then redis.replicate_commands() end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local f = (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) + 1
+  if now > f then f = now end
+  local s = string.format('%.0f', f)
+  redis.call('SET', KEYS[2], s, 'PX', string.format('%.0f', tonumber(ARGV[2]) + FENCE_KEEP_MS_VALUE))
+  redis.call('SET', KEYS[1], token .. ':' .. s .. ':' .. ARGV[3], 'PX', ARGV[2])
+  return {1, s}
+end
+""".replace("FENCE_KEEP_MS_VALUE", str(FENCE_KEEP_MS))
+
+ACQUIRE = (
+    _ACQUIRE_FAST
+    + _PREAMBLE
+    + """
+-- ACQUIRE, every other case: the lock is held (maybe by us), or waiters or a counted use exist
 local busy = nil
 if cur then
   if owns(cur, token) then
@@ -364,7 +402,7 @@ else
   if h == false then
     busy = -3
   elseif (not h) or h == token then
-    local f = mint(KEYS[2], now)
+    local f = mint(KEYS[2], now, tonumber(ARGV[2]))
     redis.call('SET', KEYS[1], token .. ':' .. f .. ':' .. ARGV[3], 'PX', ARGV[2])
     if queued then
       -- our own entry always goes, wherever it stands: a grantee left in the queue would later be
@@ -525,15 +563,24 @@ return 1
 """
 
 RELEASE = (
-    _PREAMBLE
-    + _RELEASE_FN
-    + """
+    """
 -- RELEASE: delete-if-token-matches, or hand the freed lock or permits to the first live waiters.
 -- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive (the counted keys are derived)
 -- ARGV[1] token
 -- returns 0 when the lease was not ours (expired; maybe taken): nothing is changed;
 --         1 when released; 2 when released and handed over to waiters
-return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], false)
+-- ours and nobody waits (the common case, as release() below does it): delete
+local cur = redis.call('GET', KEYS[1])
+local mine = cur and string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. ':'
+if mine and redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+"""
+    + _PREAMBLE
+    + _RELEASE_FN
+    + """
+return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], false, cur or false, mine and true or nil)
 """
 )
 
@@ -592,3 +639,14 @@ redis.call('DEL', KEYS[2], KEYS[3])
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'used', '0') end
 return out
 """
+
+
+class Lua:
+    """A script and its SHA-1, computed once (at import) instead of for every backend made: a
+    backend per lock used to hash six scripts of several kilobytes each time (22 us a lock)."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
