@@ -18,7 +18,6 @@ import psycopg
 
 from ..._core.params import backoff
 from ..._errors import BackendRejected, BackendUnavailable, ConfigurationError, LimitMismatch
-from ..._metrics import traced
 from ..base import Attempt, HolderInfo, LockInfo, check_counted
 from .errors import map_errors
 from .listen import AsyncPause, AsyncWaiter, Listener, token_hash
@@ -235,7 +234,6 @@ class AsyncPostgresBackend:
 
     # -- the primitives -------------------------------------------------------------------------
 
-    @traced("try_acquire")
     async def try_acquire(
         self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
     ) -> Attempt:
@@ -257,7 +255,6 @@ class AsyncPostgresBackend:
             raise LimitMismatch(key, limit, int(value))
         return Attempt(fence=None, retry_after=None if value < 0 else value / 1000)
 
-    @traced("wait")
     async def wait(self, key: str, token: str, timeout: float) -> int | None:
         """Until a release hands us the lock (its notification, or our own look at the lease table
         when not listening), at most ``timeout`` and ``WAIT_CAP`` seconds; the fence or None."""
@@ -279,12 +276,10 @@ class AsyncPostgresBackend:
     async def abandon(self, key: str, token: str) -> None:
         await self._call("abandon", self._q_abandon, (key, token))
 
-    @traced("extend")
     async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         rows = await self._call("extend", self._q_extend, (key, token, ttl_ms))
         return bool(rows[0][0])
 
-    @traced("release")
     async def release(self, key: str, token: str) -> bool:
         rows = await self._call("release", self._q_release, (key, token))
         return bool(rows[0][0])

@@ -19,7 +19,6 @@ import psycopg
 
 from ..._core.params import backoff
 from ..._errors import BackendRejected, BackendUnavailable, ConfigurationError, LimitMismatch
-from ..._metrics import traced
 from ..base import Attempt, HolderInfo, LockInfo, check_counted
 from .errors import map_errors
 from .listen import Pause, Waiter, Listener, token_hash
@@ -236,7 +235,6 @@ class PostgresBackend:
 
     # -- the primitives -------------------------------------------------------------------------
 
-    @traced("try_acquire")
     def try_acquire(
         self, key: str, token: str, ttl_ms: int, label: str, queue: bool, limit: int = 1, weight: int = 1
     ) -> Attempt:
@@ -258,7 +256,6 @@ class PostgresBackend:
             raise LimitMismatch(key, limit, int(value))
         return Attempt(fence=None, retry_after=None if value < 0 else value / 1000)
 
-    @traced("wait")
     def wait(self, key: str, token: str, timeout: float) -> int | None:
         """Until a release hands us the lock (its notification, or our own look at the lease table
         when not listening), at most ``timeout`` and ``WAIT_CAP`` seconds; the fence or None."""
@@ -280,12 +277,10 @@ class PostgresBackend:
     def abandon(self, key: str, token: str) -> None:
         self._call("abandon", self._q_abandon, (key, token))
 
-    @traced("extend")
     def extend(self, key: str, token: str, ttl_ms: int) -> bool:
         rows = self._call("extend", self._q_extend, (key, token, ttl_ms))
         return bool(rows[0][0])
 
-    @traced("release")
     def release(self, key: str, token: str) -> bool:
         rows = self._call("release", self._q_release, (key, token))
         return bool(rows[0][0])
