@@ -6,25 +6,13 @@ import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from fencelock.embedded import EmbeddedRedis
 from fencelock_demo.consumer import Consumer, ConsumerConfig
 from fencelock_demo.parsing import Row, format_row, parse_lines, split_lines
 from fencelock_demo.producer import ProducerConfig, produce
 from test_demo_e2e import fencelock_cmd, finish, history, per_file, start_consumer
-
-
-@pytest.fixture(scope="module")
-def valkey() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _line(i: int, tx: str | None = None, **changes: str) -> str:

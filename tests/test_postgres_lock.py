@@ -14,7 +14,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -23,18 +23,10 @@ import pytest
 import fencelock
 from fencelock import aio, fencing
 from fencelock.backends.postgres import AsyncPostgresBackend, PostgresBackend, parse_postgres_url
+from servers import wait_until
 from srv_postgres import PostgresLockServer
 
 WAIT = 15.0
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, step: float = 0.01) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 @pytest.fixture
@@ -89,7 +81,7 @@ def test_holds_old_writer_first_pins_its_lease_until_commit(pg: PostgresLockServ
     try:
         fencing.holds(conn, old)
         _write(conn, data, "old")
-        assert wait_until(lambda: _server_expired(pg, name)), "the old lease never ran out on the server"
+        assert wait_until(lambda: _server_expired(pg, name), WAIT), "the old lease never ran out on the server"
         newcomer = fencelock.Lock(name, pg.url, ttl=5, renew=False)
         assert newcomer.try_acquire() is None, "a takeover went through while the old writer's transaction held the row"
         conn.commit()
@@ -113,7 +105,7 @@ def test_holds_takeover_first_refuses_the_old_writer(
     pg_stat_activity). Either way the old holder's check then finds the lease gone: LeaseLost, and
     its transaction writes nothing; the taker's write goes in."""
     old = fencelock.Lock(name, pg.url, ttl=0.3, renew=False).acquire()
-    assert wait_until(lambda: _server_expired(pg, name))
+    assert wait_until(lambda: _server_expired(pg, name), WAIT)
     taker = psycopg.connect(pg.url)  # not autocommit: the takeover stays open until we commit it
     writer = psycopg.connect(pg.url)
     outcome: list[object] = []
@@ -138,7 +130,7 @@ def test_holds_takeover_first_refuses_the_old_writer(
         thread = threading.Thread(target=old_writer, daemon=True)
         thread.start()
         if not taker_committed:
-            assert wait_until(lambda: _blocked_on_lock(pg, writer.info.backend_pid)), "the check never waited"
+            assert wait_until(lambda: _blocked_on_lock(pg, writer.info.backend_pid), WAIT), "the check never waited"
             assert not outcome
             taker.commit()
         thread.join(WAIT)
@@ -151,7 +143,7 @@ def test_holds_takeover_first_refuses_the_old_writer(
 
 def test_holds_refuses_an_expired_lease_nobody_took(pg: PostgresLockServer, name: str) -> None:
     lease = fencelock.Lock(name, pg.url, ttl=0.3, renew=False).acquire()
-    assert wait_until(lambda: _server_expired(pg, name))
+    assert wait_until(lambda: _server_expired(pg, name), WAIT)
     with psycopg.connect(pg.url) as conn, pytest.raises(fencelock.LeaseLost):
         fencing.holds(conn, lease)
 
@@ -230,7 +222,8 @@ def test_a_role_with_only_usage_on_the_schema_locks_waits_and_fences(
     got: list[fencelock.Lease] = []
     waiter = threading.Thread(target=lambda: got.append(fencelock.Lock(name, url, ttl=5).acquire(timeout=WAIT)))
     waiter.start()
-    assert wait_until(lambda: (lock.inspect() or fencelock.backends.base.LockInfo(name, 0, "", None)).waiters == 1)
+    empty = fencelock.backends.base.LockInfo(name, 0, "", None)
+    assert wait_until(lambda: (lock.inspect() or empty).waiters == 1, WAIT)
     holder.extend(ttl=5)
     holder.release()
     waiter.join(WAIT)
@@ -289,7 +282,7 @@ def test_server_restart_mid_wait_is_an_error_in_bounded_time_and_the_lease_survi
     waiter = threading.Thread(target=wait_for_it, daemon=True)
     waiter.start()
     started.wait(WAIT)
-    assert wait_until(lambda: (fencelock.Lock(name, pg.url).inspect() or holder).waiters == 1)  # type: ignore[union-attr]
+    assert wait_until(lambda: (fencelock.Lock(name, pg.url).inspect() or holder).waiters == 1, WAIT)  # type: ignore[union-attr]
     pg.server.halt()
     down = time.monotonic()
     waiter.join(WAIT)
@@ -303,7 +296,7 @@ def test_server_restart_mid_wait_is_an_error_in_bounded_time_and_the_lease_survi
     assert fencelock.Lock(name, pg.url, ttl=5).try_acquire() is None
     # The failed waiter's cleanup could not reach the server: its place in the queue lapses by itself
     # (REGISTRATION_MS after its last poll); a release before that would hand it the lock.
-    assert wait_until(lambda: (fencelock.Lock(name, pg.url).inspect() or holder).waiters == 0)  # type: ignore[union-attr]
+    assert wait_until(lambda: (fencelock.Lock(name, pg.url).inspect() or holder).waiters == 0, WAIT)  # type: ignore[union-attr]
     holder.release()
     after = fencelock.Lock(name, pg.url, ttl=5, renew=False).acquire(timeout=5)
     assert after.fence > holder.fence
@@ -334,7 +327,7 @@ def test_pg_terminate_backend_mid_call_raises_unavailable_and_changes_nothing(
         )
         return int(rows[0][0]) if rows else None
 
-    assert wait_until(lambda: victim() is not None), "the acquire never waited on the row lock"
+    assert wait_until(lambda: victim() is not None, WAIT), "the acquire never waited on the row lock"
     pg.query("SELECT pg_terminate_backend(%s)", (victim(),))
     thread.join(WAIT)
     blocker.rollback()
@@ -401,7 +394,7 @@ def test_polling_without_listen_is_handed_the_lock(pg: PostgresLockServer, name:
     got: list[fencelock.Lease] = []
     waiter = threading.Thread(target=lambda: got.append(fencelock.Lock(name, url, ttl=30).acquire(timeout=WAIT)))
     waiter.start()
-    assert wait_until(lambda: (fencelock.Lock(name, url).inspect() or holder).waiters == 1)  # type: ignore[union-attr]
+    assert wait_until(lambda: (fencelock.Lock(name, url).inspect() or holder).waiters == 1, WAIT)  # type: ignore[union-attr]
     holder.release()
     waiter.join(WAIT)
     assert got and got[0].fence > holder.fence
