@@ -173,6 +173,11 @@ def test_many_consumers_postgres_debian_redis(tmp_path: Path, debian_redis: Embe
     _run_many(tmp_path, debian_redis.url, pg_db)
 
 
+def test_many_consumers_on_postgres_alone(tmp_path: Path, pg_db: str) -> None:
+    """The lock and the data in one PostgreSQL, no Redis anywhere."""
+    _run_many(tmp_path, pg_db, pg_db)
+
+
 def test_workers_option_runs_several_processes(tmp_path: Path, valkey: EmbeddedRedis) -> None:
     share, hist, db = tmp_path / "share", tmp_path / "h.jsonl", f"sqlite:///{tmp_path / 'w.db'}"
     produce(ProducerConfig(share, files=4, lines=300, seed=3, manifest=tmp_path / "m.jsonl"))
