@@ -2,8 +2,9 @@
 written, each in its own process and fresh working directory, against real servers that the test
 starts on loopback (a Redis-compatible server on 127.0.0.1, a ZooKeeper server or a PostgreSQL when
 a block needs one). The examples say ``redis://localhost:6379``, ``localhost:2181`` and
-``postgresql://postgres@localhost/app`` as a reader's would; the test points those at its own servers. A block that is deliberately not runnable is marked
-```python no-run; there are very few of them.
+``postgresql://postgres@localhost/app`` as a reader's would; the test points those at its own
+servers. A block that is deliberately not runnable is marked ```python no-run; there are very few
+of them.
 
 Also: the licence is in the repository and in the built wheel, the changelog has its sections, the
 README says what is supported and how to install, and no page uses tracker wording."""
