@@ -395,6 +395,39 @@ def test_a_fresh_connection_per_call_holds_renews_and_hands_over(pg: PostgresLoc
     got[0].release()
 
 
+def test_a_psycopg_pool_is_used_as_is_and_waiters_are_woken(pg: PostgresLockServer, name: str) -> None:
+    from psycopg_pool import ConnectionPool
+
+    with ConnectionPool(pg.url, min_size=1, max_size=4, open=True) as pool:
+        holder = fencelock.Lock(name, pool, ttl=30, renew=False).acquire(timeout=5)
+        got: list[fencelock.Lease] = []
+        waiter = threading.Thread(target=lambda: got.append(fencelock.Lock(name, pool, ttl=30).acquire(timeout=WAIT)))
+        waiter.start()
+        assert wait_until(lambda: (fencelock.Lock(name, pool).inspect() or holder).waiters == 1)  # type: ignore[union-attr]
+        holder.release()
+        waiter.join(WAIT)
+        assert got and got[0].fence > holder.fence
+        got[0].release()
+        assert not pool.closed, "fencelock never closes a pool of yours"
+        with pytest.raises(fencelock.ConfigurationError, match="blocking"):
+            aio.Lock(name, pool)
+
+
+async def test_an_async_psycopg_pool(pg: PostgresLockServer, name: str) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    async with AsyncConnectionPool(pg.url, min_size=1, max_size=4, open=False) as pool:
+        lease = await aio.Lock(name, pool, ttl=30, renew=False).acquire(timeout=5)
+        waiter = asyncio.ensure_future(aio.Lock(name, pool, ttl=30).acquire(timeout=WAIT))
+        assert await asyncio.to_thread(
+            wait_until, lambda: (fencelock.Lock(name, pg.url).inspect() or lease).waiters == 1  # type: ignore[union-attr]
+        )
+        await lease.release()
+        second = await asyncio.wait_for(waiter, WAIT)
+        assert second.fence > lease.fence
+        await second.release()
+
+
 def test_polling_without_listen_is_handed_the_lock(pg: PostgresLockServer, name: str) -> None:
     url = pg.url + "&listen=off"
     holder = fencelock.Lock(name, url, ttl=30, renew=False).acquire()
