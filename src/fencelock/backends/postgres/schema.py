@@ -304,18 +304,22 @@ CREATE OR REPLACE FUNCTION {s}.release(p_name text, p_token text) RETURNS boolea
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     v_now timestamptz;
+    v_queued boolean;
 BEGIN
     v_now := clock_timestamp();
-    -- The mutex: one UPDATE of its row (which it keeps locked for the handoff below).
+    -- The mutex: one UPDATE of its row (which it keeps locked for the handoff below), which also
+    -- says whether anyone is queued.
     UPDATE {s}.fence SET token = NULL, hfence = NULL, label = NULL, expires = NULL
-    WHERE name = p_name AND token = p_token AND expires > v_now;
+    WHERE name = p_name AND token = p_token AND expires > v_now
+    RETURNING EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name) INTO v_queued;
     IF NOT FOUND THEN
         PERFORM {s}.lock_name(p_name);
         v_now := clock_timestamp();
         DELETE FROM {s}.lease WHERE name = p_name AND token = p_token AND expires > v_now;
         IF NOT FOUND THEN RETURN false; END IF;
+        v_queued := EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name);
     END IF;
-    IF EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name) THEN
+    IF v_queued THEN
         PERFORM {s}.clear_expired(p_name, v_now);
         DELETE FROM {s}.waiter WHERE name = p_name AND alive <= v_now;
         PERFORM {s}.hand_over(p_name, v_now);
