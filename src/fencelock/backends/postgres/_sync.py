@@ -23,7 +23,7 @@ from ..._metrics import traced
 from ..base import Attempt, HolderInfo, LockInfo, check_counted
 from .errors import map_errors
 from .listen import Pause, Waiter, Listener, token_hash
-from .schema import DEFAULT_SCHEMA, MISMATCH, REFRESH_MS, channel, check_schema, ddl
+from .schema import DEFAULT_SCHEMA, MISMATCH_BASE, REFRESH_MS, channel, check_schema, ddl
 from .urls import DEFAULT_REQUEST_TIMEOUT, check_timeout, parse_postgres_url
 from .watchdog import WATCHDOG
 
@@ -96,8 +96,8 @@ class PostgresBackend:
         # statement's own transaction, by the statement itself (one round trip, no session state).
         fast = "" if self.durable else ", set_config('synchronous_commit', 'off', true)"
         self._q_acquire = (
-            f"SELECT a.granted, a.val{fast} FROM {s}.acquire(%s::text, %s::text, %s::bigint, %s::text, "
-            "%s::boolean, %s::integer, %s::integer) a"
+            f"SELECT {s}.acquire(%s::text, %s::text, %s::bigint, %s::text, %s::boolean, %s::integer, "
+            f"%s::integer){fast}"
         )
         self._q_extend = f"SELECT {s}.extend(%s::text, %s::text, %s::bigint){fast}"
         self._q_release = f"SELECT {s}.release(%s::text, %s::text){fast}"
@@ -251,12 +251,12 @@ class PostgresBackend:
             self._listener.start(0)  # listening before we can be handed anything (no wait here)
         params = (key, token, ttl_ms, label, queue, limit, weight)
         rows = self._call("acquire", self._q_acquire, params)
-        granted, value = rows[0][0], rows[0][1]
-        if granted == 1:
-            return Attempt(fence=int(value))
-        if granted == MISMATCH:
-            raise LimitMismatch(key, limit, int(value))
-        return Attempt(fence=None, retry_after=None if value < 0 else value / 1000)
+        value = int(rows[0][0])
+        if value > 0:  # see schema.py, acquire: the fence, or why not
+            return Attempt(fence=value)
+        if value <= MISMATCH_BASE:
+            raise LimitMismatch(key, limit, MISMATCH_BASE + 1 - value)  # -1000 - value
+        return Attempt(fence=None, retry_after=None if value == 0 else (-value - 1) / 1000)
 
     @traced("wait")
     def wait(self, key: str, token: str, timeout: float) -> int | None:
