@@ -106,6 +106,7 @@ class AsyncPostgresBackend:
         self._q_last = f"SELECT {s}.last_fence(%s::text)"
         self._q_force = f"SELECT {s}.force_release(%s::text)"
         self._idle: list[Any] = []
+        self._cursors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._pid = os.getpid()
         self._listener: Listener | None = None
         if listen and (conninfo is not None or self._pool is not None):
@@ -139,7 +140,9 @@ class AsyncPostgresBackend:
             _drop(conn)
         assert self._conninfo is not None
         with map_errors("connect", self.schema):
-            return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, prepare_threshold=1)
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, prepare_threshold=1)
+        self._cursors[conn] = conn.cursor()
+        return conn
 
     def _checkin(self, conn: Any) -> None:
         if conn is self._conn or self._pid != os.getpid():
@@ -155,7 +158,11 @@ class AsyncPostgresBackend:
         fired = False
         try:
             try:
-                cur = await conn.execute(query, params)
+                cur = self._cursors.get(conn)  # our own connections keep one cursor (a new one costs)
+                if cur is None:
+                    cur = await conn.execute(query, params)
+                else:
+                    await cur.execute(query, params)
                 rows: list[Any] = await cur.fetchall()
             finally:
                 fired = WATCHDOG.disarm(ticket)

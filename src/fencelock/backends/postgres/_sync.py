@@ -107,6 +107,7 @@ class PostgresBackend:
         self._q_last = f"SELECT {s}.last_fence(%s::text)"
         self._q_force = f"SELECT {s}.force_release(%s::text)"
         self._idle: list[Any] = []
+        self._cursors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._pid = os.getpid()
         self._listener: Listener | None = None
         if listen and (conninfo is not None or self._pool is not None):
@@ -140,7 +141,9 @@ class PostgresBackend:
             _drop(conn)
         assert self._conninfo is not None
         with map_errors("connect", self.schema):
-            return psycopg.Connection.connect(self._conninfo, autocommit=True, prepare_threshold=1)
+            conn = psycopg.Connection.connect(self._conninfo, autocommit=True, prepare_threshold=1)
+        self._cursors[conn] = conn.cursor()
+        return conn
 
     def _checkin(self, conn: Any) -> None:
         if conn is self._conn or self._pid != os.getpid():
@@ -156,7 +159,11 @@ class PostgresBackend:
         fired = False
         try:
             try:
-                cur = conn.execute(query, params)
+                cur = self._cursors.get(conn)  # our own connections keep one cursor (a new one costs)
+                if cur is None:
+                    cur = conn.execute(query, params)
+                else:
+                    cur.execute(query, params)
                 rows: list[Any] = cur.fetchall()
             finally:
                 fired = WATCHDOG.disarm(ticket)
