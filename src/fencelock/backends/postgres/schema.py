@@ -210,15 +210,16 @@ DECLARE
     r record;
 BEGIN
     IF p_lim = 1 THEN
-        -- The common case in one statement: a free mutex, nobody queued, no counted holders. The
-        -- row lock the UPDATE takes (and re-checks "token IS NULL" after) is the mutual exclusion.
+        -- The common case in one statement: a free mutex, no waiter row, no counted holders (two
+        -- index probes that find nothing). The row lock the UPDATE takes (and its re-check of
+        -- "token IS NULL" on the newest row) is the mutual exclusion.
         v_now := clock_timestamp();
         UPDATE {s}.fence f
         SET last = greatest(f.last + 1, (date_part('epoch', v_now) * 1000000)::bigint),
             hfence = greatest(f.last + 1, (date_part('epoch', v_now) * 1000000)::bigint),
             token = p_token, label = p_label, expires = v_now + p_ttl_ms * interval '1 millisecond'
         WHERE f.name = p_name AND f.token IS NULL
-          AND NOT EXISTS (SELECT 1 FROM {s}.waiter w WHERE w.name = p_name AND w.alive > v_now)
+          AND NOT EXISTS (SELECT 1 FROM {s}.waiter w WHERE w.name = p_name)
           AND NOT EXISTS (SELECT 1 FROM {s}.lease l WHERE l.name = p_name)
         RETURNING f.last INTO val;
         IF FOUND THEN RETURN val; END IF;
@@ -234,6 +235,8 @@ BEGIN
         RETURN v_row.hfence;
     END IF;
     PERFORM {s}.clear_expired(p_name, v_now);
+    DELETE FROM {s}.waiter WHERE name = p_name AND alive <= v_now;  -- crashed waiters (the fast path
+    -- above takes any waiter row for a queue, so none may linger)
     SELECT f.last, f.token, f.expires INTO v_row FROM {s}.fence f WHERE f.name = p_name;
     IF v_row.token IS NOT NULL THEN  -- the mutex is held (or expired but pinned)
         v_used := 1;
