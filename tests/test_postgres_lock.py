@@ -239,6 +239,9 @@ def test_a_role_with_only_usage_on_the_schema_locks_waits_and_fences(
         fencing.holds(conn, got[0], schema=schema)
         _write(conn, data, "by the restricted role")
     got[0].release()
+    # the operator's override is not among its rights (the schema's owner grants it to operators)
+    with pytest.raises(fencelock.BackendRejected, match=f"GRANT EXECUTE ON FUNCTION {schema}.force_release"):
+        PostgresBackend.from_url(url).force_release(name)
     # and it can read nothing of the tables themselves: tokens stay the functions' business
     denied = pytest.raises(psycopg.errors.InsufficientPrivilege)
     with psycopg.connect(_role_db(pg, user), autocommit=True) as conn, denied:

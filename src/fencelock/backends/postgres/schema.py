@@ -431,9 +431,10 @@ $f$;
 CREATE OR REPLACE FUNCTION {s}.layout() RETURNS integer
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$ SELECT {version} $f$;
 
--- Internal helpers: only the SECURITY DEFINER functions (running as the owner) call them.
+-- Internal helpers: only the SECURITY DEFINER functions (running as the owner) call them. The
+-- operator's override is the owner's to grant (GRANT EXECUTE ON FUNCTION {s}.force_release(text)).
 REVOKE ALL ON FUNCTION {s}.lock_name(text), {s}.clear_expired(text, timestamptz),
-    {s}.hand_over(text, timestamptz) FROM PUBLIC;
+    {s}.hand_over(text, timestamptz), {s}.force_release(text) FROM PUBLIC;
 """
 
 PIN_CLASS = 0x666C6B70
