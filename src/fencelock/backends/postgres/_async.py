@@ -334,9 +334,10 @@ def _listen_connector(conninfo: str | None, pool: Any) -> Callable[[], Any]:
 
 
 def _release(idle: list[Any], listener: Listener | None, pid: int) -> None:
-    """Close idle connections of ours (only in the process that opened them) and stop the listener."""
+    """Close idle connections of ours (only in the process that opened them) and stop the listener.
+    Also the finalizer of a backend nobody closed: it may run in any thread, so it never waits."""
     if listener is not None:
-        listener.close()
+        listener.close(wait=False)
     if pid == os.getpid():
         while idle:
             _drop(idle.pop())
