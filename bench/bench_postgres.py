@@ -165,13 +165,14 @@ def uncontended(url: str, rounds: int, seconds: float) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in results.items()}
 
 
-def contended_worker(url: str, name: str, seconds: float, start: Any, out: Any) -> None:
+def contended_worker(url: str, name: str, seconds: float, ready: Any, start: Any, out: Any) -> None:
     data = psycopg.connect(url, autocommit=True)
     data.execute("SET synchronous_commit = off")  # the section is 1 ms of sleep, not a WAL flush
     lock = fencelock.Lock(name, url, ttl=30, renew=False, timeout=60)
     lock.inspect()  # connect (and create the schema) before the start
     events: list[tuple[float, float, float]] = []
-    start.wait(60)
+    ready.put(os.getpid())
+    start.wait(120)
     stop_at = time.monotonic() + seconds
     while time.monotonic() < stop_at:
         asked = time.monotonic()
@@ -192,11 +193,14 @@ def contended(url: str, workers: int, seconds: float) -> dict[str, float]:
         conn.execute("CREATE TABLE IF NOT EXISTS bench_counter (name text PRIMARY KEY, n bigint NOT NULL)")
         conn.execute("INSERT INTO bench_counter VALUES (%s, 0)", (name,))
     start = CTX.Event()
+    ready = CTX.Queue()
     out = CTX.Queue()
-    procs = [CTX.Process(target=contended_worker, args=(url, name, seconds, start, out)) for _ in range(workers)]
+    procs = [CTX.Process(target=contended_worker, args=(url, name, seconds, ready, start, out))
+             for _ in range(workers)]
     for p in procs:
         p.start()
-    time.sleep(2.0 + workers * 0.1)  # let every worker import and connect
+    for _ in procs:  # every worker imported and connected: they start together
+        ready.get(timeout=120)
     start.set()
     per_worker: dict[int, list[tuple[float, float, float]]] = {}
     try:

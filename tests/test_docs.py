@@ -1,9 +1,10 @@
 """The documentation, as a reader uses it: every ```python block in README.md and docs/*.md runs as
 written, each in its own process and fresh working directory, against real servers that the test
-starts on loopback (a Redis-compatible server on 127.0.0.1, a ZooKeeper server when a block needs
-one). The examples say ``redis://localhost:6379`` and ``localhost:2181`` as a reader's would; the
-test points those at its own servers. A block that is deliberately not runnable is marked
-```python no-run; there are very few of them.
+starts on loopback (a Redis-compatible server on 127.0.0.1, a ZooKeeper server or a PostgreSQL when
+a block needs one). The examples say ``redis://localhost:6379``, ``localhost:2181`` and
+``postgresql://postgres@localhost/app`` as a reader's would; the test points those at its own
+servers. A block that is deliberately not runnable is marked ```python no-run; there are very few
+of them.
 
 Also: the licence is in the repository and in the built wheel, the changelog has its sections, the
 README says what is supported and how to install, and no page uses tracker wording."""
@@ -91,6 +92,9 @@ def test_python_example_runs_as_written(block: Block, redis_tcp: str, request: p
     if "localhost:2181" in code:
         zk: Any = request.getfixturevalue("zookeeper_server")
         code = code.replace("localhost:2181", zk.hosts)
+    if "postgresql://postgres@localhost/app" in code:
+        pg: Any = request.getfixturevalue("postgres_server")
+        code = code.replace("postgresql://postgres@localhost/app", pg.url)
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                             timeout=120, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, f"{block.id} failed:\n{code}\n--- stderr ---\n{result.stderr}"

@@ -120,10 +120,10 @@ def test_holds_takeover_first_refuses_the_old_writer(
             outcome.append(err)
 
     try:
-        granted, fence = taker.execute(
-            "SELECT * FROM fencelock.acquire(%s, 'taker-token', 5000, 'taker', false, 1, 1)", (name,)
-        ).fetchone() or (0, 0)
-        assert granted == 1 and fence > old.fence
+        row = taker.execute(
+            "SELECT fencelock.acquire(%s, 'taker-token', 5000, 'taker', false, 1, 1)", (name,)
+        ).fetchone()
+        assert row is not None and row[0] > old.fence  # granted: the answer is the fence
         _write(taker, data, "taker")
         if taker_committed:
             taker.commit()
@@ -232,6 +232,9 @@ def test_a_role_with_only_usage_on_the_schema_locks_waits_and_fences(
         fencing.holds(conn, got[0], schema=schema)
         _write(conn, data, "by the restricted role")
     got[0].release()
+    # the operator's override is not among its rights (the schema's owner grants it to operators)
+    with pytest.raises(fencelock.BackendRejected, match=f"GRANT EXECUTE ON FUNCTION {schema}.force_release"):
+        PostgresBackend.from_url(url).force_release(name)
     # and it can read nothing of the tables themselves: tokens stay the functions' business
     denied = pytest.raises(psycopg.errors.InsufficientPrivilege)
     with psycopg.connect(_role_db(pg, user), autocommit=True) as conn, denied:
@@ -388,6 +391,39 @@ def test_a_fresh_connection_per_call_holds_renews_and_hands_over(pg: PostgresLoc
     got[0].release()
 
 
+def test_a_psycopg_pool_is_used_as_is_and_waiters_are_woken(pg: PostgresLockServer, name: str) -> None:
+    from psycopg_pool import ConnectionPool
+
+    with ConnectionPool(pg.url, min_size=1, max_size=4, open=True) as pool:
+        holder = fencelock.Lock(name, pool, ttl=30, renew=False).acquire(timeout=5)
+        got: list[fencelock.Lease] = []
+        waiter = threading.Thread(target=lambda: got.append(fencelock.Lock(name, pool, ttl=30).acquire(timeout=WAIT)))
+        waiter.start()
+        assert wait_until(lambda: (fencelock.Lock(name, pool).inspect() or holder).waiters == 1)  # type: ignore[union-attr]
+        holder.release()
+        waiter.join(WAIT)
+        assert got and got[0].fence > holder.fence
+        got[0].release()
+        assert not pool.closed, "fencelock never closes a pool of yours"
+        with pytest.raises(fencelock.ConfigurationError, match="blocking"):
+            aio.Lock(name, pool)
+
+
+async def test_an_async_psycopg_pool(pg: PostgresLockServer, name: str) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    async with AsyncConnectionPool(pg.url, min_size=1, max_size=4, open=False) as pool:
+        lease = await aio.Lock(name, pool, ttl=30, renew=False).acquire(timeout=5)
+        waiter = asyncio.ensure_future(aio.Lock(name, pool, ttl=30).acquire(timeout=WAIT))
+        assert await asyncio.to_thread(
+            wait_until, lambda: (fencelock.Lock(name, pg.url).inspect() or lease).waiters == 1  # type: ignore[union-attr]
+        )
+        await lease.release()
+        second = await asyncio.wait_for(waiter, WAIT)
+        assert second.fence > lease.fence
+        await second.release()
+
+
 def test_polling_without_listen_is_handed_the_lock(pg: PostgresLockServer, name: str) -> None:
     url = pg.url + "&listen=off"
     holder = fencelock.Lock(name, url, ttl=30, renew=False).acquire()
@@ -463,6 +499,9 @@ def test_url_options_are_checked_before_any_io() -> None:
     assert (opts.schema, opts.request_timeout, opts.listen, opts.durable) == ("locks", 1.5, True, False)
     assert "sslmode=require" in opts.conninfo and "connect_timeout=2" in opts.conninfo
     assert "schema" not in opts.conninfo
+    spaced = parse_postgres_url("postgresql://h/db?options=-c%20statement_timeout%3D200&application_name=a+b")
+    assert "options=-c%20statement_timeout%3D200" in spaced.conninfo  # libpq reads "+" as a plus sign
+    assert "application_name=a+b" in spaced.conninfo  # passed to libpq as written
     for bad in ("?schema=Bad-Name", "?schema=pg_catalog", "?request_timeout=0", "?listen=maybe", "?durable=2"):
         with pytest.raises(fencelock.ConfigurationError):
             parse_postgres_url("postgresql://h/db" + bad)
@@ -486,3 +525,50 @@ def test_a_read_only_database_is_rejected_clearly(pg: PostgresLockServer, name: 
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,)
         )
         pg.query(f"DROP DATABASE {db} WITH (FORCE)")
+
+
+def test_a_server_statement_timeout_is_unavailable_not_contention(pg: PostgresLockServer, name: str) -> None:
+    """The server cancels our statement (here: statement_timeout while it waits for the name's row,
+    which another transaction holds): an error that says so, never a silent "busy"."""
+    fencelock.Lock(name, pg.url, ttl=1, renew=False).try_acquire().release()  # the row exists
+    blocker = psycopg.connect(pg.url)
+    try:
+        blocker.execute("SELECT 1 FROM fencelock.fence WHERE name = %s FOR UPDATE", (name,))
+        lock = fencelock.Lock(name, pg.url + "&options=-c%20statement_timeout%3D200", ttl=5, renew=False)
+        with pytest.raises(fencelock.BackendUnavailable, match="in time"):
+            lock.try_acquire()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert fencelock.Lock(name, pg.url).inspect() is None, "the cancelled call changed nothing"
+
+
+def _scans(pg: PostgresLockServer) -> tuple[int, int]:
+    rows = pg.query("SELECT seq_scan, idx_scan FROM pg_stat_user_tables WHERE relid = 'fencelock.fence'::regclass")
+    return int(rows[0][0]), int(rows[0][1] or 0)
+
+
+def test_a_hundred_thousand_names_are_found_by_index(pg: PostgresLockServer, name: str) -> None:
+    """100,000 names in the fence table (one row each, never deleted): acquire and release find the
+    name's row by its primary key, never by reading the table (pg_stat_user_tables' counters)."""
+    fencelock.Lock(name, pg.url, ttl=1, renew=False).try_acquire().release()  # the schema exists
+    pg.query(
+        "INSERT INTO fencelock.fence (name, last) SELECT 'bulk:' || g, g FROM generate_series(1, 100000) g "
+        "ON CONFLICT (name) DO NOTHING"
+    )
+    pg.query("ANALYZE fencelock.fence")
+    before = _scans(pg)
+    backend = PostgresBackend.from_url(pg.url)
+    try:
+        backend.inspect(name)  # connect: the plans below are made with the table's new statistics
+        rounds = 40
+        for i in range(rounds):
+            token = uuid.uuid4().hex
+            attempt = backend.try_acquire(f"bulk:{1 + i * 2500}", token, 5000, "bulk", False)
+            assert attempt.fence is not None and attempt.fence > 100000
+            assert backend.release(f"bulk:{1 + i * 2500}", token)
+    finally:
+        backend.close()
+    # statistics reach pg_stat_user_tables within about a second of each session going idle
+    assert wait_until(lambda: _scans(pg)[1] >= before[1] + 2 * rounds, 10), (before, _scans(pg))
+    assert _scans(pg)[0] == before[0], "a lock call read the whole fence table"

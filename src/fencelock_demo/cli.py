@@ -125,7 +125,7 @@ Exit status:
 @click.option("--bad", default=1, show_default=True, type=click.IntRange(0), help="Files made bad on purpose.")
 @click.option("--seed", type=int, help="Producer seed (repeatable data).")
 @click.option("--lock", "lock_url", help="Use this lock server instead of the embedded one (redis://..., zk://..., "
-              "sqlite:///...); checked before any consumer starts.")
+              "sqlite:///..., postgresql://...); checked before any consumer starts.")
 @click.option("--db", help="Use this database instead of SQLite in the work folder (postgresql://...). "
               "Its demo tables are emptied at start.")
 @click.option("--fencing/--no-fencing", default=True, show_default=True,

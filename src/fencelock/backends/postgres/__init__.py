@@ -15,23 +15,28 @@ sslmode, ...), plus ``?schema=`` (default ``fencelock``), ``request_timeout=`` (
 
 Tables, in the schema (created with its functions on first use, by a role that may create it):
 
-    fence(name PK, last)            the last fence issued per name; never deleted, never decreases
-    lease(name, token PK, fence,    one row per holder (a mutex has at most one); ``expires`` is
-          label, expires, weight,   server time, judged on ``clock_timestamp()``
+    fence(name PK, last,            one row per name, never deleted: ``last`` is the last fence issued
+          token, hfence, label,     (never decreases); the mutex's holder (limit 1) lives in the same
+          expires)                  row: its token, fence, label and ``expires`` (server time)
+    lease(name, token PK, fence,    the holders of counted names (limit > 1), one row each
+          label, expires, weight,
           lim)
-    waiter(name, token PK, since,   the FIFO queue, with what each waiter asks for; ``alive`` is
-           alive, ttl_ms, label,    refreshed by every poll
+    waiter(name, token PK, since,   the FIFO queue of every name, with what each waiter asks for;
+           alive, ttl_ms, label,    ``alive`` is refreshed by every poll
            weight, lim)
 
 One round trip per primitive. Every primitive is one call of a SQL function (``SECURITY DEFINER``:
-users need only ``USAGE`` on the schema, and never see the tables). A function that changes a name
-first locks the name's ``fence`` row (``FOR UPDATE``; created on first use), so the calls on one
-name take turns inside the server, and no lock order can deadlock. ``acquire`` then drops expired
-leases, judges the holders on ``clock_timestamp()`` read *after* that lock, and either grants (mints
-the fence, writes the lease) or queues: all in the one statement. ``extend`` is one ``UPDATE`` of
-the token's own row, only while it has not expired; ``release`` one ``DELETE`` of it, likewise: a
-release or extend after expiry changes nothing and returns False (the handle raises ``LeaseLost``),
-as on the other backends. Lease deadlines on the client run from before the request, as everywhere.
+users need only ``USAGE`` on the schema, and never see the tables). The name's ``fence`` row is the
+lock of the lock: the common acquire (a free mutex, nobody queued) is one ``UPDATE ... WHERE token
+IS NULL`` of it, which mints the fence and writes the holder; PostgreSQL's row lock, and its re-check
+of the ``WHERE`` on the newest row after waiting for it, is the mutual exclusion. Every other path
+locks the row ``FOR UPDATE`` first (so the calls on one name take turns, and no lock order can
+deadlock), then judges the holders on ``clock_timestamp()`` read *after* that lock, clears expired
+ones, and grants or queues: all in the one call. ``extend`` is one ``UPDATE`` of the token's own
+row, only while it has not expired; ``release`` likewise (the mutex's is an ``UPDATE`` that clears
+the holder: HOT, no index change, so churn on one name leaves no dead index entries): a release or
+extend after expiry changes nothing and returns False (the handle raises ``LeaseLost``), as on the
+other backends. Lease deadlines on the client run from before the request, as everywhere.
 
 Fences. ``max(last + 1, server clock in microseconds)``, minted in the acquire's transaction. The
 counter alone would go back when the server loses its last commits: a crash with asynchronous
@@ -46,8 +51,10 @@ only to the lost commits is gone, so a second holder may be granted while the fi
 first learns at its next renewal (``LeaseLost``), and its writes are refused by the storage through
 the fence (``fencing.admit``) or by ``fencing.holds``.
 
-Durability. By default the functions commit with ``synchronous_commit = off`` for their own
-transaction (``set_config(..., true)``): an acquire costs no WAL flush, like the advisory lock a
+Durability. By default every writing call commits with ``synchronous_commit = off`` for its own
+transaction, set by the calling statement itself (``SELECT f(...), set_config('synchronous_commit',
+'off', true)``; not inside the function, whose ``SET search_path`` clause would undo it before the
+commit): an acquire costs no WAL flush, like the advisory lock a
 user would otherwise take, which writes no WAL at all. A crash of the server may lose the last
 ~0.6 s of lock changes (``3 * wal_writer_delay``): leases granted or renewed in that window, which
 is the loss described above and protected the same way, by the clock term. ``?durable=on`` (or
@@ -79,6 +86,14 @@ another client. Behind such a pooler use ``?listen=off`` (waiters poll), or poin
 listener at the server directly (a URL without the pooler); PgBouncer in *session* mode is like a
 direct connection. psycopg prepares statements it runs often; PgBouncer before 1.21 in transaction
 mode does not support that: give your connections ``prepare_threshold=None``.
+
+``fencing.holds`` (the write transaction checks the lock in the same database) pins a name with a
+shared, transaction-scoped advisory lock (``PIN_CLASS``, ``hashtext('<schema>:<name>')``) before it
+reads the holder. A takeover of an *expired* holder tries that advisory lock exclusively
+(``pg_try_advisory_xact_lock``, never waiting) and, while a writer pins the name, counts the expired
+holder as still holding (its waiters poll again 10 ms later). Nothing else looks at it: renewals and
+the holder's own release never wait for a writer. Both locks end with their transactions: nothing
+outlives a call, so a pooler cannot strand one.
 
 Counted leases. Every lease row carries its weight and the limit it was granted under, and every
 waiter row the limit it asked with: the limit binds exactly while the name has live holders or live

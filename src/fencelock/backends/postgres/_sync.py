@@ -22,7 +22,7 @@ from ..._errors import BackendRejected, BackendUnavailable, ConfigurationError, 
 from ..base import Attempt, HolderInfo, LockInfo, check_counted
 from .errors import map_errors
 from .listen import Pause, Waiter, Listener, token_hash
-from .schema import DEFAULT_SCHEMA, MISMATCH, REFRESH_MS, channel, check_schema, ddl
+from .schema import DEFAULT_SCHEMA, MISMATCH_BASE, REFRESH_MS, channel, check_schema, ddl
 from .urls import DEFAULT_REQUEST_TIMEOUT, check_timeout, parse_postgres_url
 from .watchdog import WATCHDOG
 
@@ -95,8 +95,8 @@ class PostgresBackend:
         # statement's own transaction, by the statement itself (one round trip, no session state).
         fast = "" if self.durable else ", set_config('synchronous_commit', 'off', true)"
         self._q_acquire = (
-            f"SELECT a.granted, a.val{fast} FROM {s}.acquire(%s::text, %s::text, %s::bigint, %s::text, "
-            "%s::boolean, %s::integer, %s::integer) a"
+            f"SELECT {s}.acquire(%s::text, %s::text, %s::bigint, %s::text, %s::boolean, %s::integer, "
+            f"%s::integer){fast}"
         )
         self._q_extend = f"SELECT {s}.extend(%s::text, %s::text, %s::bigint){fast}"
         self._q_release = f"SELECT {s}.release(%s::text, %s::text){fast}"
@@ -106,6 +106,7 @@ class PostgresBackend:
         self._q_last = f"SELECT {s}.last_fence(%s::text)"
         self._q_force = f"SELECT {s}.force_release(%s::text)"
         self._idle: list[Any] = []
+        self._cursors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._pid = os.getpid()
         self._listener: Listener | None = None
         if listen and (conninfo is not None or self._pool is not None):
@@ -139,7 +140,9 @@ class PostgresBackend:
             _drop(conn)
         assert self._conninfo is not None
         with map_errors("connect", self.schema):
-            return psycopg.Connection.connect(self._conninfo, autocommit=True, prepare_threshold=1)
+            conn = psycopg.Connection.connect(self._conninfo, autocommit=True, prepare_threshold=1)
+        self._cursors[conn] = conn.cursor()
+        return conn
 
     def _checkin(self, conn: Any) -> None:
         if conn is self._conn or self._pid != os.getpid():
@@ -155,7 +158,11 @@ class PostgresBackend:
         fired = False
         try:
             try:
-                cur = conn.execute(query, params)
+                cur = self._cursors.get(conn)  # our own connections keep one cursor (a new one costs)
+                if cur is None:
+                    cur = conn.execute(query, params)
+                else:
+                    cur.execute(query, params)
                 rows: list[Any] = cur.fetchall()
             finally:
                 fired = WATCHDOG.disarm(ticket)
@@ -249,12 +256,12 @@ class PostgresBackend:
             self._listener.start(0)  # listening before we can be handed anything (no wait here)
         params = (key, token, ttl_ms, label, queue, limit, weight)
         rows = self._call("acquire", self._q_acquire, params)
-        granted, value = rows[0][0], rows[0][1]
-        if granted == 1:
-            return Attempt(fence=int(value))
-        if granted == MISMATCH:
-            raise LimitMismatch(key, limit, int(value))
-        return Attempt(fence=None, retry_after=None if value < 0 else value / 1000)
+        value = int(rows[0][0])
+        if value > 0:  # see schema.py, acquire: the fence, or why not
+            return Attempt(fence=value)
+        if value <= MISMATCH_BASE:
+            raise LimitMismatch(key, limit, MISMATCH_BASE + 1 - value)  # -1000 - value
+        return Attempt(fence=None, retry_after=None if value == 0 else (-value - 1) / 1000)
 
     def wait(self, key: str, token: str, timeout: float) -> int | None:
         """Until a release hands us the lock (its notification, or our own look at the lease table
@@ -323,9 +330,10 @@ def _listen_connector(conninfo: str | None, pool: Any) -> Callable[[], Any]:
 
 
 def _release(idle: list[Any], listener: Listener | None, pid: int) -> None:
-    """Close idle connections of ours (only in the process that opened them) and stop the listener."""
+    """Close idle connections of ours (only in the process that opened them) and stop the listener.
+    Also the finalizer of a backend nobody closed: it may run in any thread, so it never waits."""
     if listener is not None:
-        listener.close()
+        listener.close(wait=False)
     if pid == os.getpid():
         while idle:
             _drop(idle.pop())

@@ -36,6 +36,9 @@ def missing_privilege(msg: str, what: str, schema: str) -> str:
         )
     if "for schema" in msg:
         return f"USAGE on schema {schema} (GRANT USAGE ON SCHEMA {schema} TO <role>)"
+    if "force_release" in msg:
+        grant = f"GRANT EXECUTE ON FUNCTION {schema}.force_release(text) TO <role>"
+        return f"EXECUTE on {schema}.force_release, the operator's override ({grant})"
     if "for function" in msg:
         grant = f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} TO <role>"
         return f"EXECUTE on the functions of schema {schema} ({grant})"

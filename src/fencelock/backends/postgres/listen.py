@@ -155,10 +155,12 @@ class Listener:
         with self._lock:
             self._subs.pop(digest, None)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop listening. ``wait=False`` (from a garbage collector's finalizer, which may run in any
+        thread, a lease's renewer included) only tells the thread to stop: it ends within 0.5 s."""
         self._stop.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
+        if wait and thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
             thread.join(2.0)
         self._thread = None
 

@@ -27,7 +27,15 @@ import re
 from ..._errors import ConfigurationError
 
 __all__ = [
-    "DEFAULT_SCHEMA", "LAYOUT_VERSION", "PIN_CLASS", "REFRESH_MS", "REGISTRATION_MS", "channel", "check_schema", "ddl",
+    "DEFAULT_SCHEMA",
+    "LAYOUT_VERSION",
+    "MISMATCH_BASE",
+    "PIN_CLASS",
+    "REFRESH_MS",
+    "REGISTRATION_MS",
+    "channel",
+    "check_schema",
+    "ddl",
 ]
 
 DEFAULT_SCHEMA = "fencelock"
@@ -36,8 +44,9 @@ REGISTRATION_MS = 2000
 """How long a waiter counts as alive after its last poll (a waiter polls at least every REFRESH_MS)."""
 REFRESH_MS = 500
 """Longest ``retry_after`` told to a waiter: it polls (and so refreshes its registration) this often."""
-MISMATCH = -4
-"""``granted`` of an acquire refused for its limit (``value``: the name's limit)."""
+MISMATCH_BASE = -1001
+"""An acquire's answer at or below this refuses the request for its limit: the name's limit is
+``-1000 - answer``."""
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
@@ -159,7 +168,7 @@ BEGIN
              WHERE name = p_name AND alive > p_now ORDER BY since, token LIMIT 256 LOOP
         IF v_lim IS NOT NULL AND w.lim <> v_lim THEN EXIT; END IF;  -- another limit: it will be told
         IF v_used + w.weight > w.lim THEN EXIT; END IF;
-        v_last := greatest(v_last + 1, (extract(epoch FROM p_now) * 1000000)::bigint);
+        v_last := greatest(v_last + 1, (date_part('epoch', p_now) * 1000000)::bigint);
         IF w.lim = 1 THEN
             UPDATE {s}.fence SET last = v_last, token = w.token, hfence = v_last, label = w.label,
                 expires = p_now + w.ttl_ms * interval '1 millisecond'
@@ -179,10 +188,14 @@ BEGIN
 END
 $f$;
 
--- One attempt. Returns (1, fence) granted; (0, retry_after ms or -1) busy; (-4, limit) limit mismatch.
+-- One attempt. Returns one bigint (a scalar: no row to build and read back):
+--   > 0             granted: the fence
+--   0               busy, no hint when to ask again
+--   -1 .. -1000     busy: ask again in (-result - 1) ms
+--   <= -1001        refused: the name is in use with limit (-result - 1000) (LimitMismatch)
 CREATE OR REPLACE FUNCTION {s}.acquire(
     p_name text, p_token text, p_ttl_ms bigint, p_label text, p_queue boolean, p_lim integer,
-    p_weight integer, OUT granted integer, OUT val bigint)
+    p_weight integer) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     v_now timestamptz;
@@ -193,33 +206,37 @@ DECLARE
     v_since timestamptz;
     v_ahead boolean;
     v_head_lim integer;
+    val bigint;
     r record;
 BEGIN
     IF p_lim = 1 THEN
-        -- The common case in one statement: a free mutex, nobody queued, no counted holders. The
-        -- row lock the UPDATE takes (and re-checks "token IS NULL" after) is the mutual exclusion.
+        -- The common case in one statement: a free mutex, no waiter row, no counted holders (two
+        -- index probes that find nothing). The row lock the UPDATE takes (and its re-check of
+        -- "token IS NULL" on the newest row) is the mutual exclusion.
         v_now := clock_timestamp();
         UPDATE {s}.fence f
-        SET last = greatest(f.last + 1, (extract(epoch FROM v_now) * 1000000)::bigint),
-            hfence = greatest(f.last + 1, (extract(epoch FROM v_now) * 1000000)::bigint),
+        SET last = greatest(f.last + 1, (date_part('epoch', v_now) * 1000000)::bigint),
+            hfence = greatest(f.last + 1, (date_part('epoch', v_now) * 1000000)::bigint),
             token = p_token, label = p_label, expires = v_now + p_ttl_ms * interval '1 millisecond'
         WHERE f.name = p_name AND f.token IS NULL
-          AND NOT EXISTS (SELECT 1 FROM {s}.waiter w WHERE w.name = p_name AND w.alive > v_now)
+          AND NOT EXISTS (SELECT 1 FROM {s}.waiter w WHERE w.name = p_name)
           AND NOT EXISTS (SELECT 1 FROM {s}.lease l WHERE l.name = p_name)
         RETURNING f.last INTO val;
-        IF FOUND THEN granted := 1; RETURN; END IF;
+        IF FOUND THEN RETURN val; END IF;
     END IF;
     -- Everything else with the name's row locked: calls on one name take turns from here.
     SELECT * INTO v_row FROM {s}.lock_name(p_name);
     v_now := clock_timestamp();  -- after the lock wait: expiry judged on the server's clock, now
     IF v_row.token = p_token AND v_row.expires > v_now THEN  -- ours already (repeated, or handed over)
-        IF p_lim <> 1 THEN granted := -4; val := 1; RETURN; END IF;
+        IF p_lim <> 1 THEN RETURN -1001; END IF;
         UPDATE {s}.fence SET expires = v_now + p_ttl_ms * interval '1 millisecond', label = p_label
         WHERE name = p_name;
         DELETE FROM {s}.waiter WHERE name = p_name AND token = p_token;
-        granted := 1; val := v_row.hfence; RETURN;
+        RETURN v_row.hfence;
     END IF;
     PERFORM {s}.clear_expired(p_name, v_now);
+    DELETE FROM {s}.waiter WHERE name = p_name AND alive <= v_now;  -- crashed waiters (the fast path
+    -- above takes any waiter row for a queue, so none may linger)
     SELECT f.last, f.token, f.expires INTO v_row FROM {s}.fence f WHERE f.name = p_name;
     IF v_row.token IS NOT NULL THEN  -- the mutex is held (or expired but pinned)
         v_used := 1;
@@ -228,27 +245,27 @@ BEGIN
     END IF;
     FOR r IN SELECT token, fence, expires, weight, lim FROM {s}.lease WHERE name = p_name LOOP
         IF r.token = p_token AND r.expires > v_now THEN  -- ours already: refresh and answer again
-            IF r.lim <> p_lim THEN granted := -4; val := r.lim; RETURN; END IF;
+            IF r.lim <> p_lim THEN RETURN -1000 - r.lim; END IF;
             UPDATE {s}.lease SET expires = v_now + p_ttl_ms * interval '1 millisecond', label = p_label
             WHERE name = p_name AND token = p_token;
             DELETE FROM {s}.waiter WHERE name = p_name AND token = p_token;
-            granted := 1; val := r.fence; RETURN;
+            RETURN r.fence;
         END IF;
         v_used := v_used + r.weight;
         v_cur := r.lim;
         v_soonest := least(v_soonest, greatest(r.expires, v_now + interval '10 milliseconds'));
     END LOOP;
-    IF v_cur <> 0 AND v_cur <> p_lim THEN granted := -4; val := v_cur; RETURN; END IF;
+    IF v_cur <> 0 AND v_cur <> p_lim THEN RETURN -1000 - v_cur; END IF;
     SELECT since INTO v_since FROM {s}.waiter WHERE name = p_name AND token = p_token;
     IF v_cur = 0 THEN  -- nobody holds: the queue binds the limit
         SELECT lim INTO v_head_lim FROM {s}.waiter WHERE name = p_name AND alive > v_now AND token <> p_token
         ORDER BY since, token LIMIT 1;
-        IF v_head_lim IS NOT NULL AND v_head_lim <> p_lim THEN granted := -4; val := v_head_lim; RETURN; END IF;
+        IF v_head_lim IS NOT NULL AND v_head_lim <> p_lim THEN RETURN -1000 - v_head_lim; END IF;
     END IF;
     SELECT EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name AND alive > v_now AND token <> p_token
                    AND (v_since IS NULL OR (since, token) < (v_since, p_token))) INTO v_ahead;
     IF v_used + p_weight <= p_lim AND NOT v_ahead THEN
-        val := greatest(v_row.last + 1, (extract(epoch FROM v_now) * 1000000)::bigint);
+        val := greatest(v_row.last + 1, (date_part('epoch', v_now) * 1000000)::bigint);
         IF p_lim = 1 THEN
             UPDATE {s}.fence SET last = val, token = p_token, hfence = val, label = p_label,
                 expires = v_now + p_ttl_ms * interval '1 millisecond'
@@ -262,7 +279,7 @@ BEGIN
             DELETE FROM {s}.waiter WHERE name = p_name AND token = p_token;
             IF v_used + p_weight < p_lim THEN PERFORM {s}.hand_over(p_name, v_now); END IF;
         END IF;
-        granted := 1; RETURN;
+        RETURN val;
     END IF;
     IF v_ahead AND v_used + p_weight <= p_lim THEN
         -- Room, but live waiters came first: let them in now (their wait ends), then queue behind them.
@@ -276,12 +293,10 @@ BEGIN
         ON CONFLICT (name, token) DO UPDATE SET alive = excluded.alive, ttl_ms = excluded.ttl_ms,
             label = excluded.label, weight = excluded.weight, lim = excluded.lim;
     END IF;
-    granted := 0;
     IF v_soonest IS NULL THEN
-        val := -1;
-    ELSE
-        val := least({refresh}, ceil(extract(epoch FROM v_soonest - v_now) * 1000))::bigint;
+        RETURN 0;
     END IF;
+    RETURN -1 - least({refresh}, greatest(0, ceil(extract(epoch FROM v_soonest - v_now) * 1000)))::bigint;
 END
 $f$;
 
@@ -304,18 +319,22 @@ CREATE OR REPLACE FUNCTION {s}.release(p_name text, p_token text) RETURNS boolea
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     v_now timestamptz;
+    v_queued boolean;
 BEGIN
     v_now := clock_timestamp();
-    -- The mutex: one UPDATE of its row (which it keeps locked for the handoff below).
+    -- The mutex: one UPDATE of its row (which it keeps locked for the handoff below), which also
+    -- says whether anyone is queued.
     UPDATE {s}.fence SET token = NULL, hfence = NULL, label = NULL, expires = NULL
-    WHERE name = p_name AND token = p_token AND expires > v_now;
+    WHERE name = p_name AND token = p_token AND expires > v_now
+    RETURNING EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name) INTO v_queued;
     IF NOT FOUND THEN
         PERFORM {s}.lock_name(p_name);
         v_now := clock_timestamp();
         DELETE FROM {s}.lease WHERE name = p_name AND token = p_token AND expires > v_now;
         IF NOT FOUND THEN RETURN false; END IF;
+        v_queued := EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name);
     END IF;
-    IF EXISTS (SELECT 1 FROM {s}.waiter WHERE name = p_name) THEN
+    IF v_queued THEN
         PERFORM {s}.clear_expired(p_name, v_now);
         DELETE FROM {s}.waiter WHERE name = p_name AND alive <= v_now;
         PERFORM {s}.hand_over(p_name, v_now);
@@ -412,9 +431,10 @@ $f$;
 CREATE OR REPLACE FUNCTION {s}.layout() RETURNS integer
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$ SELECT {version} $f$;
 
--- Internal helpers: only the SECURITY DEFINER functions (running as the owner) call them.
+-- Internal helpers: only the SECURITY DEFINER functions (running as the owner) call them. The
+-- operator's override is the owner's to grant (GRANT EXECUTE ON FUNCTION {s}.force_release(text)).
 REVOKE ALL ON FUNCTION {s}.lock_name(text), {s}.clear_expired(text, timestamptz),
-    {s}.hand_over(text, timestamptz) FROM PUBLIC;
+    {s}.hand_over(text, timestamptz), {s}.force_release(text) FROM PUBLIC;
 """
 
 PIN_CLASS = 0x666C6B70

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..._errors import ConfigurationError
 from .schema import DEFAULT_SCHEMA, check_schema
@@ -57,12 +57,18 @@ def parse_postgres_url(url: str) -> PgOptions:
     if parts.scheme.lower() not in ("postgresql", "postgres"):
         raise ConfigurationError(f"not a PostgreSQL URL (postgresql://...): {parts.scheme}://...")
     ours: dict[str, str] = {}
-    theirs: list[tuple[str, str]] = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        (ours.__setitem__(key, value) if key in _OURS else theirs.append((key, value)))
-    if not any(key == "connect_timeout" for key, _ in theirs):
-        theirs.append(("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT)))
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(theirs), parts.fragment))
+    theirs: list[str] = []  # libpq's options exactly as written (libpq decodes them itself)
+    for part in parts.query.split("&"):
+        if not part:
+            continue
+        key = unquote(part.partition("=")[0])
+        if key in _OURS:
+            ours[key] = unquote(part.partition("=")[2])  # percent-decoding only: "+" is a plus sign
+        else:
+            theirs.append(part)
+    if not any(unquote(p.partition("=")[0]) == "connect_timeout" for p in theirs):
+        theirs.append(f"connect_timeout={DEFAULT_CONNECT_TIMEOUT}")
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, "&".join(theirs), parts.fragment))
     return PgOptions(
         conninfo=conninfo,
         schema=check_schema(ours.get("schema", DEFAULT_SCHEMA)),

@@ -33,6 +33,7 @@ class Watchdog:
         self._fired: set[int] = set()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._firing = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
 
@@ -46,11 +47,14 @@ class Watchdog:
         return ticket
 
     def disarm(self, ticket: int) -> bool:
-        """Done: forget the ticket. True when the deadline had passed and the socket was shut down."""
-        self._armed.pop(ticket, None)
-        if ticket in self._fired:
-            self._fired.discard(ticket)
-            return True
+        """Done: forget the ticket. True when the deadline had passed and the socket was shut down.
+        Under the lock the watchdog fires under: once this returns, the socket (which the caller may
+        now close, and the OS give to someone else) is never touched."""
+        with self._firing:
+            self._armed.pop(ticket, None)
+            if ticket in self._fired:
+                self._fired.discard(ticket)
+                return True
         return False
 
     def _start(self) -> None:
@@ -58,8 +62,10 @@ class Watchdog:
             thread = self._thread
             if thread is not None and self._pid == os.getpid() and thread.is_alive():
                 return
+            if self._pid != os.getpid():  # forked: the copied lock may be held by a thread not copied
+                self._firing = threading.Lock()
+                self._fired = set()
             self._pid = os.getpid()
-            self._fired = set()
             thread = threading.Thread(target=self._run, name="fencelock-pg-watchdog", daemon=True)
             self._thread = thread
             thread.start()
@@ -80,9 +86,11 @@ class Watchdog:
                         return
                 continue
             for ticket, (deadline, fd) in list(self._armed.items()):
-                if deadline <= now and self._armed.pop(ticket, None) is not None:
-                    self._fired.add(ticket)
-                    _shutdown(fd)
+                if deadline <= now:
+                    with self._firing:
+                        if self._armed.pop(ticket, None) is not None:
+                            self._fired.add(ticket)
+                            _shutdown(fd)
 
 
 def _shutdown(fd: int) -> None:
