@@ -391,3 +391,17 @@ def test_a_counter_that_expired_still_mints_a_larger_fence(server: Any, name: st
     with lock as lease:
         assert lease.fence > first, "the server clock (microseconds) restarts it above the earlier fences"
     lock.close()
+
+
+def test_a_users_client_given_to_locks_is_not_kept_alive_by_fencelock(server: Any) -> None:
+    import gc
+    import weakref
+
+    client = server.server.client(socket_timeout=5)
+    lock = fencelock.Lock("users:gc", client)
+    lock.acquire().release()
+    gone = weakref.ref(client)
+    client.close()
+    del client, lock
+    gc.collect()
+    assert gone() is None, "the shared backend cache holds clients weakly"

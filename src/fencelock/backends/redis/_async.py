@@ -47,7 +47,9 @@ _ABANDON = Lua(ABANDON)
 _INSPECT = Lua(INSPECT)
 _FORCE_COUNTED = Lua(FORCE_COUNTED)
 _IS_ASYNCIO = redis_api.__name__ == "redis.asyncio"  # this module's blocking twin imports plain redis
-_by_client: weakref.WeakKeyDictionary[Any, AsyncRedisBackend] = weakref.WeakKeyDictionary()
+_by_client: weakref.WeakKeyDictionary[Any, weakref.ref[AsyncRedisBackend]] = weakref.WeakKeyDictionary()
+"""A user's client -> its backend, both held weakly (the backend holds the client: a strong value
+would keep every client ever given to a lock alive)."""
 
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 2.0
@@ -106,12 +108,13 @@ class AsyncRedisBackend:
         that client: it holds no per-lock state (its key-name cache is bounded), and making one per
         lock cost most of a lock's construction time."""
         try:
-            backend = _by_client.get(client)
+            ref = _by_client.get(client)
         except TypeError:  # a client that cannot be weakly referenced: one backend per lock
             return cls(client)
+        backend = ref() if ref is not None else None
         if backend is None:
             backend = cls(client)
-            _by_client[client] = backend
+            _by_client[client] = weakref.ref(backend)
         return backend
 
     @classmethod
