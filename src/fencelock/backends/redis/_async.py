@@ -46,7 +46,7 @@ _RELEASE = Lua(RELEASE)
 _ABANDON = Lua(ABANDON)
 _INSPECT = Lua(INSPECT)
 _FORCE_COUNTED = Lua(FORCE_COUNTED)
-_IS_ASYNCIO = redis_api.__name__ == "redis.asyncio"  # this module's blocking twin imports plain redis
+_IS_ASYNCIO = redis_api.__name__.endswith(".asyncio")  # False in the blocking twin (it imports plain redis)
 _by_client: weakref.WeakKeyDictionary[Any, weakref.ref[AsyncRedisBackend]] = weakref.WeakKeyDictionary()
 """A user's client -> its backend, both held weakly (the backend holds the client: a strong value
 would keep every client ever given to a lock alive)."""
