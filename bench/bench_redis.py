@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""fencelock on Redis against the locks users would otherwise pick, same server, same run (issue 14).
+"""fencelock on Redis against the locks users would otherwise pick, same server, same run.
 
     .venv/bin/python bench/bench_redis.py                      # embedded valkey-server, ~10 minutes
     .venv/bin/python bench/bench_redis.py --quick              # shorter rounds, smaller crowds, ~4 minutes
@@ -874,7 +874,7 @@ def main() -> int:
                     scaling,
                 )
             )
-        emit(table("issue 14's figures, this run", ["figure", "fencelock", "peer", "ratio"], summary))
+        emit(table("headline figures, this run", ["figure", "fencelock", "peer", "ratio"], summary))
     if args.out:
         with open(args.out, "w") as fh:
             fh.write("\n".join(out) + "\n")

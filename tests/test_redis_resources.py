@@ -1,5 +1,5 @@
 """What fencelock holds and leaves behind on Redis: connections (one pool per URL), event-loop
-timers and tasks after a release, and keys (memory) after a release. Issue 14.
+timers and tasks after a release, and keys (memory) after a release.
 
 Counts, never durations: speed is shown by bench/bench_redis.py, not asserted here.
 """

@@ -4,7 +4,7 @@ The protocol lives in ``scripts.py`` (the Lua scripts); this class only runs the
 ``EVALSHA`` through ``execute_command`` (``Lua.sha`` is computed once, at import). A server that
 does not have a script (restarted, flushed) answers ``NOSCRIPT``; the script is then loaded
 (``SCRIPT LOAD``) and the call sent once more. redis-py's ``Script`` objects would do the same but
-cost about 10 us of client time per call (and six SHA-1s per backend made); see issue 14.
+cost about 10 us of client time per call (and six SHA-1s per backend made).
 """
 
 from __future__ import annotations
