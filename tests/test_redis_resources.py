@@ -1,5 +1,5 @@
 """What fencelock holds and leaves behind on Redis: connections (one pool per URL), event-loop
-timers and tasks after a release, and keys (memory) after a release. Issue 14.
+timers and tasks after a release, and keys (memory) after a release.
 
 Counts, never durations: speed is shown by bench/bench_redis.py, not asserted here.
 """
@@ -391,3 +391,45 @@ def test_a_counter_that_expired_still_mints_a_larger_fence(server: Any, name: st
     with lock as lease:
         assert lease.fence > first, "the server clock (microseconds) restarts it above the earlier fences"
     lock.close()
+
+
+def test_a_users_client_given_to_locks_is_not_kept_alive_by_fencelock(server: Any) -> None:
+    import gc
+    import weakref
+
+    client = server.server.client(socket_timeout=5)
+    lock = fencelock.Lock("users:gc", client)
+    lock.acquire().release()
+    gone = weakref.ref(client)
+    client.close()
+    del client, lock
+    gc.collect()
+    assert gone() is None, "the shared backend cache holds clients weakly"
+
+
+def test_asyncio_locks_made_outside_a_loop_work_in_loops_of_their_own(server: Any) -> None:
+    url, tag = tagged_url(server)
+    first = aio.Lock(f"share:{tag}:1", url, ttl=5, renew=False)  # no loop running here
+    second = aio.Lock(f"share:{tag}:2", url, ttl=5, renew=False)
+
+    async def cycle(lock: aio.Lock) -> int:
+        try:
+            async with lock as lease:
+                return lease.fence
+        finally:
+            await lock.aclose()
+
+    assert asyncio.run(cycle(first)) > 0
+    assert asyncio.run(cycle(second)) > 0, "a client bound to the first loop would fail in the second"
+    assert wait_connections(server, tag, 0) == 0
+
+
+async def test_each_api_registers_its_shared_client_as_its_own_kind(server: Any) -> None:
+    url, _ = tagged_url(server)
+    sync_lock = fencelock.Lock("kind:s", url)
+    async_lock = aio.Lock("kind:a", url)
+    assert sync_lock.backend._shared.asyncio is False, "a blocking client (closed at exit)"  # type: ignore[attr-defined]
+    assert async_lock.backend._shared.asyncio is True  # type: ignore[attr-defined]
+    assert sync_lock.backend.client is not async_lock.backend.client  # type: ignore[attr-defined]
+    sync_lock.close()
+    await async_lock.aclose()

@@ -446,3 +446,42 @@ def test_prefix_in_the_url(redis_debian_server: object, plain_redis: redis.Redis
 def test_a_prefix_that_would_change_the_hash_tag_is_refused(plain_redis: redis.Redis, bad: object) -> None:
     with pytest.raises(fencelock.ConfigurationError, match="prefix"):
         fencelock.RedisBackend(plain_redis, prefix=bad)  # type: ignore[arg-type]
+
+
+# -- tokens: unguessable, and never handed out twice ------------------------------------------------
+
+
+def test_tokens_from_many_threads_are_all_different() -> None:
+    import threading
+
+    tokens: list[list[str]] = [[] for _ in range(8)]
+    start = threading.Barrier(8, timeout=30)
+
+    def draw(out: list[str]) -> None:
+        start.wait()
+        out.extend(new_token() for _ in range(5000))  # 5000 x 16 bytes: the 4 KiB pool refills often
+
+    threads = [threading.Thread(target=draw, args=(out,)) for out in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    every = [tok for out in tokens for tok in out]
+    assert len(every) == 40000 and len(set(every)) == 40000
+    assert all(len(tok) == 32 and int(tok, 16) >= 0 for tok in every[:100])
+
+
+def test_a_forked_child_does_not_hand_out_its_parents_next_tokens() -> None:
+    import multiprocessing as mp
+
+    new_token()  # the pool holds bytes the parent has not handed out yet
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=lambda: out.put([new_token() for _ in range(300)]))
+    child.start()
+    try:
+        theirs = out.get(timeout=30)
+    finally:
+        child.join(30)
+    ours = [new_token() for _ in range(300)]
+    assert not set(theirs) & set(ours), "the child reused the parent's random bytes"

@@ -9,7 +9,7 @@ Metrics (meter ``fencelock``): ``fencelock.acquire.duration`` (histogram, s; ``o
 
 Metrics are recorded only once the application has set a meter provider, and spans made only once
 it has set a tracer provider: until then the hot path pays two attribute reads, no wrapper, no
-call into the API's proxies (issue 14).
+call into the API's proxies.
 
 Spans (tracer ``fencelock``):
 

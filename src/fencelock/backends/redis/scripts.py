@@ -71,12 +71,23 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 -- next fence: max(last + 1, server clock in us); stored before it is returned, kept for the
--- lease's ttl ms plus FENCE_KEEP_MS (see the package docstring: an idle name's memory)
+-- lease's ttl ms plus FENCE_KEEP_MS (see the package docstring: an idle name's memory). `last`:
+-- the last fence when the caller knows it; else it is read by the SET that stores the clock
+-- (SET ... GET: one call; before Redis 6.2, which lacks it, a GET and a SET)
 local function mint(fence_key, now, ttl, last)
-  local f = (last or tonumber(redis.call('GET', fence_key) or '0') or 0) + 1
-  if now > f then f = now end
-  local s = string.format('%.0f', f)
-  redis.call('SET', fence_key, s, 'PX', string.format('%.0f', ttl + FENCE_KEEP_MS_VALUE))
+  local keep = ttl + FENCE_KEEP_MS_VALUE
+  local s = string.format('%.0f', now)
+  local stored = false
+  if last == nil then
+    last = redis.pcall('SET', fence_key, s, 'PX', keep, 'GET')
+    if type(last) == 'table' then last = redis.call('GET', fence_key) else stored = true end
+    last = tonumber(last or '0') or 0
+  end
+  if last + 1 > now then
+    s = string.format('%.0f', last + 1)
+    stored = false
+  end
+  if not stored then redis.call('SET', fence_key, s, 'PX', keep) end
   return s
 end
 local HEAD_BATCH, HEAD_BATCHES = 64, 4
@@ -354,10 +365,19 @@ if not cur and redis.call('EXISTS', KEYS[3], string.sub(KEYS[1], 1, -5) .. 'perm
   if redis.replicate_commands then redis.replicate_commands() end
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local f = (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) + 1
-  if now > f then f = now end
-  local s = string.format('%.0f', f)
-  redis.call('SET', KEYS[2], s, 'PX', string.format('%.0f', tonumber(ARGV[2]) + FENCE_KEEP_MS_VALUE))
+  local keep = tonumber(ARGV[2]) + FENCE_KEEP_MS_VALUE
+  local s = string.format('%.0f', now)
+  -- store the clock and read the last fence in one call; a counter ahead of the clock (a burst, or
+  -- a clock that stepped back) is stored again: the fence is max(last + 1, now)
+  local last = redis.pcall('SET', KEYS[2], s, 'PX', keep, 'GET')
+  local stored = type(last) ~= 'table'  -- an error table: before Redis 6.2 (no SET ... GET)
+  if not stored then last = redis.call('GET', KEYS[2]) end
+  last = tonumber(last or '0') or 0
+  if last + 1 > now then
+    s = string.format('%.0f', last + 1)
+    stored = false
+  end
+  if not stored then redis.call('SET', KEYS[2], s, 'PX', keep) end
   redis.call('SET', KEYS[1], token .. ':' .. s .. ':' .. ARGV[3], 'PX', ARGV[2])
   return {1, s}
 end

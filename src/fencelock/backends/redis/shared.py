@@ -16,7 +16,8 @@ one, or the process exits. So at most one idle client per URL (per event loop) s
   an empty registry (``os.register_at_fork``): its locks get clients of their own, while the
   entries it inherited are the parent's and are never closed from the child.
 - asyncio clients belong to an event loop (their connections do), so they are shared per running
-  loop; one made outside a running loop is shared with the others made outside one.
+  loop; a backend made outside a running loop gets a client of its own (it may be used in any
+  later loop, and two such locks in two loops must not share connections).
 - At interpreter exit the blocking clients still open are closed (``atexit``).
 """
 
@@ -76,7 +77,9 @@ def attach(
     counted as used once more. ``detach`` it exactly once."""
     loop = _loop_key(asyncio)
     extra = tuple(sorted((k, repr(v)) for k, v in client_kwargs.items())) if client_kwargs else ()
-    key = (asyncio, loop[0] if loop else None, url, extra)
+    key: tuple[Any, ...] = (asyncio, loop[0] if loop else None, url, extra)
+    if asyncio and loop is None:
+        key = (*key, object())  # outside a running loop: not shared
     with _mutex:
         entry = _registry.get(key)
         if entry is not None and (entry.closed or (loop is not None and entry.loop() is not loop[1]())):
