@@ -556,6 +556,43 @@ def test_a_release_that_finds_the_lease_gone_fires_on_lost_too(lock_server: Any,
     assert lease.lost_event.is_set()
 
 
+@pytest.mark.needs("counted")
+@pytest.mark.parametrize("call", ["leader", "rw_inspect"])
+async def test_a_cancel_that_a_library_swallows_still_stops_leader_and_inspect(
+    lock_server: Any, name: str, call: str
+) -> None:
+    """Found by the stress test (redis-debian, long tier, seed 2004): a task cancelled while its
+    ``Election.leader()`` read was completing went on as if never cancelled (redis.asyncio's
+    wait_for swallowed the cancel). The hooked inspect swallows a cancel the same way."""
+    leader = await aio.Election(name, lock_server.url, value="boss", ttl=30, renew=False).campaign(timeout=5)
+    swallowing = AsyncHooked(lock_server.url)
+    inside = asyncio.Event()
+    real_inspect = swallowing.inner.inspect
+
+    async def swallow(key: str) -> Any:
+        inside.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return await real_inspect(key)  # swallowed: the result is returned instead
+        return await real_inspect(key)
+
+    swallowing.inspect = swallow  # type: ignore[attr-defined]
+    if call == "leader":
+        coro = aio.Election(name, swallowing, value="observer", ttl=30).leader()
+    else:
+        coro = aio.ReadWriteLock(name + ":rw", swallowing, ttl=30).inspect()
+    task = asyncio.create_task(coro)
+    await asyncio.wait_for(inside.wait(), 10)
+    task.cancel()
+    outcome = await asyncio.gather(task, return_exceptions=True)
+    await leader.release()
+    if sys.version_info >= (3, 11):
+        assert task.cancelled(), f"the swallowed cancel did not stop {call}: it returned {outcome!r}"
+    else:  # 3.10 counts no cancel requests: a swallowed one cannot be seen (documented)
+        assert outcome[0] is None or isinstance(outcome[0], (asyncio.CancelledError, fencelock.Leader))
+
+
 async def test_a_cancel_that_a_library_swallows_still_stops_the_acquire(lock_server: Any, name: str) -> None:
     # asyncio.wait_for on Python <= 3.11 can drop a cancel that lands as the inner call completes;
     # redis.asyncio wraps every command in it. The hooked wait below swallows a cancel the same way.

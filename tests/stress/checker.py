@@ -58,6 +58,7 @@ replaced by the primitive's own exclusion, and rules of their own:
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -86,6 +87,11 @@ CONNECTIVITY_FAULTS = frozenset({"pause", "cut", "delay", "stall", "restart_empt
 """Faults that slow or stop requests; no liveness or FIFO promise holds near them."""
 
 PROCESS_FAULTS = frozenset({"sigstop", "sigkill", "sigterm", "crowd"})
+
+HOST_STALL = 1.0
+"""A gap this long between the run's heartbeats (``tick``, every 0.1 s from the test process) in
+which no process recorded anything at all is a stall of the whole host (a machine shared with
+other work, 2 cores): every process counts as frozen in it, as under SIGSTOP."""
 
 LOSS_KINDS = ("on_lost", "event", "reason")
 """Signals every lost lease must get, whoever noticed the loss first."""
@@ -250,6 +256,8 @@ class Model:
     on_lost_foreign: list[Event] = field(default_factory=list)
     """on_lost calls for a Lease object other than the one acquire returned with that token."""
     unexpected: list[Event] = field(default_factory=list)
+    stalls: list[tuple[float, float]] = field(default_factory=list)
+    """Host stalls (see ``HOST_STALL``): counted as frozen time of every process."""
     end: float = 0.0
 
     def proc(self, pid: int) -> Proc:
@@ -278,6 +286,8 @@ def build(events: Iterable[Event]) -> Model:
             continue
         if kind == "dbwrite":
             m.db_writes.append(e)
+            continue
+        if kind == "tick":
             continue
         pid = e["pid"]
         p = m.proc(pid)
@@ -331,6 +341,9 @@ def build(events: Iterable[Event]) -> Model:
         elif f.kind in ("sigkill", "sigterm", "crowd"):
             p.died = f.t1 if f.kind == "crowd" else f.t0
             p.end = min(max(p.end, p.start), p.died) if p.start != math.inf else p.died
+    m.stalls = host_stalls(evs)
+    for p in m.procs.values():
+        p.frozen += m.stalls
     for key, lease in m.leases.items():
         lease.inject = m.proc(lease.pid).inject
         lease.deadlines = sorted(
@@ -370,6 +383,22 @@ def build(events: Iterable[Event]) -> Model:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def host_stalls(evs: list[Event]) -> list[tuple[float, float]]:
+    """Stretches longer than ``HOST_STALL`` in which neither the heartbeat nor any process recorded
+    anything (``evs`` sorted by time). Without heartbeats in the history (a hand-made one), none."""
+    ticks = [e["t"] for e in evs if e["ev"] == "tick"]
+    if len(ticks) < 2:
+        return []
+    times = [e["t"] for e in evs if e["ev"] != "dbwrite"]
+    out: list[tuple[float, float]] = []
+    for a, b in itertools.pairwise(ticks):
+        if b - a <= HOST_STALL:
+            continue
+        points = [a, *times[bisect.bisect_right(times, a):bisect.bisect_left(times, b)], b]
+        out += [(x, y) for x, y in itertools.pairwise(points) if y - x > HOST_STALL]
+    return out
 
 
 def _same(lease: Lease, obj: Any) -> bool:

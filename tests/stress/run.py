@@ -92,6 +92,8 @@ class RunResult:
     faults: Counter[str] = field(default_factory=Counter)
     ops: Counter[str] = field(default_factory=Counter)
     leases: int = 0
+    stalled: float = 0.0
+    """Seconds the whole host stalled (no heartbeat, no event; see checker.HOST_STALL)."""
     prims: Counter[str] = field(default_factory=Counter)
     """Leases per primitive (lock, sem, read, write, elect)."""
     calls: Counter[str] = field(default_factory=Counter)
@@ -108,7 +110,8 @@ class RunResult:
             f"{self.backend} seed {self.seed}: {self.wall:.1f} s, {self.events} events, "
             f"ops {dict(sorted(self.ops.items()))}, leases {self.leases} {dict(sorted(self.prims.items()))}, "
             f"writes {dict(self.writes)}, "
-            f"faults {dict(sorted(self.faults.items()))}, longest past timeout {self.overrun}, "
+            f"faults {dict(sorted(self.faults.items()))}, host stalled {self.stalled} s, "
+            f"longest past timeout {self.overrun}, "
             f"violations {dict(sorted(rules.items())) or 0}"
         )
 
@@ -240,6 +243,16 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
         with spawn_lock:
             return {pid: crowd for pid, (p, crowd) in procs.items() if p.is_alive()}
 
+    beating = threading.Event()
+
+    def heartbeat() -> None:
+        """A tick every 0.1 s: the checker tells a stall of the whole host (no tick, no event from
+        anyone) from a process that was slow on its own."""
+        while not beating.wait(0.1):
+            rec.emit("tick")
+
+    beat = threading.Thread(target=heartbeat, name="stress-heartbeat", daemon=True)
+    beat.start()
     try:
         for _ in range(settings.workers):
             spawn()
@@ -274,6 +287,8 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
         end = until + settings.grace
         for proc, _ in list(procs.values()):
             _stop_process(proc, end - time.monotonic())
+        beating.set()
+        beat.join(2)
         if proxy is not None:
             proxy.stop()
         rec.close()
@@ -284,6 +299,7 @@ def run_stress(backend: str, server: Any, settings: Settings, directory: Path) -
     model = build(events)
     result.ops.update(c.op for c in model.calls.values())
     result.leases = len(model.leases)
+    result.stalled = round(sum(b - a for a, b in model.stalls), 3)
     result.prims.update(x.prim for x in model.leases.values())
     result.calls.update(c.prim for c in model.calls.values())
     result.writes.update(w.get("res", "?") for w in model.writes)

@@ -435,6 +435,25 @@ def test_h_an_undocumented_exception_fails() -> None:
     assert rules(h.check()) == {"h"}
 
 
+def test_c_late_signals_are_excused_by_a_stall_of_the_whole_host_only() -> None:
+    """A host stall (no heartbeat and no event from anyone for over HOST_STALL s) counts as frozen
+    time of every process; a quiet host with a steady heartbeat excuses nothing."""
+
+    def run(stall: bool) -> set[str]:
+        h = H().start(1)
+        h.lease(1, "A", 10, 1.0, 1.01, ttl=1.0)  # deadline 2.0, signals only at 5.0
+        h.all_signals(1, "A", 5.0).release(1, "A", 5.5)
+        for i in range(100):
+            t = round(0.05 + 0.1 * i, 3)
+            if not (stall and 1.9 < t < 4.95):
+                h.ev(t, 0, "tick")
+        h.stop(1, t=10.0)
+        return rules(h.check())
+
+    assert run(stall=False) == {"c"}
+    assert run(stall=True) == set()
+
+
 # -- the coordination primitives: semaphore (i), read-write lock (j, k), election (l) ---------------
 
 
