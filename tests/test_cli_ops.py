@@ -491,7 +491,7 @@ def test_run_and_status_on_zookeeper(
     assert after["held"] is False
 
 
-def test_run_status_release_on_postgres(
+def test_a_forced_release_on_postgres_tells_the_command_and_keeps_the_last_fence(
     postgres_server: Any, name: str, tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     """run / status / release on a postgresql:// lock: the holder shows with its fence, a forced
