@@ -9,6 +9,7 @@ real one and only delays or observes calls; the server still decides everything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -621,3 +622,28 @@ async def test_a_cancel_that_a_library_swallows_still_stops_the_acquire(lock_ser
         assert isinstance(outcome[0], (fencelock.LockTimeout, asyncio.CancelledError))
     probe = await aio.Lock(name, lock_server.url, ttl=5).acquire(timeout=5)  # nothing left behind
     await probe.release()
+
+
+@pytest.mark.needs("pause")
+def test_a_shorter_extend_in_flight_already_shortens_the_clients_belief(lock_server: Any, name: str) -> None:
+    lock = fencelock.Lock(name, lock_server.url, ttl=30, renew=False)
+    lease = lock.acquire(timeout=5)
+    lock_server.pause()
+    try:
+        def shorten() -> None:  # blocks until the server answers
+            with contextlib.suppress(fencelock.FenceLockError):
+                lease.extend(ttl=0.5)
+
+        sent = time.monotonic()
+        t = threading.Thread(target=shorten)
+        t.start()
+        time.sleep(1.0)  # the server may apply it the moment it reads it: the key ends 0.5 s later
+        believed_until = lease.deadline
+        still_held = not lease.lost
+    finally:
+        lock_server.resume()
+        t.join(20)
+    assert believed_until <= time.monotonic() and not still_held, (
+        f"while extend(ttl=0.5) sent at {sent:.3f} was in flight the client believed the lease until "
+        f"{believed_until:.3f}"
+    )
