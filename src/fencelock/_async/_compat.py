@@ -15,6 +15,7 @@ import inspect
 import itertools
 import logging
 import math
+import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
@@ -315,11 +316,20 @@ def interrupt_owner(owner: object, message: str, lease: _Interruptible) -> None:
 def cancel_requests() -> int:
     """How many cancellations of the current task are pending (Python 3.11+; 0 before, where
     asyncio keeps no count). Taken before a call, compared after it by ``check_cancel``."""
+    if not _COUNTS_CANCELS:
+        return 0
     task = asyncio.current_task()
     try:
         return int(task.cancelling())  # type: ignore[union-attr]
-    except AttributeError:  # Python 3.10, a task without the count, or no task at all
+    except AttributeError:  # a task without the count, or no task at all
         return 0
+
+
+_COUNTS_CANCELS = sys.version_info >= (3, 11)
+"""Only 3.11+ keeps an honest count. On 3.10 a backported Task (``backports.asyncio.runner``, which
+pytest-asyncio uses) has ``cancelling()``, but the libraries' own timeouts there (``async_timeout``
+in redis.asyncio) cancel the task and never ``uncancel`` it: every timeout would look like a
+swallowed cancellation."""
 
 
 def check_cancel(before: int) -> None:
