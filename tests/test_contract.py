@@ -297,6 +297,8 @@ def test_blocked_waiter_acquires_when_released_not_at_expiry(lock_server: Any, n
 @pytest.mark.needs("fifo")
 def test_waiters_are_served_first_come_first_served(lock_server: Any, name: str) -> None:
     holder = fencelock.Lock(name, lock_server.url, ttl=60, renew=False).acquire()
+    watcher = fencelock.Lock(name, lock_server.url, ttl=60)
+    holder_info = fencelock.backends.base.LockInfo(name, 0, "", None)
     order: list[int] = []
     mutex = threading.Lock()
 
@@ -312,10 +314,14 @@ def test_waiters_are_served_first_come_first_served(lock_server: Any, name: str)
         t = threading.Thread(target=wait, args=(i,))
         t.start()
         threads.append(t)
-        time.sleep(0.25)  # each waiter is queued before the next arrives
+        # each waiter is queued (the server counts it) before the next arrives: a sleep would not
+        # say so on a loaded machine, where making a lock and its first request can take longer
+        queued = i + 1
+        assert wait_until(lambda n=queued: (watcher.inspect() or holder_info).waiters == n, 20), f"waiter {i}"
     holder.release()
     for t in threads:
         t.join(30)
+    watcher.close()
     assert order == [0, 1, 2, 3]
 
 
