@@ -500,18 +500,21 @@ async def test_async_tasks_sharing_a_lock_object_keep_their_own_leases(lock_serv
     b_inside = asyncio.Event()
     seen: dict[str, Any] = {}
 
+    a_left = asyncio.Event()
+
     async def a() -> None:
         with pytest.raises(fencelock.LeaseLost):
             async with lock as lease:
                 seen["a"] = lease.fence
                 await asyncio.wait_for(b_inside.wait(), 20)
+        a_left.set()
 
     async def b() -> None:
         await asyncio.sleep(0.1)
         async with lock as lease:
             seen["b"] = lease.fence
             b_inside.set()
-            await asyncio.sleep(0.3)  # A leaves its block meanwhile
+            await asyncio.wait_for(a_left.wait(), 20)  # A leaves its block (its exit is not B's)
             info = await lock.inspect()
             assert info is not None and info.fence == lease.fence
 
