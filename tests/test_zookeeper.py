@@ -941,7 +941,7 @@ async def test_async_no_server_is_backend_unavailable(name: str) -> None:
 def test_server_going_down_is_backend_unavailable(name: str) -> None:
     server = ZooKeeper().start()
     try:
-        url = f"zk://127.0.0.1:{server.port}/?timeout=2&session_timeout=5"
+        url = f"zk://127.0.0.1:{server.port}/?timeout=4&session_timeout=5"  # a loaded host: connects take seconds
         lock = fencelock.Lock(name, url, ttl=5)
         lease = lock.acquire(timeout=10)
         server.stop()
