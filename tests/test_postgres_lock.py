@@ -399,7 +399,7 @@ def test_a_psycopg_pool_is_used_as_is_and_waiters_are_woken(pg: PostgresLockServ
         got: list[fencelock.Lease] = []
         waiter = threading.Thread(target=lambda: got.append(fencelock.Lock(name, pool, ttl=30).acquire(timeout=WAIT)))
         waiter.start()
-        assert wait_until(lambda: (fencelock.Lock(name, pool).inspect() or holder).waiters == 1)  # type: ignore[union-attr]
+        assert wait_until(lambda: (fencelock.Lock(name, pool).inspect() or holder).waiters == 1, WAIT)  # type: ignore[union-attr]
         holder.release()
         waiter.join(WAIT)
         assert got and got[0].fence > holder.fence
@@ -416,7 +416,7 @@ async def test_an_async_psycopg_pool(pg: PostgresLockServer, name: str) -> None:
         lease = await aio.Lock(name, pool, ttl=30, renew=False).acquire(timeout=5)
         waiter = asyncio.ensure_future(aio.Lock(name, pool, ttl=30).acquire(timeout=WAIT))
         assert await asyncio.to_thread(
-            wait_until, lambda: (fencelock.Lock(name, pg.url).inspect() or lease).waiters == 1  # type: ignore[union-attr]
+            wait_until, lambda: (fencelock.Lock(name, pg.url).inspect() or lease).waiters == 1, WAIT  # type: ignore[union-attr]
         )
         await lease.release()
         second = await asyncio.wait_for(waiter, WAIT)
