@@ -375,3 +375,41 @@ def test_wait_replicas_covers_counted_grants(server: Any, name: str) -> None:
             backend.try_acquire(name, new_token(), 30_000, "s", False, 3, 1)
     finally:
         client.close()
+
+
+def _server_commands(admin: Any) -> dict[str, int]:
+    """Calls per command since the last CONFIG RESETSTAT (the commands the scripts call included),
+    minus the ones this test sends to read them."""
+    skip = ("cmdstat_info", "cmdstat_config")
+    return {k[8:]: int(v["calls"]) for k, v in admin.info("commandstats").items() if not k.startswith(skip)}
+
+
+def test_a_handoff_to_a_queued_waiter_costs_the_server_few_commands(server: Any, name: str) -> None:
+    """One contended acquisition, step by step on one thread (so the counts are exact): the waiter's
+    enqueue, the holder's release handing over, the waiter's pop of its notice. Redis counts every
+    command a script calls; the budget is per step, so a regression names the step that grew."""
+    from fencelock.backends.redis import RedisBackend
+
+    backend = RedisBackend(redis.Redis.from_url(server.url))
+    holder, waiter = new_token(), new_token()
+    try:
+        assert backend.try_acquire(name, holder, 30_000, "h", True).fence is not None
+        assert not backend.release(name + ":other", holder)  # loads RELEASE (a first call meets NOSCRIPT)
+        steps: dict[str, dict[str, int]] = {}
+        server.admin.config_resetstat()
+        assert backend.try_acquire(name, waiter, 30_000, "w", True).fence is None
+        steps["enqueue"] = _server_commands(server.admin)
+        server.admin.config_resetstat()
+        assert backend.release(name, holder)
+        steps["handoff"] = _server_commands(server.admin)
+        server.admin.config_resetstat()
+        fence = backend.wait(name, waiter, 1.0)
+        steps["woken"] = _server_commands(server.admin)
+        assert fence is not None and fence == backend.last_fence(name)
+        assert steps["woken"] == {"blpop": 1}, "a woken waiter holds the lock with no script call"
+        assert steps["enqueue"]["evalsha"] == 1 and steps["handoff"]["evalsha"] == 1
+        assert sum(steps["enqueue"].values()) <= 7, steps["enqueue"]
+        assert sum(steps["handoff"].values()) <= 10, steps["handoff"]
+        assert backend.release(name, waiter)
+    finally:
+        backend.close()

@@ -12,7 +12,8 @@ Keys of one lock (all share one hash tag, so Redis Cluster puts them in one slot
     {prefix}{<name>}:lock          STRING "<token>:<fence>:<label>", with PX = the lease
     {prefix}{<name>}:fence         STRING the last fence issued; kept FENCE_KEEP_MS past its lease
     {prefix}{<name>}:queue         ZSET   waiting tokens, scored by arrival (server microseconds)
-    {prefix}{<name>}:alive         HASH   waiting token -> "<alive until, server ms>|<ttl ms>|<label>"
+    {prefix}{<name>}:lock:reg:<t>  STRING waiter <t>'s registration "<ttl ms>|<label>"; PX = REGISTRATION_MS
+                                          from its last poll: it is alive while this key exists
     {prefix}{<name>}:lock:wake:<t> LIST   handoff notice for waiter <t> (it BLPOPs on it)
 
 and, for counted leases (a semaphore's permits, a read-write lock's readers and writer):
@@ -43,8 +44,10 @@ and that only for ``FENCE_KEEP_MS`` (24 hours) past the TTL of the last lease mi
 mint sets its expiry): about 90 bytes a name (``MEMORY USAGE``), then nothing. A counter that
 expired is a lost counter, so the assumption above covers it: the next fence is the clock, above
 every fence issued before unless the server's clock stepped back by more than the name's idle time
-(at least 24 hours). The wait lists (``queue``, ``alive``) expire ``REGISTRATION_MS`` after their
-last waiter's poll, a handoff notice (``wake``) with the lease it announced.
+(at least 24 hours). The queue expires ``REGISTRATION_MS`` after its last waiter's poll, as each
+waiter's registration (``reg``) does after its own; a handoff notice (``wake``) with the lease it
+announced. (The ``alive`` key of earlier versions is no longer written; it is still passed to the
+scripts, so their key lists, hence ACL key patterns, stay the same.)
 
 Waiting (first come, first served). A contender that must wait enqueues its token in ``queue``. A
 free lock is granted only to the first *live* waiter (or anyone when the queue is empty), so newcomers
@@ -52,7 +55,7 @@ cannot barge past waiters. ``release`` hands the lock straight to the first live
 that waiter's fence, sets the lock to its token for the waiter's own TTL, and pushes the fence to its
 ``wake`` list; the waiter's BLPOP returns and it holds the lock with no further round trip (its lease
 is measured from before its previous poll, which is before the grant). A waiter refreshes its
-``alive`` stamp each time it polls (at least every ``BLOCK_CAP`` seconds); one that stopped
+registration (``reg``, one ``SET ... PX``) each time it polls (at least every ``BLOCK_CAP`` seconds); one that stopped
 refreshing for ``REGISTRATION_MS`` (crashed) is skipped and dropped. Dropping is bounded work (at
 most 256 dead entries a call, so a crowd of crashed waiters cannot stall the server); when a call runs
 out of that budget the head is *unknown*, which is never taken for "empty": ACQUIRE then grants

@@ -94,29 +94,29 @@ local HEAD_BATCH, HEAD_BATCHES = 64, 4
 local function owns(value, token)
   return value and string.sub(value, 1, #token + 1) == token .. ':'
 end
--- The first waiter still alive, and its "<alive until>|<ttl ms>|<label>". Drops dead waiters on the
--- way, in batches, at most HEAD_BUDGET of them a call (bounded server time). Returns h, reg for a
--- live head; nil when the queue is empty; false when the budget ran out first: the head is not
--- known yet, which is NOT the same as an empty queue (a live waiter may stand behind the dead ones).
-local function head(queue, alive, now_ms)
+-- The first waiter still alive (its registration key `<lock>:reg:<token>` has not expired), and that
+-- registration, "<ttl ms>|<label>". Drops dead waiters on the way, in batches, at most
+-- HEAD_BATCH * HEAD_BATCHES of them a call (bounded server time). `batch`: the queue's first
+-- HEAD_BATCH entries when the caller already read them. Returns h, reg for a live head; nil when the
+-- queue is empty; false when the budget ran out first: the head is not known yet, which is NOT the
+-- same as an empty queue (a live waiter may stand behind the dead ones).
+local function head(queue, lock, batch)
   for _ = 1, HEAD_BATCHES do
-    local batch = redis.call('ZRANGE', queue, 0, HEAD_BATCH - 1)
+    if batch == nil then batch = redis.call('ZRANGE', queue, 0, HEAD_BATCH - 1) end
     if #batch == 0 then return nil end
     local dead = {}
     local found, found_reg = nil, nil
     for _, h in ipairs(batch) do
-      local reg = redis.call('HGET', alive, h)
-      if reg and (tonumber(string.match(reg, '^(%d+)')) or 0) > now_ms then
+      local reg = redis.call('GET', lock .. ':reg:' .. h)
+      if reg then
         found, found_reg = h, reg
         break
       end
       dead[#dead + 1] = h
     end
-    if #dead > 0 then
-      redis.call('ZREM', queue, unpack(dead))
-      redis.call('HDEL', alive, unpack(dead))
-    end
+    if #dead > 0 then redis.call('ZREM', queue, unpack(dead)) end
     if found then return found, found_reg end
+    batch = nil
   end
   return false
 end
@@ -305,8 +305,8 @@ _RELEASE_FN = (
 -- release the lock held by `token`, in whichever layout: the mutex's is handed to the first live
 -- waiter (for that waiter's TTL, under its label), else deleted. returns 0 (not ours: nothing
 -- changed), 1 (released), 2 (handed over); `settle` as for crelease. `cur` and `queued`: what the
--- caller already read of the lock and the queue (nil: read them here)
-local function release(lock, fence_key, queue, alive, token, settle, cur, queued)
+-- caller already read of the lock and of the queue's first HEAD_BATCH entries (nil: read them here)
+local function release(lock, fence_key, queue, token, settle, cur, batch)
   if cur == nil then cur = redis.call('GET', lock) end
   if not owns(cur, token) then
     -- a lost mutex lease lands here too: answer it without building the counted functions
@@ -316,28 +316,30 @@ local function release(lock, fence_key, queue, alive, token, settle, cur, queued
     + """
     return crelease(counted_keys(lock), fence_key, lock, token, settle)
   end
-  if queued == nil then queued = redis.call('EXISTS', queue) == 1 end
-  if not queued then
+  if batch == nil then batch = redis.call('ZRANGE', queue, 0, HEAD_BATCH - 1) end
+  if #batch == 0 then
     redis.call('DEL', lock)
     return 1
   end
-  local now = now_us()
-  local h, reg = head(queue, alive, math.floor(now / 1000))
+  local h, reg = head(queue, lock, batch)
   if not h then
     -- nobody waits, or the head is not known yet (more crashed waiters than one call clears): free
     -- the lock; the live waiters' next polls take it, in order (ACQUIRE goes on clearing)
     redis.call('DEL', lock)
     return 1
   end
-  local _, ttl, label = string.match(reg, '^(%d+)|(%d+)|(.*)$')
+  local ttl, label = string.match(reg, '^(%d+)|(.*)$')
   -- the holder's fence is the last one minted for the name (while the mutex is held nothing else
   -- mints: a counted request meets LimitMismatch), so the counter need not be read
-  local f = mint(fence_key, now, tonumber(ttl), tonumber(string.match(string.sub(cur, #token + 2), '^(%d+)')))
+  local f = mint(fence_key, now_us(), tonumber(ttl), tonumber(string.match(string.sub(cur, #token + 2), '^(%d+)')))
   redis.call('SET', lock, h .. ':' .. f .. ':' .. label, 'PX', ttl)
   redis.call('ZREM', queue, h)
-  redis.call('HDEL', alive, h)
+  -- h's registration is left to expire (REGISTRATION_MS; nothing reads it once h left the queue).
+  -- Its wake list is empty here: a notice is popped by h's BLPOP, deleted by h's next ACQUIRE (which
+  -- finds the lock its own) or by ABANDON, or expires with the lease it announced (the same PX, set
+  -- by the same script, so at the same instant); and h is handed a lock only from the queue, which
+  -- it re-enters only through ACQUIRE. So no DEL before the RPUSH.
   local wake = lock .. ':wake:' .. h
-  redis.call('DEL', wake)
   redis.call('RPUSH', wake, f)
   redis.call('PEXPIRE', wake, ttl)
   return 2
@@ -418,7 +420,7 @@ else
     end
   end
   local h = nil
-  if queued then h = head(KEYS[3], KEYS[4], math.floor(now / 1000)) end
+  if queued then h = head(KEYS[3], KEYS[1]) end
   if h == false then
     busy = -3
   elseif (not h) or h == token then
@@ -428,17 +430,17 @@ else
       -- our own entry always goes, wherever it stands: a grantee left in the queue would later be
       -- handed the lock again after it finished
       redis.call('ZREM', KEYS[3], token)
-      redis.call('HDEL', KEYS[4], token)
+      redis.call('DEL', KEYS[1] .. ':reg:' .. token)
     end
     return {1, f}
   end
 end
 if ARGV[4] == '1' then
-  local now = now_us()
-  redis.call('ZADD', KEYS[3], 'NX', now, token)
-  redis.call('HSET', KEYS[4], token, (math.floor(now / 1000) + tonumber(ARGV[5])) .. '|' .. ARGV[2] .. '|' .. ARGV[3])
+  -- queue (a place kept by ZADD NX: a poll does not move us back) and register as alive: the
+  -- registration key expires ARGV[5] ms after our last poll, so no stamp (and no TIME) is needed for it
+  redis.call('ZADD', KEYS[3], 'NX', now_us(), token)
+  redis.call('SET', KEYS[1] .. ':reg:' .. token, ARGV[2] .. '|' .. ARGV[3], 'PX', ARGV[5])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
-  redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
 return {0, busy or redis.call('PTTL', KEYS[1])}
 """
@@ -487,7 +489,7 @@ end
 -- the limit binding, mutex side: its holder or a live waiter of it is a use with limit 1
 if redis.call('EXISTS', KEYS[1], KEYS[3]) > 0 then
   if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 1} end
-  local h = head(KEYS[3], KEYS[4], now_ms)
+  local h = head(KEYS[3], KEYS[1])
   if h == false then return {0, -3} end
   if h then return {-1, 1} end
 end
@@ -592,15 +594,21 @@ RELEASE = (
 -- ours and nobody waits (the common case, as release() below does it): delete
 local cur = redis.call('GET', KEYS[1])
 local mine = cur and string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. ':'
-if mine and redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('DEL', KEYS[1])
-  return 1
+-- the queue's head batch, read at once (as cheap as an EXISTS when nobody waits, and a handoff
+-- needs it anyway): HEAD_BATCH of head() below
+local batch = nil
+if mine then
+  batch = redis.call('ZRANGE', KEYS[3], 0, 63)
+  if #batch == 0 then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
 end
 """
     + _PREAMBLE
     + _RELEASE_FN
     + """
-return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], false, cur or false, mine and true or nil)
+return release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], false, cur or false, batch)
 """
 )
 
@@ -616,12 +624,11 @@ ABANDON = (
 -- ARGV[1] token
 -- returns what RELEASE returns (0 when we held nothing)
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('DEL', KEYS[1] .. ':wake:' .. ARGV[1])
+redis.call('DEL', KEYS[1] .. ':reg:' .. ARGV[1], KEYS[1] .. ':wake:' .. ARGV[1])
 local base = string.sub(KEYS[1], 1, -5)
 local left = redis.call('ZREM', base .. 'cqueue', ARGV[1])
 redis.call('HDEL', base .. 'calive', ARGV[1])
-return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], left == 1)
+return release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], left == 1)
 """
 )
 
