@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """What one contended acquisition costs the server, command by command (deterministic counts).
 
-    .venv/bin/python bench/count_crowd.py [--waiters 200] [--procs 4] [--server PATH]
+    .venv/bin/python bench/count_crowd.py [--waiters 200] [--procs 4] [--server PATH] [--rounds N]
+    .venv/bin/python bench/count_crowd.py --steps 2000     # server time of each step, one thread
 
 Runs the bench's crowd (``waiters`` threads in ``procs`` processes, 1 ms inside, each acquires once)
 on a fresh embedded server and prints the ``INFO commandstats`` delta per acquisition, every
 command (those the scripts call included), plus the client's own calls by backend method and by
 script (counted in the client, so the EVALSHAs are split by script). Not a timing benchmark.
+
+``--steps N``: N handoffs driven through the backend on one thread (enqueue a waiter, release to
+it, its BLPOP), with the server microseconds of each step (``INFO commandstats``, reset before
+each): EVALSHA's own time (its calls included) and that of the commands it called.
 """
 
 from __future__ import annotations
@@ -67,15 +72,51 @@ def counting_worker(url: str, name: str, threads: int, start: Any, out: Any) -> 
     out.put((os.getpid(), (dict(calls), got[0])))
 
 
+def steps(url: str, admin: Any, n: int) -> None:
+    import redis
+
+    from fencelock._core.params import new_token
+    from fencelock.backends.redis import RedisBackend
+
+    backend = RedisBackend(redis.Redis.from_url(url))
+    name = f"steps:{time.monotonic_ns()}"
+    holder = new_token()
+    backend.try_acquire(name, holder, 30_000, "x", True)
+    backend.release(name + ":warm", holder)  # loads RELEASE
+    acc: dict[str, collections.Counter[str]] = {"enqueue": collections.Counter(), "handoff": collections.Counter()}
+    for _ in range(n):
+        waiter = new_token()
+        for step, fn in (
+            ("enqueue", lambda w=waiter: backend.try_acquire(name, w, 30_000, "x", True)),
+            ("handoff", lambda h=holder: backend.release(name, h)),
+        ):
+            admin.config_resetstat()
+            fn()
+            for k, v in admin.info("commandstats").items():
+                if k not in ("cmdstat_info", "cmdstat_config", "cmdstat_config|resetstat"):
+                    acc[step][k[8:]] += float(v["usec"])
+        assert backend.wait(name, waiter, 1.0) is not None
+        holder = waiter
+    backend.release(name, holder)
+    backend.close()
+    for step, usec in acc.items():
+        inner = sum(v for k, v in usec.items() if k != "evalsha")
+        print(f"{step}: EVALSHA {usec['evalsha'] / n:.1f} us of server time, of which its calls {inner / n:.1f} us")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--waiters", type=int, default=200)
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--server", default=None)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=0, help="time N single-thread handoffs step by step instead")
     args = ap.parse_args()
     with EmbeddedRedis(args.server or find_server_binary()) as server:
         admin = server.client()
+        if args.steps:
+            steps(server.url, admin, args.steps)
+            return 0
         for _ in range(args.rounds):
             admin.config_resetstat()
             t0 = time.monotonic()
