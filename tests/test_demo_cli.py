@@ -213,6 +213,47 @@ def test_consume_with_a_bad_lock_url_is_one_line_and_bad_usage(tmp_path: Path) -
     assert "prefx" in line and "prefix" in line, line
 
 
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_consume_with_no_lock_server_there_says_so_and_exits_3(tmp_path: Path, workers: str) -> None:
+    """Not a consumer that loops forever logging "lock server error" per file (or, on an empty share,
+    exits 0 with --idle-exit as if all were well): one line with the cause, exit 3, nothing left."""
+    share = tmp_path / "s"
+    produce(ProducerConfig(share=share, files=2, lines=5, seed=1))
+    url = f"redis://127.0.0.1:{free_port()}"
+    marker = new_marker()
+    with reaped(marker):
+        result = run_cli("consume", "--share", str(share), "--lock", url, "--db", str(tmp_path / "d.db"),
+                         "--workers", workers, "--idle-exit", "1", "--start-timeout", "1", marker=marker,
+                         timeout=60)
+        assert result.returncode == 3, (result.returncode, result.stderr)
+        line = one_line_error(result.stderr)
+        assert f"lock server {url} unavailable" in line and "Connection refused" in line, line
+        assert not leftovers(marker)
+    assert len(list(share.glob("*.tsv"))) == 2, "no file was touched"
+
+
+def test_demo_with_no_database_there_says_so_on_one_line(tmp_path: Path) -> None:
+    """libpq's "Connection refused" comes with a second, tab-indented line ("Is the server running
+    ..."): the demo's one error line keeps it on that line (a log reader greps one line)."""
+    pytest.importorskip("psycopg")
+    db = f"postgresql://u@127.0.0.1:{free_port()}/db"
+    result = run_cli("demo", "--work", str(tmp_path / "w"), "--db", db, "--files", "1", "--lines", "5", timeout=60)
+    assert result.returncode == 3, result.stdout + result.stderr
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("fencelock demo: database")]
+    assert "Connection refused" in line and "Is the server running" in line, result.stdout
+    assert not [x for x in result.stdout.splitlines() if x.startswith(("\t", " ")) and "server running" in x]
+
+
+def test_consume_with_no_database_there_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg")
+    db = f"postgresql://u@127.0.0.1:{free_port()}/db"
+    result = run_cli("consume", "--share", str(tmp_path / "s"), "--lock", f"sqlite:///{tmp_path}/l.db", "--db", db,
+                     "--idle-exit", "1", timeout=60)
+    assert result.returncode == 3, result.stderr
+    line = one_line_error(result.stderr)
+    assert "Connection refused" in line and "Is the server running" in line, line
+
+
 def test_a_read_only_share_commits_then_says_the_file_was_not_archived(tmp_path: Path) -> None:
     """The rows commit; the move to done/ fails (the share is mounted read-only): one clear line
     says so, the summary counts it as committed but not archived (not "done"), the consumer does

@@ -154,7 +154,8 @@ def _console() -> Console:
 def _error(console: Console, message: str, style: str = "red") -> None:
     """One line, as is: no rich markup in it (``pip install 'fencelock[postgres]'`` must survive)
     and no hard wrap (a log reader greps for it)."""
-    console.print(Text(f"fencelock demo: {message}", style=style), soft_wrap=True)
+    one_line = " ".join(message.split())  # libpq's messages span lines ("...\n\tIs the server running")
+    console.print(Text(f"fencelock demo: {one_line}", style=style), soft_wrap=True)
 
 
 def _check_lock_server(url: str) -> tuple[int, str] | None:
