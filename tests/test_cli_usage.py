@@ -83,3 +83,45 @@ def test_a_lock_server_not_listening_is_one_line_and_exit_69(url: str, tmp_path:
     assert result.returncode == 69, (result.returncode, result.stderr)
     line = one_line_error(result.stderr)
     assert line.startswith("fencelock: ") and "unreachable" in line, line
+
+
+def test_a_redis_url_at_a_port_where_something_else_answers_is_69_not_credentials(tmp_path: object) -> None:
+    """A typo'd port that lands on another service (here one that answers like an HTTP server) is
+    "no Redis there" (69, unreachable), not 77 ("credentials or ACL refused"), and the line says so."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(30)
+    port = srv.getsockname()[1]
+    done = threading.Event()
+
+    def answer() -> None:
+        for _ in range(20):  # bounded: a few connections (connect, retry)
+            if done.is_set():
+                return
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    conn.recv(1024)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        result = run_cli("status", "x", "--lock", f"redis://127.0.0.1:{port}", cwd=str(tmp_path))
+    finally:
+        done.set()
+        srv.close()
+        thread.join(10)
+    assert result.returncode == 69, (result.returncode, result.stderr)
+    line = one_line_error(result.stderr)
+    assert "not a Redis server" in line, line

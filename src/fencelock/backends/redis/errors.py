@@ -55,6 +55,11 @@ def _translate(err: Exception, what: str) -> BackendError | None:
 
     if isinstance(err, rex.AuthenticationError):
         return AuthenticationFailed(f"redis refused our credentials during {what}: {err}")
+    if isinstance(err, rex.InvalidResponse):  # something answered, but not in RESP: a wrong port?
+        return BackendUnavailable(
+            f"redis unreachable during {what}: the server at that address is not a Redis server (it "
+            f"answered {err}); check the lock URL's host and port"
+        )
     if isinstance(err, (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, OSError)):
         return BackendUnavailable(f"redis unreachable during {what}: {err}")
     if isinstance(err, rex.ResponseError):
