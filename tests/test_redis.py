@@ -375,3 +375,16 @@ def test_wait_replicas_covers_counted_grants(server: Any, name: str) -> None:
             backend.try_acquire(name, new_token(), 30_000, "s", False, 3, 1)
     finally:
         client.close()
+
+
+def test_no_password_for_a_server_that_needs_one_says_how_to_give_it(server: Any, name: str) -> None:
+    """redis-py's words for it ("HELLO must be called with the client already authenticated" or
+    "NOAUTH Authentication required") do not tell a new user what to change: the message does."""
+    lock = fencelock.Lock(name, f"unix://{server.server.socket}", ttl=5)
+    try:
+        with pytest.raises(fencelock.AuthenticationFailed) as info:
+            lock.acquire(timeout=1)
+    finally:
+        lock.close()
+    message = str(info.value)
+    assert "needs a password" in message and ":PASSWORD@" in message and "FENCELOCK_LOCK" in message, message
