@@ -254,6 +254,29 @@ def test_consume_with_no_database_there_is_one_line_and_exit_3(tmp_path: Path) -
     assert "Connection refused" in line and "Is the server running" in line, line
 
 
+def test_demo_never_empties_a_work_folder_it_did_not_make(tmp_path: Path) -> None:
+    """`fencelock demo --work .` in a project folder deleted the user's own logs/ and share/ (the
+    names the demo uses): a folder that is neither new, empty, nor one the demo made is refused
+    (exit 64, one line) and left exactly as it was. A folder the demo made is reused."""
+    work = tmp_path / "project"
+    (work / "logs").mkdir(parents=True)
+    (work / "logs" / "app.log").write_text("precious")
+    (work / "share").mkdir()
+    (work / "share" / "mine.txt").write_text("mine")
+    result = run_cli("demo", "--work", str(work), "--files", "1", "--lines", "5", timeout=60)
+    assert result.returncode == EXIT_USAGE, result.stdout + result.stderr
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("fencelock demo:")]
+    assert "--work" in line and "empty" in line, line
+    assert (work / "logs" / "app.log").read_text() == "precious"
+    assert (work / "share" / "mine.txt").read_text() == "mine"
+    assert sorted(p.name for p in work.iterdir()) == ["logs", "share"]
+
+    ours = tmp_path / "ours"
+    for _ in range(2):  # new, then one the demo made: both fine
+        again = run_cli("demo", "--work", str(ours), "--files", "1", "--lines", "5", "--consumers", "1", timeout=120)
+        assert again.returncode == 0, again.stdout + again.stderr
+
+
 def test_a_read_only_share_commits_then_says_the_file_was_not_archived(tmp_path: Path) -> None:
     """The rows commit; the move to done/ fails (the share is mounted read-only): one clear line
     says so, the summary counts it as committed but not archived (not "done"), the consumer does

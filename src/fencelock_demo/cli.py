@@ -127,7 +127,8 @@ Exit status:
   64     bad usage (options, --lock or --db URL)
   128+N  stopped by signal N (SIGINT, SIGTERM, SIGHUP): every process it started is stopped""")
 @click.option("--work", default="./demo-work", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Work folder: share, SQLite database, manifest, history (emptied at start).")
+              help="Work folder: share, SQLite database, manifest, history (emptied at start; a folder that is "
+              "not new, empty or made by an earlier demo is refused).")
 @click.option("--consumers", default=4, show_default=True, type=click.IntRange(1), help="Consumer processes.")
 @click.option("--files", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--lines", default=10_000, show_default=True, type=click.IntRange(1))
