@@ -336,6 +336,22 @@ def test_produce_stopped_by_a_signal_leaves_no_partial_file(tmp_path: Path) -> N
         assert not leftovers(marker)
 
 
+@pytest.mark.parametrize("where", ["missing-parent", "a-file", "read-only"])
+def test_produce_into_a_share_it_cannot_write_is_one_line_and_exit_3(tmp_path: Path, where: str) -> None:
+    """Not an OSError traceback with exit 1: one line naming the folder and the cause."""
+    if where == "missing-parent":
+        share = Path("/proc/no-such-dir/share")  # cannot be created, even by root
+    elif where == "a-file":
+        (tmp_path / "f").write_text("x")
+        share = tmp_path / "f" / "share"
+    else:
+        share = Path("/proc/self")  # exists, and no file can be made in it, even by root
+    result = run_cli("produce", "--share", str(share), "--files", "1", "--lines", "5")
+    assert result.returncode == 3, (result.returncode, result.stderr)
+    line = one_line_error(result.stderr)
+    assert line.startswith("fencelock produce: cannot write to the share") and str(share) in line, line
+
+
 # -- chaos ----------------------------------------------------------------------------------------
 
 

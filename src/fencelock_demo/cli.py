@@ -14,6 +14,7 @@ __all__ = ["COMMANDS", "consume", "demo", "produce"]
 @click.command(epilog="""\b
 Exit status:
   0      every file written
+  3      cannot write to the share (the cause is on screen)
   64     bad usage (options, arguments)
   128+N  stopped by signal N (SIGINT, SIGTERM, SIGHUP); no partial file is left behind""")
 @click.option("--share", required=True, type=click.Path(file_okay=False, path_type=Path), help="The shared folder.")
@@ -48,6 +49,12 @@ def produce(share: Path, files: int, lines: int, rate: float | None, seed: int |
         say(f"fencelock produce: stopped by {stop.signame} after {plural(written[0], 'file')} "
             f"(no partial file left in {share})")
         sys.exit(stop.exit_code)
+    except OSError as err:  # a share that cannot be created or written: not a traceback
+        why = err.strerror or str(err)
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(share) else ""
+        say(f"fencelock produce: cannot write to the share {share}: {why}{where}, after "
+            f"{plural(written[0], 'file')}")
+        sys.exit(3)
     click.echo(f"produced {plural(written[0], 'file')} of {plural(lines, 'line')} in {share}", err=True)
 
 
