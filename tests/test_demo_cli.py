@@ -213,6 +213,70 @@ def test_consume_with_a_bad_lock_url_is_one_line_and_bad_usage(tmp_path: Path) -
     assert "prefx" in line and "prefix" in line, line
 
 
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_consume_with_no_lock_server_there_says_so_and_exits_3(tmp_path: Path, workers: str) -> None:
+    """Not a consumer that loops forever logging "lock server error" per file (or, on an empty share,
+    exits 0 with --idle-exit as if all were well): one line with the cause, exit 3, nothing left."""
+    share = tmp_path / "s"
+    produce(ProducerConfig(share=share, files=2, lines=5, seed=1))
+    url = f"redis://127.0.0.1:{free_port()}"
+    marker = new_marker()
+    with reaped(marker):
+        result = run_cli("consume", "--share", str(share), "--lock", url, "--db", str(tmp_path / "d.db"),
+                         "--workers", workers, "--idle-exit", "1", "--start-timeout", "1", marker=marker,
+                         timeout=60)
+        assert result.returncode == 3, (result.returncode, result.stderr)
+        line = one_line_error(result.stderr)
+        assert f"lock server {url} unavailable" in line and "Connection refused" in line, line
+        assert not leftovers(marker)
+    assert len(list(share.glob("*.tsv"))) == 2, "no file was touched"
+
+
+def test_demo_with_no_database_there_says_so_on_one_line(tmp_path: Path) -> None:
+    """libpq's "Connection refused" comes with a second, tab-indented line ("Is the server running
+    ..."): the demo's one error line keeps it on that line (a log reader greps one line)."""
+    pytest.importorskip("psycopg")
+    db = f"postgresql://u@127.0.0.1:{free_port()}/db"
+    result = run_cli("demo", "--work", str(tmp_path / "w"), "--db", db, "--files", "1", "--lines", "5", timeout=60)
+    assert result.returncode == 3, result.stdout + result.stderr
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("fencelock demo: database")]
+    assert "Connection refused" in line and "Is the server running" in line, result.stdout
+    assert not [x for x in result.stdout.splitlines() if x.startswith(("\t", " ")) and "server running" in x]
+
+
+def test_consume_with_no_database_there_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg")
+    db = f"postgresql://u@127.0.0.1:{free_port()}/db"
+    result = run_cli("consume", "--share", str(tmp_path / "s"), "--lock", f"sqlite:///{tmp_path}/l.db", "--db", db,
+                     "--idle-exit", "1", timeout=60)
+    assert result.returncode == 3, result.stderr
+    line = one_line_error(result.stderr)
+    assert "Connection refused" in line and "Is the server running" in line, line
+
+
+def test_demo_never_empties_a_work_folder_it_did_not_make(tmp_path: Path) -> None:
+    """`fencelock demo --work .` in a project folder deleted the user's own logs/ and share/ (the
+    names the demo uses): a folder that is neither new, empty, nor one the demo made is refused
+    (exit 64, one line) and left exactly as it was. A folder the demo made is reused."""
+    work = tmp_path / "project"
+    (work / "logs").mkdir(parents=True)
+    (work / "logs" / "app.log").write_text("precious")
+    (work / "share").mkdir()
+    (work / "share" / "mine.txt").write_text("mine")
+    result = run_cli("demo", "--work", str(work), "--files", "1", "--lines", "5", timeout=60)
+    assert result.returncode == EXIT_USAGE, result.stdout + result.stderr
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("fencelock demo:")]
+    assert "--work" in line and "empty" in line, line
+    assert (work / "logs" / "app.log").read_text() == "precious"
+    assert (work / "share" / "mine.txt").read_text() == "mine"
+    assert sorted(p.name for p in work.iterdir()) == ["logs", "share"]
+
+    ours = tmp_path / "ours"
+    for _ in range(2):  # new, then one the demo made: both fine
+        again = run_cli("demo", "--work", str(ours), "--files", "1", "--lines", "5", "--consumers", "1", timeout=120)
+        assert again.returncode == 0, again.stdout + again.stderr
+
+
 def test_a_read_only_share_commits_then_says_the_file_was_not_archived(tmp_path: Path) -> None:
     """The rows commit; the move to done/ fails (the share is mounted read-only): one clear line
     says so, the summary counts it as committed but not archived (not "done"), the consumer does
@@ -270,6 +334,22 @@ def test_produce_stopped_by_a_signal_leaves_no_partial_file(tmp_path: Path) -> N
         assert "stopped by SIGTERM after" in line and "no partial file" in line, line
         assert list((share / ".tmp").iterdir()) == [], "a partial file was left behind"
         assert not leftovers(marker)
+
+
+@pytest.mark.parametrize("where", ["missing-parent", "a-file", "read-only"])
+def test_produce_into_a_share_it_cannot_write_is_one_line_and_exit_3(tmp_path: Path, where: str) -> None:
+    """Not an OSError traceback with exit 1: one line naming the folder and the cause."""
+    if where == "missing-parent":
+        share = Path("/proc/no-such-dir/share")  # cannot be created, even by root
+    elif where == "a-file":
+        (tmp_path / "f").write_text("x")
+        share = tmp_path / "f" / "share"
+    else:
+        share = Path("/proc/self")  # exists, and no file can be made in it, even by root
+    result = run_cli("produce", "--share", str(share), "--files", "1", "--lines", "5")
+    assert result.returncode == 3, (result.returncode, result.stderr)
+    line = one_line_error(result.stderr)
+    assert line.startswith("fencelock produce: cannot write to the share") and str(share) in line, line
 
 
 # -- chaos ----------------------------------------------------------------------------------------

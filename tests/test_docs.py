@@ -146,3 +146,34 @@ def test_readme_says_how_to_install_and_what_is_supported() -> None:
 def test_no_tracker_wording(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
     assert not re.search(r"\b(issue|item|ticket)s? #?\d", text, re.I), page
+
+
+def test_the_status_example_in_operating_md_matches_what_status_prints(tmp_path: Path) -> None:
+    """The ```sh example of `fencelock status` is output a reader compares with theirs: same line
+    shape, same JSON keys, for a lock held by `fencelock run`'s kind of lease."""
+    import json
+
+    import fencelock
+
+    text = (ROOT / "docs" / "operating.md").read_text(encoding="utf-8")
+    example = text[text.index("$ fencelock status nightly-report"):]
+    example = example[: example.index("```")]
+    doc_line = example.splitlines()[1]
+    doc_json = json.loads(" ".join(example[example.index("{"):].split()))
+    url = f"sqlite:///{tmp_path}/locks.db"
+    lease = fencelock.Lock("nightly-report", url, ttl=30).acquire()
+    try:
+        cli = [sys.executable, "-m", "fencelock.cli", "status", "nightly-report", "--lock", url]
+        human = subprocess.run(cli, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        as_json = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=60,
+                                 stdin=subprocess.DEVNULL)
+    finally:
+        lease.release()
+    assert human.returncode == 0 and as_json.returncode == 0, human.stderr + as_json.stderr
+    shape = re.compile(r"^nightly-report: held by \S+, fence \d+ \(as an election: leader \S+, term \d+\), "
+                       r"[\d.]+ s left, waiters \d+$")
+    assert shape.match(doc_line), doc_line
+    assert shape.match(human.stdout.splitlines()[0]), human.stdout
+    printed = json.loads(as_json.stdout)
+    assert set(printed) == set(doc_json), (sorted(printed), sorted(doc_json))
+    assert set(printed["holders"][0]) == set(doc_json["holders"][0])

@@ -137,3 +137,19 @@ def test_the_sync_lock_refuses_cancel_on_loss(lock_server: Any, name: str) -> No
     with pytest.raises(fencelock.ConfigurationError, match="cancel_on_loss needs asyncio"):
         fencelock.Lock(name, lock_server.url, cancel_on_loss=True)
     aio.Lock(name, lock_server.url, cancel_on_loss=True)  # fine there
+
+
+def test_threadings_positional_acquire_false_names_the_spelling_that_works(lock_server: Any, name: str) -> None:
+    """``lock.acquire(False)`` is threading's (and python-redis-lock's) "don't block"; here the first
+    argument is the timeout. Said at once, naming what to write, for both APIs."""
+    lock = fencelock.Lock(name, lock_server.url, ttl=10)
+    for flag in (False, True):
+        with pytest.raises(fencelock.ConfigurationError, match=r"acquire\(blocking=False\) or try_acquire\(\)"):
+            lock.acquire(flag)
+
+    async def main() -> None:
+        alock = aio.Lock(name, lock_server.url, ttl=10)
+        with pytest.raises(fencelock.ConfigurationError, match=r"acquire\(blocking=False\)"):
+            await alock.acquire(False)
+
+    asyncio.run(main())

@@ -572,3 +572,20 @@ def test_a_hundred_thousand_names_are_found_by_index(pg: PostgresLockServer, nam
     # statistics reach pg_stat_user_tables within about a second of each session going idle
     assert wait_until(lambda: _scans(pg)[1] >= before[1] + 2 * rounds, 10), (before, _scans(pg))
     assert _scans(pg)[0] == before[0], "a lock call read the whole fence table"
+
+
+# -- libpq's unix-socket URL with no host part -----------------------------------------------------
+
+
+def test_a_url_with_an_empty_host_part_locks_on_a_real_server(pg: PostgresLockServer, name: str) -> None:
+    """``postgresql:///db?host=/socket/dir&user=...`` (libpq's own form, the one its docs give for a
+    local socket) acquires and releases: the URL reaches libpq with its ``//`` kept."""
+    conninfo = psycopg.conninfo.conninfo_to_dict(pg.url)
+    url = f"postgresql:///{conninfo['dbname']}?host={conninfo['host']}&user={conninfo['user']}"
+    lock = fencelock.Lock(name, url, ttl=5, timeout=WAIT)
+    try:
+        with lock as lease:
+            assert lease.fence > 0
+        assert lock.inspect() is None  # released: free
+    finally:
+        lock.close()

@@ -413,3 +413,16 @@ def test_a_handoff_to_a_queued_waiter_costs_the_server_few_commands(server: Any,
         assert backend.release(name, waiter)
     finally:
         backend.close()
+
+
+def test_no_password_for_a_server_that_needs_one_says_how_to_give_it(server: Any, name: str) -> None:
+    """redis-py's words for it ("HELLO must be called with the client already authenticated" or
+    "NOAUTH Authentication required") do not tell a new user what to change: the message does."""
+    lock = fencelock.Lock(name, f"unix://{server.server.socket}", ttl=5)
+    try:
+        with pytest.raises(fencelock.AuthenticationFailed) as info:
+            lock.acquire(timeout=1)
+    finally:
+        lock.close()
+    message = str(info.value)
+    assert "needs a password" in message and ":PASSWORD@" in message and "FENCELOCK_LOCK" in message, message

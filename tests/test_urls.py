@@ -137,3 +137,79 @@ def test_a_zookeeper_port_out_of_range_is_a_configuration_error(url: str) -> Non
 def test_bad_sqlite_urls_are_configuration_errors(url: str) -> None:
     with pytest.raises(fencelock.ConfigurationError):
         fencelock.Lock("x", url)
+
+
+# -- what redis-py would only refuse at the first connection, or with its own ValueError ----------
+
+BAD_REDIS_VALUES = {
+    "redis://127.0.0.1:6379?max_connections=-1": "max_connections",
+    "redis://127.0.0.1:6379?protocol=7": "protocol",
+    "rediss://127.0.0.1:6380?ssl_cert_reqs=bogus": "ssl_cert_reqs",
+}
+
+
+@pytest.mark.parametrize(("url", "word"), list(BAD_REDIS_VALUES.items()), ids=list(BAD_REDIS_VALUES))
+def test_a_bad_redis_option_value_is_a_configuration_error_when_the_lock_is_made(url: str, word: str) -> None:
+    """Not redis-py's plain ValueError at construction, nor BackendUnavailable/BackendRejected (exit
+    69/77 in the CLI, "unreachable") at the first acquire: the value is wrong, say so at once."""
+    for make in (fencelock.Lock, aio.Lock):
+        with pytest.raises(fencelock.ConfigurationError) as info:
+            make("x", url)
+        assert word in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("url", ["REDIS://127.0.0.1:6379", "Redis://127.0.0.1:6379/1", "UNIX:///tmp/r.sock",
+                                 "RedisS://127.0.0.1:6380"])
+def test_a_redis_url_scheme_is_case_insensitive(url: str) -> None:
+    """RFC 3986 schemes are case-insensitive, and the registry already sends REDIS:// to the Redis
+    backend: it must not then fail with redis-py's raw ValueError (a traceback in the CLI)."""
+    for make in (fencelock.Lock, aio.Lock):
+        lock = make("x", url)
+        assert lock.backend.name == "redis"
+
+
+# -- PostgreSQL URLs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql:///db?host=/run/postgresql", {"dbname": "db", "host": "/run/postgresql"}),
+        ("postgresql://u@/db?host=/tmp/s", {"user": "u", "dbname": "db", "host": "/tmp/s"}),
+        ("postgresql://", {}),
+        ("postgresql://u:pw@h:5433/db?sslmode=disable&schema=locks", {"user": "u", "password": "pw", "host": "h",
+                                                                       "port": "5433", "dbname": "db"}),
+    ],
+)
+def test_a_postgres_url_reaches_libpq_as_written(url: str, expected: dict[str, str]) -> None:
+    """libpq's own URL forms, the unix-socket one with no host (``postgresql:///db?host=/dir``)
+    included: rebuilding them must not drop the ``//`` (``postgresql:/db?host=...`` is no URL to
+    libpq: "invalid connection option")."""
+    pytest.importorskip("psycopg")
+    from psycopg.conninfo import conninfo_to_dict
+
+    from fencelock.backends.postgres.urls import parse_postgres_url
+
+    parsed = conninfo_to_dict(parse_postgres_url(url).conninfo)
+    assert parsed.pop("connect_timeout") == "2"
+    for key, value in expected.items():
+        assert parsed.get(key) == value, parsed
+
+
+@pytest.mark.parametrize(
+    ("url", "word"),
+    [
+        ("postgresql://u@127.0.0.1/db?foo=1", "foo"),
+        ("postgresql://u@127.0.0.1/db?shema=locks", "shema"),
+        ("postgresql://u@127.0.0.1:notaport/db", "port"),
+        ("postgresql://u@127.0.0.1:99999/db", "port"),
+    ],
+)
+def test_a_bad_postgres_url_is_a_configuration_error_when_the_lock_is_made(url: str, word: str) -> None:
+    """An unknown option or a bad port is the user's typo: ConfigurationError (CLI exit 64) naming
+    it, when the lock is made, not BackendRejected/BackendUnavailable at the first call."""
+    pytest.importorskip("psycopg")
+    for make in (fencelock.Lock, aio.Lock):
+        with pytest.raises(fencelock.ConfigurationError) as info:
+            make("x", url)
+        assert word in str(info.value), str(info.value)

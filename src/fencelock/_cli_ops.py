@@ -117,6 +117,13 @@ class _Exit(Exception):
         self.message = message
 
 
+def _check_kill_grace(seconds: float) -> None:
+    """A number of seconds from 0 to an hour: nan would compare false everywhere, inf would never
+    send the SIGKILL (every wait is bounded)."""
+    if not 0 <= seconds <= 3600:  # False for nan
+        _fail(EXIT_USAGE, f"--kill-grace must be a number of seconds from 0 to 3600, got {seconds:g}")
+
+
 def _fail(code: int, message: str) -> NoReturn:
     raise _Exit(code, message)
 
@@ -345,8 +352,7 @@ def run(
     then SIGKILL after --kill-grace seconds.
     """
     with _reported():
-        if kill_grace < 0:
-            _fail(EXIT_USAGE, "--kill-grace must be >= 0")
+        _check_kill_grace(kill_grace)
         holder = label or default_label()
 
         def make(backend: Backend) -> Lock:
@@ -428,8 +434,7 @@ def elect(
     `fencelock status NAME` shows the leader (its value) and the term.
     """
     with _reported():
-        if kill_grace < 0:
-            _fail(EXIT_USAGE, "--kill-grace must be >= 0")
+        _check_kill_grace(kill_grace)
 
         def make(backend: Backend) -> Lock:
             return Election(name, backend, value=value, ttl=ttl, timeout=timeout)._lock

@@ -195,7 +195,9 @@ class Run:
         if max_files is not None:
             args += ["--max-files", str(max_files)]
         if self.kind(standin) == "demo":
-            args += ["--poll", "0.05"]
+            # a consumer may be started while the lock server is frozen on purpose (scenario 5: two
+            # TTLs): its start-up check must outwait that, not exit 3
+            args += ["--poll", "0.05", "--start-timeout", str(max(10.0, 4 * (ttl or self.s.ttl)))]
             if pause_before_archive:  # the demo's (hidden) hook between commit and archive
                 args += ["--pause-after-commit", str(pause_before_archive)]
             cmd = [sys.executable, "-m", "fencelock.cli", "consume", *args]

@@ -14,6 +14,7 @@ __all__ = ["COMMANDS", "consume", "demo", "produce"]
 @click.command(epilog="""\b
 Exit status:
   0      every file written
+  3      cannot write to the share (the cause is on screen)
   64     bad usage (options, arguments)
   128+N  stopped by signal N (SIGINT, SIGTERM, SIGHUP); no partial file is left behind""")
 @click.option("--share", required=True, type=click.Path(file_okay=False, path_type=Path), help="The shared folder.")
@@ -48,6 +49,12 @@ def produce(share: Path, files: int, lines: int, rate: float | None, seed: int |
         say(f"fencelock produce: stopped by {stop.signame} after {plural(written[0], 'file')} "
             f"(no partial file left in {share})")
         sys.exit(stop.exit_code)
+    except OSError as err:  # a share that cannot be created or written: not a traceback
+        why = err.strerror or str(err)
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(share) else ""
+        say(f"fencelock produce: cannot write to the share {share}: {why}{where}, after "
+            f"{plural(written[0], 'file')}")
+        sys.exit(3)
     click.echo(f"produced {plural(written[0], 'file')} of {plural(lines, 'line')} in {share}", err=True)
 
 
@@ -56,7 +63,7 @@ Exit status:
   0   stopped normally (--idle-exit, --max-files, or SIGTERM/SIGINT/SIGHUP after the
       current file; a second signal stops at once, releasing the lock)
   1   stopped by an unexpected error (logged)
-  3   could not start: database or share unavailable
+  3   could not start: lock server (within --start-timeout), database or share unavailable
   4   --workers N: at least one worker process did not exit with 0
   64  bad usage (options, arguments, --lock or --db URL, a missing driver such as psycopg)
 """)
@@ -81,9 +88,12 @@ Exit status:
 @click.option("--archive/--remove", default=True, show_default=True,
               help="After the commit, move the file to SHARE/done/ or delete it.")
 @click.option("--poll", default=0.2, show_default=True, type=click.FloatRange(0.01), help="Seconds between looks.")
+@click.option("--start-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600), metavar="SECONDS",
+              help="Before any worker starts, wait at most this long for the lock server to answer; then exit 3.")
 def consume(share: str, lock_url: str, db: str, workers: int, ident: str, history: str | None, fencing: bool,
             pause_before_write: float, pause_mid_write: float, pause_after_commit: float, ttl: float,
-            renew: bool, max_files: int | None, idle_exit: float | None, archive: bool, poll: float) -> None:
+            renew: bool, max_files: int | None, idle_exit: float | None, archive: bool, poll: float,
+            start_timeout: float) -> None:
     """Compete for files in SHARE and persist each one exactly once.
 
     One lock per file (file:<name>); all rows of a file in one transaction guarded by the fence;
@@ -93,7 +103,7 @@ def consume(share: str, lock_url: str, db: str, workers: int, ident: str, histor
     from fencelock import ConfigurationError
     from fencelock._cli_ops import EXIT_USAGE
 
-    from .consumer import ConsumerConfig, check_config, run_workers
+    from .consumer import EXIT_UNAVAILABLE, ConsumerConfig, check_config, check_lock_server, run_workers
 
     cfg = ConsumerConfig(
         share=share, lock=lock_url, db=db, id=ident, history=history, fencing=fencing,
@@ -106,6 +116,12 @@ def consume(share: str, lock_url: str, db: str, workers: int, ident: str, histor
     except ConfigurationError as err:
         click.echo(f"fencelock consume: {err}", err=True)
         sys.exit(EXIT_USAGE)
+    # One round trip before any worker starts: a lock server that is not there is one line and
+    # exit 3 within seconds, not a consumer logging "lock server error" for every file forever.
+    unavailable = check_lock_server(cfg.lock, start_timeout)
+    if unavailable is not None:
+        click.echo(f"fencelock consume: {unavailable}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
     sys.exit(run_workers(cfg, workers))
 
 
@@ -118,7 +134,8 @@ Exit status:
   64     bad usage (options, --lock or --db URL)
   128+N  stopped by signal N (SIGINT, SIGTERM, SIGHUP): every process it started is stopped""")
 @click.option("--work", default="./demo-work", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Work folder: share, SQLite database, manifest, history (emptied at start).")
+              help="Work folder: share, SQLite database, manifest, history (emptied at start; a folder that is "
+              "not new, empty or made by an earlier demo is refused).")
 @click.option("--consumers", default=4, show_default=True, type=click.IntRange(1), help="Consumer processes.")
 @click.option("--files", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--lines", default=10_000, show_default=True, type=click.IntRange(1))

@@ -517,6 +517,34 @@ class _StopFlag:
         return self.stopped
 
 
+def check_lock_server(url: str, within: float) -> str | None:
+    """Bounded round trips to the lock server before any worker starts: why it cannot be used, on
+    one line, or None. An unreachable server is asked again for up to ``within`` seconds (a server
+    restarting, or paused for a moment, is not a reason to refuse to start); credentials or ACLs
+    refused fail at once. The URL was checked already (``check_config``)."""
+    from fencelock import BackendUnavailable
+    from fencelock.backends import safe_url
+
+    deadline = time.monotonic() + within
+    backend, _ = open_backend(url)
+    try:
+        for _attempt in range(10_000):  # bounded in count as well as in time
+            try:
+                backend.inspect("consumer:startup-check")
+                return None
+            except BackendUnavailable as err:
+                if time.monotonic() + 0.2 >= deadline:
+                    why = f"unavailable for {within:g} s (--start-timeout)"
+                    return f"lock server {safe_url(url)} {why}: {' '.join(str(err).split())}"
+                time.sleep(0.2)
+            except BackendError as err:
+                return f"lock server {safe_url(url)} refused us: {' '.join(str(err).split())}"
+        return f"lock server {safe_url(url)} did not answer"
+    finally:
+        with contextlib.suppress(Exception):
+            backend.close()
+
+
 def run_consumer(cfg: ConsumerConfig) -> int:
     """Run one consumer until idle/max-files/a signal; returns the process exit code."""
     stop = _StopFlag()
@@ -527,10 +555,11 @@ def run_consumer(cfg: ConsumerConfig) -> int:
         print(f"fencelock consume: {err}", file=sys.stderr)
         return EXIT_USAGE
     except (BackendError, OSError) as err:
-        print(f"fencelock consume: cannot start: {err}", file=sys.stderr)
+        print(f"fencelock consume: cannot start: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except Exception as err:  # psycopg.OperationalError, sqlite3.OperationalError
-        print(f"fencelock consume: cannot start: {type(err).__name__}: {err}", file=sys.stderr)
+        why = " ".join(str(err).split())  # libpq's messages span lines
+        print(f"fencelock consume: cannot start: {type(err).__name__}: {why}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     try:
         consumer.run()

@@ -154,7 +154,8 @@ def _console() -> Console:
 def _error(console: Console, message: str, style: str = "red") -> None:
     """One line, as is: no rich markup in it (``pip install 'fencelock[postgres]'`` must survive)
     and no hard wrap (a log reader greps for it)."""
-    console.print(Text(f"fencelock demo: {message}", style=style), soft_wrap=True)
+    one_line = " ".join(message.split())  # libpq's messages span lines ("...\n\tIs the server running")
+    console.print(Text(f"fencelock demo: {one_line}", style=style), soft_wrap=True)
 
 
 def _check_lock_server(url: str) -> tuple[int, str] | None:
@@ -182,8 +183,32 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
+WORK_MARK = ".fencelock-demo"
+"""Written into every work folder the demo makes: only such a folder (or a new or empty one) is
+ever emptied, so ``--work .`` in a project with its own ``logs/`` or ``share/`` deletes nothing."""
+
+
+def _foreign_work(work: Path) -> str | None:
+    """Why ``work`` must not be emptied (one line), or None if it is new, empty or ours."""
+    if not work.exists():
+        return None
+    if not work.is_dir():
+        return f"--work {work} is not a folder"
+    if (work / WORK_MARK).exists():
+        return None
+    entries = sorted(p.name for p in work.iterdir())
+    if not entries:
+        return None
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    return (
+        f"--work {work} is not empty ({shown}) and was not made by fencelock demo, which empties its work "
+        "folder at start: give it a new or empty folder (default ./demo-work)"
+    )
+
+
 def _wipe(work: Path) -> None:
-    """Remove what an earlier run left in the work folder (only our own names)."""
+    """Remove what an earlier run left in the work folder (only our own names; only in a folder
+    ``_foreign_work`` accepts)."""
     for name in ("share", "logs"):
         shutil.rmtree(work / name, ignore_errors=True)
     for name in ("demo.db", "demo.db-wal", "demo.db-shm", "manifest.jsonl", "history.jsonl", "pids.json"):
@@ -215,7 +240,12 @@ def _run_demo(cfg: DemoConfig, console: Console) -> int:
             _error(console, failed[1])
             return failed[0]
     work = cfg.work.resolve()
+    foreign = _foreign_work(work)
+    if foreign is not None:
+        _error(console, foreign)
+        return EXIT_USAGE
     work.mkdir(parents=True, exist_ok=True)
+    (work / WORK_MARK).write_text("made by fencelock demo: emptied at the start of each run\n")
     _wipe(work)
     share_dir, manifest, history = work / "share", work / "manifest.jsonl", work / "history.jsonl"
     logs = work / "logs"

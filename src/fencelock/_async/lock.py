@@ -142,6 +142,11 @@ class AsyncLock:
         """
         if unknown:
             raise _unknown_acquire_arguments(unknown)
+        if isinstance(timeout, bool):  # threading's and python-redis-lock's acquire(False)
+            raise ConfigurationError(
+                f"acquire({timeout}): the first argument is the timeout in seconds, not blocking; for one "
+                "attempt use acquire(blocking=False) or try_acquire() (None when busy)"
+            )
         if not blocking:
             if timeout is not None:
                 raise ConfigurationError("acquire(blocking=False) makes one attempt: do not pass a timeout with it")

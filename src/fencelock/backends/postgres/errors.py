@@ -48,6 +48,15 @@ def missing_privilege(msg: str, what: str, schema: str) -> str:
 
 
 def translate(err: Exception, what: str, schema: str) -> BackendError | None:
+    """The fencelock error for ``err``, its message on one line (libpq's own messages span lines:
+    "... Connection refused\n\tIs the server running on that host ...?")."""
+    found = _translate(err, what, schema)
+    if found is not None:
+        found.args = tuple(" ".join(a.split()) if isinstance(a, str) else a for a in found.args)
+    return found
+
+
+def _translate(err: Exception, what: str, schema: str) -> BackendError | None:
     import psycopg
     from psycopg import errors as pe
 

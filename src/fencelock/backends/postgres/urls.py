@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from ..._errors import ConfigurationError
 from .schema import DEFAULT_SCHEMA, check_schema
@@ -47,6 +47,31 @@ def _flag(name: str, value: str) -> bool:
     return flag
 
 
+def _check_libpq(conninfo: str, url: str) -> None:
+    """What libpq would refuse only when connecting (an unknown option, a port that is no number),
+    refused now as ``ConfigurationError`` naming it: a typo is not "server unreachable". Needs psycopg
+    (without it the backend says which extra to install before it gets here)."""
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:  # pragma: no cover - the backend checks for psycopg first
+        return
+    from .. import safe_url
+
+    try:
+        params = conninfo_to_dict(conninfo)
+    except ProgrammingError as err:
+        raise ConfigurationError(
+            f"bad PostgreSQL lock URL {safe_url(url)}: {' '.join(str(err).split())}; fencelock's own options "
+            f"are {', '.join(sorted(_OURS))}, the others go to libpq (sslmode, connect_timeout, host, ...)"
+        ) from None
+    for port in str(params.get("port", "")).split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigurationError(
+                f"bad PostgreSQL lock URL {safe_url(url)}: port {port!r} must be a number from 1 to 65535"
+            )
+
+
 def parse_postgres_url(url: str) -> PgOptions:
     """``postgresql://[user[:password]@][host][:port]/dbname?[libpq options]&[ours]`` (also
     ``postgres://``; a unix socket directory as ``?host=/run/postgresql``). Ours: ``schema=`` (default
@@ -68,7 +93,12 @@ def parse_postgres_url(url: str) -> PgOptions:
             theirs.append(part)
     if not any(unquote(p.partition("=")[0]) == "connect_timeout" for p in theirs):
         theirs.append(f"connect_timeout={DEFAULT_CONNECT_TIMEOUT}")
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, "&".join(theirs), parts.fragment))
+    # Not urlunsplit: it drops the "//" of an empty host (postgresql:///db?host=/run/postgresql, libpq's
+    # unix-socket form), and "postgresql:/db?..." is no URL to libpq ("invalid connection option").
+    conninfo = f"postgresql://{parts.netloc}{parts.path}?{'&'.join(theirs)}"
+    if parts.fragment:
+        conninfo += f"#{parts.fragment}"
+    _check_libpq(conninfo, url)
     return PgOptions(
         conninfo=conninfo,
         schema=check_schema(ours.get("schema", DEFAULT_SCHEMA)),

@@ -36,7 +36,7 @@ from .scripts import (
     RELEASE,
     Lua,
 )
-from .urls import DEFAULT_WAIT_TIMEOUT, check_wait_replicas, parse_redis_url
+from .urls import DEFAULT_WAIT_TIMEOUT, check_wait_replicas, client_from_url, parse_redis_url
 
 __all__ = ["RedisBackend"]
 
@@ -133,7 +133,7 @@ class RedisBackend:
             kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
             kwargs.setdefault("socket_timeout", SOCKET_TIMEOUT)
             kwargs.setdefault("max_connections", SHARED_MAX_CONNECTIONS)  # a URL's ?max_connections= wins
-            client = redis_api.Redis.from_url(plain, **kwargs)
+            client = client_from_url(redis_api, url, plain, kwargs)
             replicas = int(ours.get("wait_replicas", "0") or 0)
             timeout = float(ours.get("wait_timeout", DEFAULT_WAIT_TIMEOUT) or DEFAULT_WAIT_TIMEOUT)
             prefix = ours.get("prefix", DEFAULT_PREFIX)

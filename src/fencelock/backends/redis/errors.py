@@ -50,17 +50,34 @@ def raise_translated(err: Exception, what: str) -> NoReturn:
     raise translated from err
 
 
+_NEEDS_PASSWORD = (
+    "; this server needs a password and the lock URL gives none: redis://[USER]:PASSWORD@host:port "
+    "(or unix://:PASSWORD@/path.sock; fencelock run, status, release and elect read the URL from FENCELOCK_LOCK "
+    "too, which keeps the password out of the process list)"
+)
+
+
+def _credentials(what: str, msg: str) -> AuthenticationFailed:
+    hint = _NEEDS_PASSWORD if "NOAUTH" in msg or "already authenticated" in msg else ""
+    return AuthenticationFailed(f"redis refused our credentials during {what}: {msg}{hint}")
+
+
 def _translate(err: Exception, what: str) -> BackendError | None:
     from redis import exceptions as rex
 
     if isinstance(err, rex.AuthenticationError):
-        return AuthenticationFailed(f"redis refused our credentials during {what}: {err}")
+        return _credentials(what, str(err))
+    if isinstance(err, rex.InvalidResponse):  # something answered, but not in RESP: a wrong port?
+        return BackendUnavailable(
+            f"redis unreachable during {what}: the server at that address is not a Redis server (it "
+            f"answered {err}); check the lock URL's host and port"
+        )
     if isinstance(err, (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, OSError)):
         return BackendUnavailable(f"redis unreachable during {what}: {err}")
     if isinstance(err, rex.ResponseError):
         msg = str(err)
         if "WRONGPASS" in msg or "NOAUTH" in msg or "invalid password" in msg.lower():
-            return AuthenticationFailed(f"redis refused our credentials during {what}: {msg}")
+            return _credentials(what, msg)
         # A command refused inside a script reads "The user executing the script can't run this
         # command..." (Redis 7.0) rather than NOPERM: the same missing ACL, so the same hint.
         acl = "user executing the script can't" in msg or "No permissions to access" in msg

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from ..._errors import ConfigurationError
 from .keys import check_prefix
 
-__all__ = ["DEFAULT_WAIT_TIMEOUT", "check_wait_replicas", "parse_redis_url"]
+__all__ = ["DEFAULT_WAIT_TIMEOUT", "check_wait_replicas", "client_from_url", "parse_redis_url"]
 
 
 _OUR_PARAMS = {"prefix", "wait_replicas", "wait_timeout"}
@@ -104,6 +104,27 @@ def _option_error(scheme: str, name: str) -> ConfigurationError:
     )
 
 
+_CERT_REQS = ("none", "optional", "required")
+
+
+def client_from_url(redis_api: Any, url: str, plain: str, kwargs: dict[str, Any]) -> Any:
+    """``redis_api.Redis.from_url(plain, **kwargs)``, and one connection object made (no I/O) so that
+    what redis-py checks only when it connects (``protocol``, TLS flags...) is checked now: any
+    refusal is a ``ConfigurationError`` naming the URL (password hidden), never a ``ValueError`` at
+    construction or a "server unreachable" at the first acquire."""
+    from redis.exceptions import RedisError
+
+    from .. import safe_url
+
+    try:
+        client = redis_api.Redis.from_url(plain, **kwargs)
+        pool = client.connection_pool
+        pool.connection_class(**pool.connection_kwargs)
+    except (TypeError, ValueError, RedisError) as err:
+        raise ConfigurationError(f"bad Redis lock URL {safe_url(url)}: {err}") from None
+    return client
+
+
 def parse_redis_url(url: str) -> tuple[str, dict[str, str]]:
     """Split ``redis://...?prefix=app:`` into the URL redis-py understands and fencelock's own options.
 
@@ -111,7 +132,7 @@ def parse_redis_url(url: str) -> tuple[str, dict[str, str]]:
     port that is not a number, a db that is not an integer) raises ``ConfigurationError`` here,
     naming the bad part and what is accepted; so do bad values of fencelock's own options."""
     parts = urlsplit(url)
-    scheme = parts.scheme
+    scheme = parts.scheme  # lower-cased by urlsplit: schemes are case-insensitive (RFC 3986)
     if scheme not in ("redis", "rediss", "unix"):
         raise ConfigurationError(f"not a Redis URL: {url!r} (use redis://, rediss:// or unix://)")
     if scheme == "unix":
@@ -152,6 +173,15 @@ def parse_redis_url(url: str) -> tuple[str, dict[str, str]]:
                 ) from None
             if name == "db" and parsed < 0:
                 raise ConfigurationError(f"{scheme}:// lock URL option db must be an integer >= 0, got {values[-1]!r}")
+            if name == "max_connections" and parsed < 0:
+                raise ConfigurationError(
+                    f"{scheme}:// lock URL option max_connections must be an integer >= 1 (0: no cap), "
+                    f"got {values[-1]!r}"
+                )
+        if name == "ssl_cert_reqs" and values[-1].lower() not in _CERT_REQS:
+            raise ConfigurationError(
+                f"{scheme}:// lock URL option ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, got {values[-1]!r}"
+            )
     ours = {k: v[-1] for k, v in query.items() if k in _OUR_PARAMS}
     if "prefix" in ours:
         check_prefix(ours["prefix"])
@@ -170,4 +200,5 @@ def parse_redis_url(url: str) -> tuple[str, dict[str, str]]:
             )
     theirs = [(k, x) for k, v in query.items() if k not in _OUR_PARAMS for x in v]
     base = url.split("?", 1)[0]  # urlunsplit would turn unix:///p into unix:/p
+    base = scheme + base[len(scheme):]  # redis-py accepts only lower-case schemes
     return (base + "?" + urlencode(theirs) if theirs else base), ours
