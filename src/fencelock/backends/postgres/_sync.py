@@ -7,6 +7,7 @@ a connection (its own, or the user's connection or pool), each call bounded by t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import select
@@ -153,7 +154,17 @@ class PostgresBackend:
             _drop(conn)
 
     def _run(self, conn: Any, what: str, query: str, params: tuple[Any, ...]) -> list[Any]:
-        """One statement on ``conn``, bounded by ``request_timeout`` (the watchdog cuts the socket)."""
+        """One statement on ``conn``, bounded by ``request_timeout`` (the watchdog cuts the socket).
+
+        On a pool's connection that is not in autocommit (psycopg_pool's default) psycopg opens a
+        transaction around the statement: it is committed here, inside the same bound, so the lock
+        change is durable-as-configured before we answer and the pool's own commit at the end of its
+        block has nothing left to wait for (a server that stops answering then would block it for
+        ever). On the user's own connection, a transaction of theirs would contain our statement
+        (and roll it back with theirs): refused before, and any call that ended inside one fails."""
+        shared = conn is self._conn
+        if shared:
+            _refuse_user_transaction(conn, what, before=True)
         ticket = WATCHDOG.arm(conn.pgconn.socket, self.request_timeout)
         fired = False
         try:
@@ -163,7 +174,20 @@ class PostgresBackend:
                     cur = conn.execute(query, params)
                 else:
                     cur.execute(query, params)
+                if shared:  # at once: on an event loop no other task has run on it since our answer
+                    _refuse_user_transaction(conn, what, before=False)
                 rows: list[Any] = cur.fetchall()
+                if not conn.autocommit:
+                    conn.commit()
+            except Exception:
+                if not conn.autocommit and not conn.closed:
+                    with contextlib.suppress(Exception):  # a cut socket fails at once
+                        conn.rollback()
+                raise
+            except BaseException:
+                if not conn.autocommit:
+                    _drop(conn)  # cancelled mid-transaction: its pool discards it (never an unbounded rollback)
+                raise
             finally:
                 fired = WATCHDOG.disarm(ticket)
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as err:
@@ -337,6 +361,24 @@ def _release(idle: list[Any], listener: Listener | None, pid: int) -> None:
     if pid == os.getpid():
         while idle:
             _drop(idle.pop())
+
+
+def _refuse_user_transaction(conn: Any, what: str, *, before: bool) -> None:
+    """A connection of the user's, shared with fencelock, must not be inside a transaction of theirs
+    when a lock statement runs on it: the statement would commit or roll back with their work (an
+    extend rolled back while the client believes it: two holders). ``before``: nothing was sent.
+    After: our statement ran inside one, so its effect is undecided until they end it."""
+    from psycopg.pq import TransactionStatus
+
+    status = conn.pgconn.transaction_status
+    if conn.autocommit and status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        return
+    where = "was not sent" if before else "ran inside it, so whether it takes effect is decided by your commit"
+    raise BackendRejected(
+        f"postgresql: {what} on the connection you gave fencelock, while a transaction of yours is open "
+        f"on it (or autocommit was turned off): the lock statement {where}. fencelock's statements must "
+        "commit on their own: run your transactions on another connection (or pass a pool)"
+    )
 
 
 def _stale(conn: Any) -> bool:

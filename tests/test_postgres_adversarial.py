@@ -1,0 +1,153 @@
+"""PostgreSQL backend under an adversary: a user's connection or pool used as is while the user
+does what such objects allow (a transaction of their own, a connection that is not in autocommit),
+forced interleavings at the points where the protocol hands state across round trips.
+
+All against the session's real PostgreSQL (``postgres_server`` in srv_postgres.py); every wait is
+bounded so that a bug is a failure, never a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import fencelock
+from fencelock.backends.base import Attempt
+from fencelock.backends.postgres import PostgresBackend
+from srv_postgres import PostgresLockServer
+
+WAIT = 15.0
+
+
+@pytest.fixture
+def pg(postgres_server: PostgresLockServer) -> PostgresLockServer:
+    return postgres_server
+
+
+@pytest.fixture
+def name() -> str:
+    return f"pgadv:{uuid.uuid4().hex[:12]}"
+
+
+# -- your own connection, with a transaction of yours open on it ------------------------------------
+
+
+def test_an_extend_inside_the_users_transaction_is_not_believed(pg: PostgresLockServer, name: str) -> None:
+    """The user passed their autocommit connection to the lock, then opened a transaction of their
+    own on it (``with conn.transaction():``, e.g. to call fencing.holds on the same connection). An
+    extend (theirs, or the renewer's from its thread) that ran inside that transaction is rolled
+    back with it: had the client believed it, it would think it holds a lease the server lets go
+    (and then grants to another). The client must never believe longer than the server holds."""
+    conn = psycopg.connect(pg.url, autocommit=True)
+    try:
+        lease = fencelock.Lock(name, conn, ttl=3, renew=False).acquire(timeout=5)
+        with contextlib.suppress(RuntimeError), conn.transaction():
+            conn.execute("SELECT 1")
+            with contextlib.suppress(fencelock.FenceLockError):
+                lease.extend(ttl=60)
+            raise RuntimeError("the user's transaction rolls back")
+        rows = pg.query(
+            "SELECT extract(epoch FROM expires - clock_timestamp()) FROM fencelock.fence WHERE name = %s", (name,)
+        )
+        server_left = float(rows[0][0])
+        assert lease.lost or lease.remaining() <= server_left, (
+            f"the client believes {lease.remaining():.1f} s more, the server holds {server_left:.1f} s"
+        )
+    finally:
+        conn.close()
+
+
+def test_a_call_while_the_users_transaction_is_open_is_refused_and_sends_nothing(
+    pg: PostgresLockServer, name: str
+) -> None:
+    """An acquire on the user's connection while a transaction of theirs is open would be committed
+    (or rolled back) with it: refused with BackendRejected naming why, and nothing is written."""
+    conn = psycopg.connect(pg.url, autocommit=True)
+    try:
+        lock = fencelock.Lock(name, conn, ttl=5, renew=False)
+        with conn.transaction():
+            with pytest.raises(fencelock.BackendRejected, match="transaction"):
+                lock.try_acquire()
+        # the transaction rolled back or committed: nothing of ours was in it
+        assert fencelock.Lock(name, pg.url).inspect() is None
+        lease = lock.try_acquire()  # and the connection still works for locks afterwards
+        assert lease is not None
+        lease.release()
+    finally:
+        conn.close()
+
+
+# -- your own pool, with connections not in autocommit (psycopg_pool's default) --------------------
+
+
+def _frozen_pool(url: str) -> Any:
+    """A real psycopg_pool.ConnectionPool (connections not in autocommit, as by default) whose
+    ``connection()`` freezes (SIGSTOP) the server process behind the connection once the caller's
+    block is done: just before the pool's own commit at the block's exit, if one is still due."""
+    from psycopg_pool import ConnectionPool
+
+    class FreezingPool(ConnectionPool):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.frozen: list[int] = []
+            self.freeze = False
+
+        @contextlib.contextmanager
+        def connection(self, timeout: float | None = None) -> Iterator[Any]:
+            conn = self.getconn(timeout=timeout)
+            try:
+                with conn:
+                    yield conn
+                    if self.freeze:
+                        pid = conn.info.backend_pid
+                        os.kill(pid, signal.SIGSTOP)
+                        self.frozen.append(pid)
+            finally:
+                self.putconn(conn)
+
+    return FreezingPool(url, min_size=1, max_size=2, open=True)
+
+
+def test_a_pools_commit_is_bounded_too(pg: PostgresLockServer, name: str) -> None:
+    """With a pool's connection not in autocommit, psycopg opens a transaction around our statement
+    and the pool commits it when the block ends. If the server stops answering right then, that
+    commit must be bounded like the statement (request_timeout), not block for ever, and the lock
+    change must be committed before the call says it is done."""
+    pool = _frozen_pool(pg.url)
+    outcome: list[object] = []
+    try:
+        backend = PostgresBackend(pool, request_timeout=1.0, listen=False)
+        token = uuid.uuid4().hex
+        pool.freeze = True
+
+        def call() -> None:
+            try:
+                outcome.append(backend.try_acquire(name, token, 30_000, "t", False))
+            except fencelock.FenceLockError as err:
+                outcome.append(err)
+
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        thread.join(WAIT)
+        ended = not thread.is_alive()
+        for pid in pool.frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        thread.join(WAIT)
+        assert ended, "a call through the user's pool hung on the pool's commit past request_timeout"
+        # answered granted: then it was committed before the answer (visible to everyone)
+        if outcome and isinstance(outcome[0], Attempt) and outcome[0].fence:
+            assert fencelock.Lock(name, pg.url).inspect() is not None
+    finally:
+        for pid in pool.frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        pool.close(timeout=5)
