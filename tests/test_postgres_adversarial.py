@@ -151,3 +151,58 @@ def test_a_pools_commit_is_bounded_too(pg: PostgresLockServer, name: str) -> Non
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         pool.close(timeout=5)
+
+
+# -- a database whose default isolation is not READ COMMITTED ---------------------------------------
+
+
+@pytest.fixture(params=["repeatable read", "serializable"])
+def strict_db_url(request: pytest.FixtureRequest, pg: PostgresLockServer) -> Iterator[str]:
+    """A database where every transaction runs at ``default_transaction_isolation`` = the param (as
+    some shops set with ALTER DATABASE): the lock calls are autocommit statements run at it."""
+    db = f"iso_{uuid.uuid4().hex[:8]}"
+    pg.query(f"CREATE DATABASE {db}")
+    pg.query(f"ALTER DATABASE {db} SET default_transaction_isolation = '{request.param}'")
+    try:
+        yield pg.url.replace("/fencelock_test?", f"/{db}?")
+    finally:
+        pg.query(f"DROP DATABASE {db} WITH (FORCE)")
+
+
+def test_contention_under_strict_isolation_is_waiting_not_errors(strict_db_url: str) -> None:
+    """Six threads take one name in turn. At repeatable read or serializable, concurrent calls on the
+    name's row are rolled back by the server (could not serialize access): an autocommit statement
+    rolled back whole may be asked again. The outcome must be what it is at read committed: every
+    acquire and release succeeds, one holder at a time, and nothing is reported unreachable."""
+    name = f"iso:{uuid.uuid4().hex[:8]}"
+    fencelock.Lock(name, strict_db_url, ttl=1).try_acquire().release()  # schema made, outside the race
+    errors: list[BaseException] = []
+    inside = [0]
+    overlap = [0]
+    done = [0]
+    guard = threading.Lock()
+
+    def worker() -> None:
+        lock = fencelock.Lock(name, strict_db_url, ttl=10, renew=False)
+        try:
+            for _ in range(15):
+                with lock.acquire(timeout=WAIT):
+                    with guard:
+                        inside[0] += 1
+                        overlap[0] = max(overlap[0], inside[0])
+                    with guard:
+                        inside[0] -= 1
+                        done[0] += 1
+        except BaseException as err:
+            errors.append(err)
+        finally:
+            lock.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a worker hung"
+    assert not errors, errors[:3]
+    assert done[0] == 6 * 15 and overlap[0] == 1

@@ -41,6 +41,16 @@ class _MissingLayout(Exception):
     """The schema or its functions are not there yet (first use): create them, then ask again."""
 
 
+class _Conflict(Exception):
+    """The server rolled our statement back for a serialization failure or a deadlock (a database or
+    role whose ``default_transaction_isolation`` is repeatable read or serializable): nothing of it
+    took effect, so it is asked again, within ``request_timeout``."""
+
+
+CONFLICT_RETRIES = 100
+"""Most attempts of one call that the server rolled back for a conflict (bounded by time too)."""
+
+
 class PostgresBackend:
     """fencelock on one PostgreSQL database (see the package docstring for the protocol).
 
@@ -192,6 +202,13 @@ class PostgresBackend:
                 fired = WATCHDOG.disarm(ticket)
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as err:
             raise _MissingLayout(str(err)) from err
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as err:
+            if fired:
+                raise BackendUnavailable(
+                    f"postgresql did not answer {what} within request_timeout={self.request_timeout:g} s "
+                    "(connection cut)"
+                ) from err
+            raise _Conflict(str(err).strip()) from err
         except psycopg.Error as err:
             if fired:
                 raise BackendUnavailable(
@@ -203,16 +220,31 @@ class PostgresBackend:
         return rows
 
     def _call(self, what: str, query: str, params: tuple[Any, ...]) -> list[Any]:
-        for attempt in (1, 2):
+        created = False
+        end = time.monotonic() + self.request_timeout
+        for attempt in range(CONFLICT_RETRIES):
             try:
                 return self._call_once(what, query, params)
             except _MissingLayout as err:
-                if attempt == 2:
+                if created:
                     raise BackendRejected(
                         f"postgresql: the fencelock functions in schema {self.schema} are missing after "
                         f"creating them ({err}); is another fencelock version using this schema?"
                     ) from err
+                created = True
                 self.create_schema()
+            except _Conflict as err:
+                # Rolled back whole (its own transaction): safe to ask again. The lock functions
+                # expect READ COMMITTED, where this does not happen; under repeatable read or
+                # serializable, concurrent calls on one name conflict on its row.
+                left = end - time.monotonic()
+                if left <= 0 or attempt == CONFLICT_RETRIES - 1:
+                    raise BackendUnavailable(
+                        f"postgresql rolled {what} back for conflicts with concurrent lock calls until "
+                        f"request_timeout={self.request_timeout:g} s ({err}); is default_transaction_isolation "
+                        "serializable for this database or role? fencelock's calls work best at read committed"
+                    ) from err
+                Pause.sleep(min(left, backoff(attempt, 0.001, 0.02)))
         raise AssertionError("unreachable")
 
     def _call_once(self, what: str, query: str, params: tuple[Any, ...]) -> list[Any]:
@@ -223,7 +255,7 @@ class PostgresBackend:
         conn = self._checkout()
         try:
             rows = self._run(conn, what, query, params)
-        except _MissingLayout:
+        except (_MissingLayout, _Conflict):
             self._checkin(conn)
             raise
         except BaseException:
