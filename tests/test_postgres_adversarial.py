@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 import fencelock
 from fencelock.backends.base import Attempt
 from fencelock.backends.postgres import PostgresBackend
+from servers import wait_until
 from srv_postgres import PostgresLockServer
 
 WAIT = 15.0
@@ -206,3 +208,126 @@ def test_contention_under_strict_isolation_is_waiting_not_errors(strict_db_url: 
     assert not any(t.is_alive() for t in threads), "a worker hung"
     assert not errors, errors[:3]
     assert done[0] == 6 * 15 and overlap[0] == 1
+
+
+# -- asyncio cancellation while a statement waits inside the server --------------------------------
+
+
+def _blocked_acquire_pid(pg: PostgresLockServer) -> int | None:
+    rows = pg.query("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%.acquire(%%'")
+    return int(rows[0][0]) if rows else None
+
+
+@pytest.mark.parametrize("kind", ["url", "connection", "pool"])
+async def test_a_cancel_while_the_acquire_waits_in_the_server_leaves_nothing(
+    pg: PostgresLockServer, name: str, kind: str
+) -> None:
+    """The acquire's statement waits inside the server for the name's row (another transaction holds
+    it). Cancelling the task ends it with CancelledError (not swallowed, not turned into another
+    error), leaves no lease and no queued waiter once the row is free, and the connection or pool
+    it ran on serves the next call."""
+    import asyncio
+
+    from psycopg_pool import AsyncConnectionPool
+
+    from fencelock import aio
+
+    fencelock.Lock(name, pg.url, ttl=1, renew=False).try_acquire().release()  # the row exists
+    blocker = psycopg.connect(pg.url)
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "url":
+            client: Any = pg.url
+        elif kind == "connection":
+            client = await psycopg.AsyncConnection.connect(pg.url, autocommit=True)
+            stack.push_async_callback(client.close)
+        else:
+            client = AsyncConnectionPool(pg.url, min_size=1, max_size=2, open=False)
+            await client.open()
+            stack.push_async_callback(client.close)
+        lock = aio.Lock(name, client, ttl=30, renew=False)
+        stack.push_async_callback(lock.aclose)
+        try:
+            blocker.execute("SELECT 1 FROM fencelock.fence WHERE name = %s FOR UPDATE", (name,))
+            task = asyncio.ensure_future(lock.acquire(timeout=WAIT))
+            assert await asyncio.to_thread(wait_until, lambda: _blocked_acquire_pid(pg) is not None, WAIT)
+            task.cancel()
+            # the abandon of the cleanup queues behind the blocker too: let it through
+            await asyncio.sleep(0.05)
+            blocker.rollback()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, WAIT)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        rows = pg.query("SELECT count(*) FROM fencelock.waiter WHERE name = %s", (name,))
+        assert rows[0][0] == 0, "a waiter row was left behind"
+        assert fencelock.Lock(name, pg.url).inspect() is None, "a lease was left behind"
+        lease = await lock.acquire(timeout=5)  # the same client serves the next call
+        await lease.release()
+
+
+# -- faults at random moments: connections terminated, the server crashed ---------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_fences_rise_and_every_call_ends_through_terminations_and_crashes(pg: PostgresLockServer, seed: int) -> None:
+    """Three threads take one name in turn (waiting by LISTEN/NOTIFY) while, at seeded random
+    moments, every client session is terminated (the listener's included: its notifications are
+    lost) or the server is crashed (SIGQUIT: no checkpoint; the last asynchronous commits may be
+    lost) and restarted. Every call ends (a lease or a typed error, never a hang), and every fence
+    granted is above every fence granted before it was asked for: across the crash too."""
+    import random
+
+    rng = random.Random(seed)
+    name = f"chaos:{seed}:{uuid.uuid4().hex[:6]}"
+    grants: list[tuple[float, float, int]] = []  # (asked, granted, fence), monotonic clock
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    guard = threading.Lock()
+
+    def worker() -> None:
+        lock = fencelock.Lock(name, pg.url + "&request_timeout=1", ttl=5, renew=False)
+        try:
+            for _ in range(400):
+                if stop.is_set():
+                    return
+                asked = time.monotonic()
+                try:
+                    lease = lock.acquire(timeout=3)
+                except (fencelock.BackendUnavailable, fencelock.LockTimeout):
+                    continue
+                with guard:
+                    grants.append((asked, time.monotonic(), lease.fence))
+                with contextlib.suppress(fencelock.BackendUnavailable, fencelock.LeaseLost):
+                    lease.release()
+        except BaseException as err:
+            errors.append(err)
+        finally:
+            lock.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(4):
+            time.sleep(rng.uniform(0.05, 0.4))
+            if rng.random() < 0.5:
+                pg.query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                    "AND pid <> pg_backend_pid()"
+                )
+            else:
+                pg.server.halt(immediate=True)
+                time.sleep(rng.uniform(0.0, 0.3))
+                pg.server.launch()
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not any(t.is_alive() for t in threads), "a call hung"
+    assert not errors, errors[:3]
+    assert len(grants) >= 3
+    for asked, _, fence in grants:
+        earlier = [f for _, granted, f in grants if granted < asked]
+        assert not earlier or fence > max(earlier), "a fence did not rise above one granted before it was asked"

@@ -175,7 +175,7 @@ class AsyncPostgresBackend:
         if shared:
             _refuse_user_transaction(conn, what, before=True)
         ticket = WATCHDOG.arm(conn.pgconn.socket, self.request_timeout)
-        fired = False
+        fired = abandoned = False
         try:
             try:
                 cur = self._cursors.get(conn)  # our own connections keep one cursor (a new one costs)
@@ -195,10 +195,12 @@ class AsyncPostgresBackend:
                 raise
             except BaseException:
                 if not conn.autocommit:
-                    _drop(conn)  # cancelled mid-transaction: its pool discards it (never an unbounded rollback)
+                    abandoned = True  # cancelled mid-transaction: closed below (its pool discards it)
                 raise
             finally:
                 fired = WATCHDOG.disarm(ticket)
+                if abandoned:  # after disarm: a closed fd may be reused, the watchdog must not touch it
+                    _drop(conn)
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as err:
             raise _MissingLayout(str(err)) from err
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as err:

@@ -176,7 +176,7 @@ class PostgresBackend:
         if shared:
             _refuse_user_transaction(conn, what, before=True)
         ticket = WATCHDOG.arm(conn.pgconn.socket, self.request_timeout)
-        fired = False
+        fired = abandoned = False
         try:
             try:
                 cur = self._cursors.get(conn)  # our own connections keep one cursor (a new one costs)
@@ -196,10 +196,12 @@ class PostgresBackend:
                 raise
             except BaseException:
                 if not conn.autocommit:
-                    _drop(conn)  # cancelled mid-transaction: its pool discards it (never an unbounded rollback)
+                    abandoned = True  # cancelled mid-transaction: closed below (its pool discards it)
                 raise
             finally:
                 fired = WATCHDOG.disarm(ticket)
+                if abandoned:  # after disarm: a closed fd may be reused, the watchdog must not touch it
+                    _drop(conn)
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as err:
             raise _MissingLayout(str(err)) from err
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as err:
