@@ -158,13 +158,22 @@ def test_a_pools_commit_is_bounded_too(pg: PostgresLockServer, name: str) -> Non
 # -- a database whose default isolation is not READ COMMITTED ---------------------------------------
 
 
-@pytest.fixture(params=["repeatable read", "serializable"])
+@pytest.fixture(
+    params=[
+        ("default_transaction_isolation", "repeatable read"),
+        ("default_transaction_isolation", "serializable"),
+        ("lock_timeout", "1ms"),
+    ],
+    ids=["repeatable-read", "serializable", "lock_timeout"],
+)
 def strict_db_url(request: pytest.FixtureRequest, pg: PostgresLockServer) -> Iterator[str]:
-    """A database where every transaction runs at ``default_transaction_isolation`` = the param (as
-    some shops set with ALTER DATABASE): the lock calls are autocommit statements run at it."""
+    """A database whose settings make the server refuse concurrent work instead of letting it wait
+    (as some shops set with ALTER DATABASE): every transaction at repeatable read or serializable,
+    or a lock_timeout far below any request_timeout. The lock calls run under them."""
     db = f"iso_{uuid.uuid4().hex[:8]}"
+    setting, value = request.param
     pg.query(f"CREATE DATABASE {db}")
-    pg.query(f"ALTER DATABASE {db} SET default_transaction_isolation = '{request.param}'")
+    pg.query(f"ALTER DATABASE {db} SET {setting} = '{value}'")
     try:
         yield pg.url.replace("/fencelock_test?", f"/{db}?")
     finally:
@@ -173,11 +182,11 @@ def strict_db_url(request: pytest.FixtureRequest, pg: PostgresLockServer) -> Ite
 
 def test_contention_under_strict_isolation_is_waiting_not_errors(strict_db_url: str) -> None:
     """Six threads take one name in turn. At repeatable read or serializable, concurrent calls on the
-    name's row are rolled back by the server (could not serialize access): an autocommit statement
-    rolled back whole may be asked again. The outcome must be what it is at read committed: every
-    acquire and release succeeds, one holder at a time, and nothing is reported unreachable."""
-    name = f"iso:{uuid.uuid4().hex[:8]}"
-    fencelock.Lock(name, strict_db_url, ttl=1).try_acquire().release()  # schema made, outside the race
+    name's row are rolled back by the server (could not serialize access), and a short lock_timeout
+    cancels a call that waits for the row a moment: an autocommit statement rolled back whole may be
+    asked again, and every call is bounded by request_timeout anyway. The outcome must be what it is
+    at read committed: every acquire and release succeeds, one holder at a time, and nothing is reported unreachable."""
+    name = f"iso:{uuid.uuid4().hex[:8]}"  # the first use (creating the schema) is in the race too
     errors: list[BaseException] = []
     inside = [0]
     overlap = [0]
@@ -214,7 +223,9 @@ def test_contention_under_strict_isolation_is_waiting_not_errors(strict_db_url: 
 
 
 def _blocked_acquire_pid(pg: PostgresLockServer) -> int | None:
-    rows = pg.query("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%.acquire(%%'")
+    rows = pg.query(
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%.acquire(%%'"
+    )
     return int(rows[0][0]) if rows else None
 
 

@@ -42,8 +42,9 @@ class _MissingLayout(Exception):
 
 class _Conflict(Exception):
     """The server rolled our statement back for a serialization failure or a deadlock (a database or
-    role whose ``default_transaction_isolation`` is repeatable read or serializable): nothing of it
-    took effect, so it is asked again, within ``request_timeout``."""
+    role whose ``default_transaction_isolation`` is repeatable read or serializable), or for waiting
+    on a row longer than the session's ``lock_timeout``: nothing of it took effect, so it is asked
+    again, within ``request_timeout`` (the bound of every call, whatever the server's settings)."""
 
 
 CONFLICT_RETRIES = 100
@@ -203,7 +204,9 @@ class AsyncPostgresBackend:
                     _drop(conn)
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as err:
             raise _MissingLayout(str(err)) from err
-        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as err:
+        except (
+            psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable
+        ) as err:
             if fired:
                 raise BackendUnavailable(
                     f"postgresql did not answer {what} within request_timeout={self.request_timeout:g} s "
@@ -292,6 +295,10 @@ class AsyncPostgresBackend:
         ticket = WATCHDOG.arm(conn.pgconn.socket, max(self.request_timeout, 30.0))
         try:
             async with conn.transaction():
+                # Many first users queue here for the one that creates: bounded by our watchdog (30 s),
+                # not by a lock_timeout or statement_timeout of the user's meant for their own work.
+                await conn.execute("SET LOCAL lock_timeout = 0")
+                await conn.execute("SET LOCAL statement_timeout = 0")
                 await conn.execute(lock)
                 await conn.execute(statements)
         finally:

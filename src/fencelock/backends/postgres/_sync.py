@@ -43,8 +43,9 @@ class _MissingLayout(Exception):
 
 class _Conflict(Exception):
     """The server rolled our statement back for a serialization failure or a deadlock (a database or
-    role whose ``default_transaction_isolation`` is repeatable read or serializable): nothing of it
-    took effect, so it is asked again, within ``request_timeout``."""
+    role whose ``default_transaction_isolation`` is repeatable read or serializable), or for waiting
+    on a row longer than the session's ``lock_timeout``: nothing of it took effect, so it is asked
+    again, within ``request_timeout`` (the bound of every call, whatever the server's settings)."""
 
 
 CONFLICT_RETRIES = 100
@@ -204,7 +205,9 @@ class PostgresBackend:
                     _drop(conn)
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as err:
             raise _MissingLayout(str(err)) from err
-        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as err:
+        except (
+            psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable
+        ) as err:
             if fired:
                 raise BackendUnavailable(
                     f"postgresql did not answer {what} within request_timeout={self.request_timeout:g} s "
@@ -293,6 +296,10 @@ class PostgresBackend:
         ticket = WATCHDOG.arm(conn.pgconn.socket, max(self.request_timeout, 30.0))
         try:
             with conn.transaction():
+                # Many first users queue here for the one that creates: bounded by our watchdog (30 s),
+                # not by a lock_timeout or statement_timeout of the user's meant for their own work.
+                conn.execute("SET LOCAL lock_timeout = 0")
+                conn.execute("SET LOCAL statement_timeout = 0")
                 conn.execute(lock)
                 conn.execute(statements)
         finally:
