@@ -342,3 +342,25 @@ def test_fences_rise_and_every_call_ends_through_terminations_and_crashes(pg: Po
     for asked, _, fence in grants:
         earlier = [f for _, granted, f in grants if granted < asked]
         assert not earlier or fence > max(earlier), "a fence did not rise above one granted before it was asked"
+
+
+# -- fencing.holds given the wrong kind of connection -------------------------------------------------
+
+
+async def test_holds_and_aholds_name_the_connection_kind_they_need(pg: PostgresLockServer, name: str) -> None:
+    """holds() on an AsyncConnection (or aholds() on a blocking one) is a ConfigurationError that
+    says which to call, raised before any query (not an AttributeError about a coroutine)."""
+    from fencelock import fencing
+
+    lease = fencelock.Lock(name, pg.url, ttl=5, renew=False).acquire(timeout=5)
+    try:
+        aconn = await psycopg.AsyncConnection.connect(pg.url)
+        try:
+            with pytest.raises(fencelock.ConfigurationError, match="aholds"):
+                fencing.holds(aconn, lease)
+        finally:
+            await aconn.close()
+        with psycopg.connect(pg.url) as conn, pytest.raises(fencelock.ConfigurationError, match="holds"):
+            await fencing.aholds(conn, lease)
+    finally:
+        lease.release()
