@@ -364,3 +364,68 @@ async def test_holds_and_aholds_name_the_connection_kind_they_need(pg: PostgresL
             await fencing.aholds(conn, lease)
     finally:
         lease.release()
+
+
+# -- a holder frozen past its TTL, then resumed -------------------------------------------------------
+
+_FROZEN_HOLDER = r"""
+import sys, psycopg, fencelock
+from fencelock import fencing
+url, name, table = sys.argv[1:4]
+lease = fencelock.Lock(name, url, ttl=1.0, renew=True).acquire(timeout=10)
+conn = psycopg.connect(url)
+print("held", lease.fence, flush=True)
+sys.stdin.readline()                      # frozen (SIGSTOP) around here, then resumed and told to go on
+told = lease.lost
+try:
+    with conn.transaction():
+        fencing.holds(conn, lease)
+        conn.execute(f"INSERT INTO {table} VALUES ('k', 'stale') ON CONFLICT (k) DO UPDATE SET v = excluded.v")
+    print("wrote", told, flush=True)
+except fencelock.LeaseLost:
+    print("refused", told, flush=True)
+"""
+
+
+def test_a_holder_frozen_past_its_ttl_is_refused_when_it_resumes(pg: PostgresLockServer, name: str) -> None:
+    """A holder process is frozen (SIGSTOP: its renewer too) past its TTL; another client takes the
+    lock and writes. Resumed, the old holder's write in a holds() transaction is refused, and the
+    new holder's value stays."""
+    import subprocess
+    import sys
+
+    table = f"frozen_{uuid.uuid4().hex[:8]}"
+    pg.query(f"CREATE TABLE {table} (k text PRIMARY KEY, v text NOT NULL)")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _FROZEN_HOLDER, pg.url, name, table],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        line = child.stdout.readline().split()
+        assert line and line[0] == "held", line
+        os.kill(child.pid, signal.SIGSTOP)
+        new = fencelock.Lock(name, pg.url, ttl=30, renew=False).acquire(timeout=WAIT)
+        assert new.fence > int(line[1])
+        with psycopg.connect(pg.url) as conn:
+            fencing_holds(conn, new)
+            conn.execute(f"INSERT INTO {table} VALUES ('k', 'new')")
+        os.kill(child.pid, signal.SIGCONT)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        verdict = child.stdout.readline().split()
+        assert verdict and verdict[0] == "refused", verdict
+        assert pg.query(f"SELECT v FROM {table}")[0][0] == "new"
+        new.release()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGCONT)
+        child.kill()
+        child.wait(10)
+        pg.query(f"DROP TABLE {table}")
+
+
+def fencing_holds(conn: Any, lease: Any) -> None:
+    from fencelock import fencing
+
+    fencing.holds(conn, lease)
