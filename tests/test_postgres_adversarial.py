@@ -429,3 +429,70 @@ def fencing_holds(conn: Any, lease: Any) -> None:
     from fencelock import fencing
 
     fencing.holds(conn, lease)
+
+
+# -- holds() against takeovers at random moments ----------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_writes_guarded_by_holds_commit_in_fence_order(pg: PostgresLockServer, seed: int) -> None:
+    """Three writers take one short lease in turn (no renewal) and, after a seeded random pause
+    (often past the TTL), write one row in a holds() transaction that itself lasts a random while.
+    Each write records, under the row's lock, the fence of the write committed before it: a stale
+    writer committing after a newer one would find a higher fence there. None may."""
+    import random
+
+    from fencelock import fencing
+
+    name = f"holds:{seed}:{uuid.uuid4().hex[:6]}"
+    table = f"order_{uuid.uuid4().hex[:8]}"
+    pg.query(f"CREATE TABLE {table} (k text PRIMARY KEY, fence bigint NOT NULL, prev bigint)")
+    pg.query(f"INSERT INTO {table} VALUES ('k', 0, NULL)")
+    outcomes: list[tuple[int, int]] = []  # (prev, fence) of committed writes
+    refused = [0]
+    errors: list[BaseException] = []
+    guard = threading.Lock()
+
+    def writer(i: int) -> None:
+        rng = random.Random(seed * 100 + i)
+        lock = fencelock.Lock(name, pg.url, ttl=0.3, renew=False)
+        try:
+            with psycopg.connect(pg.url) as conn:
+                for _ in range(5):
+                    lease = lock.acquire(timeout=WAIT)
+                    time.sleep(rng.choice([0.0, 0.1, 0.35, 0.5]))
+                    try:
+                        with conn.transaction():
+                            fencing.holds(conn, lease)
+                            time.sleep(rng.choice([0.0, 0.05, 0.4]))
+                            row = conn.execute(
+                                f"UPDATE {table} SET prev = fence, fence = %s WHERE k = 'k' RETURNING prev",
+                                (lease.fence,),
+                            ).fetchone()
+                        assert row is not None
+                        with guard:
+                            outcomes.append((int(row[0]), lease.fence))
+                    except fencelock.LeaseLost:
+                        with guard:
+                            refused[0] += 1
+                    with contextlib.suppress(fencelock.LeaseLost):
+                        lease.release()
+        except BaseException as err:
+            errors.append(err)
+        finally:
+            lock.close()
+
+    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert not any(t.is_alive() for t in threads), "a writer hung"
+        assert not errors, errors[:3]
+        stale = [(prev, fence) for prev, fence in outcomes if prev > fence]
+        assert not stale, f"a write under an older fence committed after a newer one: {stale}"
+        assert outcomes, "nothing was written"
+        assert refused[0], "no writer came too late: the race was not exercised"
+    finally:
+        pg.query(f"DROP TABLE {table}")

@@ -61,12 +61,13 @@ When to use which. ``holds`` needs no fence table and refuses a holder whose lea
 *expired* (even if nobody took the lock yet), but it works only with the lock in the same
 PostgreSQL database as the data, and it pins the name for the transaction's length (a takeover
 waits for it: keep such transactions short; a writer frozen inside one keeps its pin until its
-connection ends: ``idle_in_transaction_session_timeout`` on the writer's connection bounds that). ``admit`` works with any lock backend and any SQL
-store, and refuses only writes that a *higher fence* already overtook (an expired holder that nobody
-replaced is still admitted, which is safe: no one else wrote under a newer fence). Use ``holds``
-when lock and data share the database; ``admit`` otherwise (or both, when the data also moves
-to stores the lock does not live in). Release the lease after the transaction, not inside it (the
-name is not pinned against its own holder: a successor could be granted before your commit).
+connection ends: ``idle_in_transaction_session_timeout`` on the writer's connection bounds that).
+``admit`` works with any lock backend and any SQL store, and refuses only writes that a *higher
+fence* already overtook (an expired holder that nobody replaced is still admitted, which is safe:
+no one else wrote under a newer fence). Use ``holds`` when lock and data share the database;
+``admit`` otherwise (or both, when the data also moves to stores the lock does not live in).
+Release the lease after the transaction, not inside it (the name is not pinned against its own
+holder: a successor could be granted before your commit).
 
 Isolation: use READ COMMITTED (PostgreSQL's default). Under REPEATABLE READ or SERIALIZABLE, a
 writer that waited for a concurrent one gets a serialization failure instead of a clean
