@@ -496,3 +496,30 @@ def test_writes_guarded_by_holds_commit_in_fence_order(pg: PostgresLockServer, s
         assert refused[0], "no writer came too late: the race was not exercised"
     finally:
         pg.query(f"DROP TABLE {table}")
+
+
+def test_holds_in_a_repeatable_read_transaction_never_vouches_for_a_replaced_lease(
+    pg: PostgresLockServer, name: str
+) -> None:
+    """At REPEATABLE READ the transaction's snapshot is taken by its first statement, before holds()
+    pins the name: a replacement committed in between (an operator's force_release, then a new
+    holder) is invisible to it, and holds() would vouch for the old lease, whose write would then
+    commit after the new holder's. holds() must not return normally there (documented: READ
+    COMMITTED): it refuses the isolation level, before the writer writes anything."""
+    old = fencelock.Lock(name, pg.url, ttl=30, renew=False).acquire(timeout=5)
+    conn = psycopg.connect(pg.url)
+    try:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute("SELECT 1")  # the snapshot
+        assert PostgresBackend.from_url(pg.url).force_release(name) is not None
+        new = fencelock.Lock(name, pg.url, ttl=30, renew=False).acquire(timeout=5)
+        try:
+            with pytest.raises((fencelock.LeaseLost, fencelock.ConfigurationError)):
+                from fencelock import fencing
+
+                fencing.holds(conn, old)
+        finally:
+            new.release()
+    finally:
+        conn.rollback()
+        conn.close()

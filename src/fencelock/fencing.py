@@ -243,7 +243,10 @@ def _holds_query(conn: Any, lease: Any, schema: str, *, asynchronous: bool) -> t
             "until that transaction ends): this psycopg connection is in autocommit mode; use "
             "`with conn.transaction():`"
         )
-    return f"SELECT {schema}.holds(%s::text, %s::text, %s::bigint)", (lease.name, lease.token, lease.fence)
+    # The isolation level comes back with the verdict: only at READ COMMITTED does the check see what
+    # was committed before the pin (see _holds_verdict).
+    sql = f"SELECT {schema}.holds(%s::text, %s::text, %s::bigint), current_setting('transaction_isolation')"
+    return sql, (lease.name, lease.token, lease.fence)
 
 
 def _intrans() -> Any:
@@ -262,6 +265,14 @@ def _holds_verdict(row: Any, lease: Any, schema: str, err: Exception | None) -> 
         if translated is not None:
             raise translated from err
         raise err
+    if row is not None and len(row) > 1 and row[1] != "read committed":
+        # Its snapshot was taken by the transaction's first statement, before the pin: a lease
+        # replaced in between (force_release, then a new holder) would still look live to it.
+        raise ConfigurationError(
+            f"fencing.holds() needs a READ COMMITTED transaction (this one is {row[1]}): its check must see "
+            "every replacement of the lease committed before it pinned the name, which a snapshot taken "
+            "earlier does not; roll back and run the write at read committed"
+        )
     if row is None or not row[0]:
         instruments.stale_fence(lease.name)
         raise LeaseLost(
