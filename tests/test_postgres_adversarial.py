@@ -523,3 +523,40 @@ def test_holds_in_a_repeatable_read_transaction_never_vouches_for_a_replaced_lea
     finally:
         conn.rollback()
         conn.close()
+
+
+def test_force_release_waits_for_a_holds_transaction_in_flight(pg: PostgresLockServer, name: str) -> None:
+    """The operator's override drops a live lease whose holder is mid-write inside a holds()
+    transaction. holds() promised that transaction's writes commit before anyone else is granted the
+    name: the override must wait for it (or time out), never let a new holder in while it is open."""
+    from fencelock import fencing
+
+    old = fencelock.Lock(name, pg.url, ttl=30, renew=False).acquire(timeout=5)
+    writer = psycopg.connect(pg.url)
+    outcome: list[object] = []
+    backend = PostgresBackend.from_url(pg.url + "&request_timeout=10")
+    try:
+        fencing.holds(writer, old)  # pinned: the writer's transaction is open
+        thread = threading.Thread(target=lambda: outcome.append(backend.force_release(name)), daemon=True)
+        thread.start()
+
+        def settled() -> bool:
+            waiting = pg.query(
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%force_release%%'"
+            )
+            return bool(waiting) or not thread.is_alive()
+
+        assert wait_until(settled, WAIT)
+        newcomer = fencelock.Lock(name, pg.url, ttl=30, renew=False)
+        early = newcomer.try_acquire()
+        assert early is None, "a new holder was granted while the old holder's holds() transaction was open"
+        writer.commit()
+        thread.join(WAIT)
+        assert outcome, "force_release did not end"
+        late = newcomer.acquire(timeout=5)
+        assert late.fence > old.fence
+        late.release()
+    finally:
+        writer.rollback()
+        writer.close()
+        backend.close()
