@@ -560,3 +560,62 @@ def test_force_release_waits_for_a_holds_transaction_in_flight(pg: PostgresLockS
         writer.rollback()
         writer.close()
         backend.close()
+
+
+@pytest.mark.parametrize("op", ["release", "extend"])
+@pytest.mark.parametrize("kind", ["url", "connection", "pool"])
+async def test_a_cancel_while_release_or_extend_waits_in_the_server(
+    pg: PostgresLockServer, name: str, kind: str, op: str
+) -> None:
+    """The release's (or extend's) statement waits in the server for the name's row. Cancelling the
+    task raises CancelledError in it (not swallowed); a release still completes (the name is free
+    once the row is), an extend leaves the client believing no longer than before; the client
+    serves the next call."""
+    import asyncio
+
+    from psycopg_pool import AsyncConnectionPool
+
+    from fencelock import aio
+
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "url":
+            client: Any = pg.url
+        elif kind == "connection":
+            client = await psycopg.AsyncConnection.connect(pg.url, autocommit=True)
+            stack.push_async_callback(client.close)
+        else:
+            client = AsyncConnectionPool(pg.url, min_size=1, max_size=2, open=False)
+            await client.open()
+            stack.push_async_callback(client.close)
+        lock = aio.Lock(name, client, ttl=30, renew=False)
+        stack.push_async_callback(lock.aclose)
+        lease = await lock.acquire(timeout=5)
+        before = lease.remaining()
+        blocker = psycopg.connect(pg.url)
+        try:
+            blocker.execute("SELECT 1 FROM fencelock.fence WHERE name = %s FOR UPDATE", (name,))
+            call = lease.release() if op == "release" else lease.extend(ttl=30)
+            task = asyncio.ensure_future(call)
+
+            def waiting() -> bool:
+                return bool(pg.query(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                    (f"%.{op}(%",),
+                ))  # fmt: skip
+
+            assert await asyncio.to_thread(wait_until, waiting, WAIT)
+            task.cancel()
+            await asyncio.sleep(0.05)
+            blocker.rollback()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, WAIT)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        if op == "release":
+            assert await asyncio.to_thread(wait_until, lambda: fencelock.Lock(name, pg.url).inspect() is None, WAIT)
+        else:
+            assert lease.remaining() <= before
+            await lease.release()
+        again = await lock.acquire(timeout=5)
+        await again.release()
