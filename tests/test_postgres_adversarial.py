@@ -619,3 +619,67 @@ async def test_a_cancel_while_release_or_extend_waits_in_the_server(
             await lease.release()
         again = await lock.acquire(timeout=5)
         await again.release()
+
+
+@pytest.mark.parametrize("autocommit", [False, True], ids=["pool-default", "pool-autocommit"])
+def test_a_pool_against_a_frozen_server_is_bounded_and_recovers(
+    pg: PostgresLockServer, name: str, autocommit: bool
+) -> None:
+    """The whole server is frozen (SIGSTOP of the postmaster and every backend) while calls go
+    through the user's pool: each ends within request_timeout with BackendUnavailable; once the
+    server runs again the same pool serves the lock (the cut connections were discarded)."""
+    from psycopg_pool import ConnectionPool
+
+    kwargs = {"autocommit": True} if autocommit else {}
+    with ConnectionPool(pg.url, min_size=1, max_size=2, kwargs=kwargs, open=True) as pool:
+        lock = fencelock.Lock(name, PostgresBackend(pool, request_timeout=0.5, listen=False), ttl=5, renew=False)
+        lock.try_acquire().release()  # the pool has a connection
+        outcome: list[object] = []
+        pg.pause()
+        try:
+            thread = threading.Thread(target=lambda: outcome.append(_attempt(lock)), daemon=True)
+            thread.start()
+            thread.join(WAIT)
+            assert not thread.is_alive(), "a call through the pool hung on a frozen server"
+        finally:
+            pg.resume()
+        assert outcome and isinstance(outcome[0], fencelock.BackendUnavailable), outcome
+        lease = None
+        for _ in range(20):  # the pool may first hand out a connection cut while frozen: bounded retries
+            try:
+                lease = lock.acquire(timeout=5)
+                break
+            except fencelock.BackendUnavailable:
+                continue
+        assert lease is not None
+        lease.release()
+
+
+def _attempt(lock: fencelock.Lock) -> object:
+    try:
+        return lock.try_acquire()
+    except fencelock.FenceLockError as err:
+        return err
+
+
+async def test_an_async_connection_with_the_users_transaction_open_is_refused(
+    pg: PostgresLockServer, name: str
+) -> None:
+    """The asyncio twin: a task of the user's holds a transaction open on the AsyncConnection they
+    gave the lock; another task's extend on it is refused and not believed; after their rollback
+    the lease still has its own deadline, which the server agrees with."""
+    from fencelock import aio
+
+    async with await psycopg.AsyncConnection.connect(pg.url, autocommit=True) as conn:
+        lease = await aio.Lock(name, conn, ttl=3, renew=False).acquire(timeout=5)
+        with contextlib.suppress(RuntimeError):
+            async with conn.transaction():
+                await conn.execute("SELECT 1")
+                with pytest.raises(fencelock.BackendRejected, match="transaction"):
+                    await lease.extend(ttl=60)
+                raise RuntimeError("rolled back")
+        rows = pg.query(
+            "SELECT extract(epoch FROM expires - clock_timestamp()) FROM fencelock.fence WHERE name = %s", (name,)
+        )
+        assert lease.remaining() <= float(rows[0][0])
+        await lease.release()
