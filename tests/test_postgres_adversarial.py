@@ -683,3 +683,46 @@ async def test_an_async_connection_with_the_users_transaction_open_is_refused(
         )
         assert lease.remaining() <= float(rows[0][0])
         await lease.release()
+
+
+# -- names: any text a user may pass ------------------------------------------------------------------
+
+
+def test_any_name_is_its_own_lock(postgres_server: PostgresLockServer) -> None:
+    """Property (Hypothesis, derandomized): any name fencelock accepts (any Unicode without NUL or
+    surrogates, up to 2,000 bytes: quotes, backslashes, $$, %s, newlines, SQL) is data: it can be
+    held, is seen held under exactly that name (not a near twin: a prefix, another case, trailing
+    space), and is free again after release."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    tag = uuid.uuid4().hex[:6]
+    url = postgres_server.url
+    alphabet = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+    names = st.text(alphabet, min_size=1, max_size=60) | st.sampled_from(
+        ["'", "''", '"', "\\", "$f$", "$$", "%s", "%(x)s", "{s}", "\n", " ", "é" * 1000, "a" * 2000]
+    )
+    backend = PostgresBackend.from_url(url)
+
+    @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(names)
+    def check(raw: str) -> None:
+        name = raw if len(raw.encode()) > 1990 else f"{tag}{raw}"
+        token = uuid.uuid4().hex
+        attempt = backend.try_acquire(name, token, 30_000, "prop", False)
+        assert attempt.fence is not None
+        try:
+            info = backend.inspect(name)
+            assert info is not None and info.fence == attempt.fence
+            for twin in {name + " ", name.upper(), name.lower(), name[:-1]} - {name}:
+                if twin:
+                    other = backend.inspect(twin)
+                    assert other is None or other.fence != attempt.fence, (name, twin)
+        finally:
+            assert backend.release(name, token)
+        assert backend.inspect(name) is None
+
+    try:
+        check()
+    finally:
+        backend.close()
