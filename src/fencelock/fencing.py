@@ -47,10 +47,11 @@ Equal fences are admitted: a holder may write several times under one lease.
 PostgreSQL with the lock in the same database: ``holds(conn, lease)``. When the lock itself is a
 ``postgresql://`` lock on the database that holds the data, the write transaction can ask the lock
 row directly: ``holds`` checks, in the caller's open transaction, that the name's lease row still
-carries this lease's token and fence and has not expired on the server's clock, and locks that row
-(``FOR KEY SHARE``) until the transaction ends. A takeover (which deletes the expired row) and a
-release wait for that commit or rollback; renewals do not (they only update the row). So every
-write made in the transaction after ``holds`` returns commits before any later holder's grant:
+carries this lease's token and fence and has not expired on the server's clock, and pins the name
+(a shared advisory lock of the transaction) until the transaction ends. A takeover of the expired
+lease tries that pin exclusively and, while it is held, counts the lease as still held; renewals
+and the holder's own release do not look at it. So every write made in the transaction after
+``holds`` returns commits before any later holder's grant:
 
     with conn.transaction():
         fencing.holds(conn, lease)           # LeaseLost if the lease is not the live holder's any more
@@ -58,13 +59,15 @@ write made in the transaction after ``holds`` returns commits before any later h
 
 When to use which. ``holds`` needs no fence table and refuses a holder whose lease has merely
 *expired* (even if nobody took the lock yet), but it works only with the lock in the same
-PostgreSQL database as the data, and it holds a row lock for the transaction's length (a takeover
-waits for it: keep such transactions short). ``admit`` works with any lock backend and any SQL
-store, and refuses only writes that a *higher fence* already overtook (an expired holder that nobody
-replaced is still admitted, which is safe: no one else wrote under a newer fence). Use ``holds``
-when lock and data share the database; ``admit`` otherwise (or both, when the data also moves
-to stores the lock does not live in). Release the lease after the transaction, not inside it (the
-release would wait for the transaction's own row lock until its request timeout).
+PostgreSQL database as the data, and it pins the name for the transaction's length (a takeover
+waits for it: keep such transactions short; a writer frozen inside one keeps its pin until its
+connection ends: ``idle_in_transaction_session_timeout`` on the writer's connection bounds that).
+``admit`` works with any lock backend and any SQL store, and refuses only writes that a *higher
+fence* already overtook (an expired holder that nobody replaced is still admitted, which is safe:
+no one else wrote under a newer fence). Use ``holds`` when lock and data share the database;
+``admit`` otherwise (or both, when the data also moves to stores the lock does not live in).
+Release the lease after the transaction, not inside it (the name is not pinned against its own
+holder: a successor could be granted before your commit).
 
 Isolation: use READ COMMITTED (PostgreSQL's default). Under REPEATABLE READ or SERIALIZABLE, a
 writer that waited for a concurrent one gets a serialization failure instead of a clean
@@ -217,11 +220,18 @@ def current_fence(conn: Any, resource: str, *, table: str = DEFAULT_TABLE) -> in
 # -- PostgreSQL: the lock row in the same database ----------------------------------------------
 
 
-def _holds_query(conn: Any, lease: Any, schema: str) -> tuple[str, tuple[str, str, int]]:
+def _holds_query(conn: Any, lease: Any, schema: str, *, asynchronous: bool) -> tuple[str, tuple[str, str, int]]:
     from .backends.postgres.schema import DEFAULT_SCHEMA, check_schema
 
     if _dialect(conn) != "postgresql":
         raise ConfigurationError("fencing.holds() needs a psycopg connection to the lock's PostgreSQL database")
+    import psycopg
+
+    if asynchronous != isinstance(conn, psycopg.AsyncConnection):
+        raise ConfigurationError(
+            "fencing.aholds() (awaited) takes a psycopg.AsyncConnection, fencing.holds() a blocking "
+            f"psycopg.Connection; got a {type(conn).__name__}"
+        )
     for attr in ("name", "token", "fence"):
         if not hasattr(lease, attr):
             raise ConfigurationError(f"fencing.holds() needs a fencelock lease, got {type(lease).__name__}")
@@ -233,7 +243,10 @@ def _holds_query(conn: Any, lease: Any, schema: str) -> tuple[str, tuple[str, st
             "until that transaction ends): this psycopg connection is in autocommit mode; use "
             "`with conn.transaction():`"
         )
-    return f"SELECT {schema}.holds(%s::text, %s::text, %s::bigint)", (lease.name, lease.token, lease.fence)
+    # The isolation level comes back with the verdict: only at READ COMMITTED does the check see what
+    # was committed before the pin (see _holds_verdict).
+    sql = f"SELECT {schema}.holds(%s::text, %s::text, %s::bigint), current_setting('transaction_isolation')"
+    return sql, (lease.name, lease.token, lease.fence)
 
 
 def _intrans() -> Any:
@@ -252,6 +265,14 @@ def _holds_verdict(row: Any, lease: Any, schema: str, err: Exception | None) -> 
         if translated is not None:
             raise translated from err
         raise err
+    if row is not None and len(row) > 1 and row[1] != "read committed":
+        # Its snapshot was taken by the transaction's first statement, before the pin: a lease
+        # replaced in between (force_release, then a new holder) would still look live to it.
+        raise ConfigurationError(
+            f"fencing.holds() needs a READ COMMITTED transaction (this one is {row[1]}): its check must see "
+            "every replacement of the lease committed before it pinned the name, which a snapshot taken "
+            "earlier does not; roll back and run the write at read committed"
+        )
     if row is None or not row[0]:
         instruments.stale_fence(lease.name)
         raise LeaseLost(
@@ -268,7 +289,7 @@ def holds(conn: Any, lease: Any, *, schema: str = "fencelock") -> None:
     ``schema``: the lock URL's ``?schema=``. See the module docstring for ``holds`` vs ``admit``."""
     import psycopg
 
-    sql, params = _holds_query(conn, lease, schema)
+    sql, params = _holds_query(conn, lease, schema, asynchronous=False)
     try:
         row = conn.execute(sql, params).fetchone()
     except psycopg.Error as err:
@@ -280,7 +301,7 @@ async def aholds(conn: Any, lease: Any, *, schema: str = "fencelock") -> None:
     """``holds`` on a ``psycopg.AsyncConnection``."""
     import psycopg
 
-    sql, params = _holds_query(conn, lease, schema)
+    sql, params = _holds_query(conn, lease, schema, asynchronous=True)
     try:
         cur = await conn.execute(sql, params)
         row = await cur.fetchone()

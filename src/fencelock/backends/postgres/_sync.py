@@ -7,6 +7,7 @@ a connection (its own, or the user's connection or pool), each call bounded by t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import select
@@ -38,6 +39,17 @@ WAIT_CAP = REFRESH_MS / 1000
 
 class _MissingLayout(Exception):
     """The schema or its functions are not there yet (first use): create them, then ask again."""
+
+
+class _Conflict(Exception):
+    """The server rolled our statement back for a serialization failure or a deadlock (a database or
+    role whose ``default_transaction_isolation`` is repeatable read or serializable), or for waiting
+    on a row longer than the session's ``lock_timeout``: nothing of it took effect, so it is asked
+    again, within ``request_timeout`` (the bound of every call, whatever the server's settings)."""
+
+
+CONFLICT_RETRIES = 100
+"""Most attempts of one call that the server rolled back for a conflict (bounded by time too)."""
 
 
 class PostgresBackend:
@@ -153,9 +165,19 @@ class PostgresBackend:
             _drop(conn)
 
     def _run(self, conn: Any, what: str, query: str, params: tuple[Any, ...]) -> list[Any]:
-        """One statement on ``conn``, bounded by ``request_timeout`` (the watchdog cuts the socket)."""
+        """One statement on ``conn``, bounded by ``request_timeout`` (the watchdog cuts the socket).
+
+        On a pool's connection that is not in autocommit (psycopg_pool's default) psycopg opens a
+        transaction around the statement: it is committed here, inside the same bound, so the lock
+        change is durable-as-configured before we answer and the pool's own commit at the end of its
+        block has nothing left to wait for (a server that stops answering then would block it for
+        ever). On the user's own connection, a transaction of theirs would contain our statement
+        (and roll it back with theirs): refused before, and any call that ended inside one fails."""
+        shared = conn is self._conn
+        if shared:
+            _refuse_user_transaction(conn, what, before=True)
         ticket = WATCHDOG.arm(conn.pgconn.socket, self.request_timeout)
-        fired = False
+        fired = abandoned = False
         try:
             try:
                 cur = self._cursors.get(conn)  # our own connections keep one cursor (a new one costs)
@@ -163,11 +185,35 @@ class PostgresBackend:
                     cur = conn.execute(query, params)
                 else:
                     cur.execute(query, params)
+                if shared:  # at once: on an event loop no other task has run on it since our answer
+                    _refuse_user_transaction(conn, what, before=False)
                 rows: list[Any] = cur.fetchall()
+                if not conn.autocommit:
+                    conn.commit()
+            except Exception:
+                if not conn.autocommit and not conn.closed:
+                    with contextlib.suppress(Exception):  # a cut socket fails at once
+                        conn.rollback()
+                raise
+            except BaseException:
+                if not conn.autocommit:
+                    abandoned = True  # cancelled mid-transaction: closed below (its pool discards it)
+                raise
             finally:
                 fired = WATCHDOG.disarm(ticket)
+                if abandoned:  # after disarm: a closed fd may be reused, the watchdog must not touch it
+                    _drop(conn)
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as err:
             raise _MissingLayout(str(err)) from err
+        except (
+            psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable
+        ) as err:
+            if fired:
+                raise BackendUnavailable(
+                    f"postgresql did not answer {what} within request_timeout={self.request_timeout:g} s "
+                    "(connection cut)"
+                ) from err
+            raise _Conflict(str(err).strip()) from err
         except psycopg.Error as err:
             if fired:
                 raise BackendUnavailable(
@@ -179,16 +225,31 @@ class PostgresBackend:
         return rows
 
     def _call(self, what: str, query: str, params: tuple[Any, ...]) -> list[Any]:
-        for attempt in (1, 2):
+        created = False
+        end = time.monotonic() + self.request_timeout
+        for attempt in range(CONFLICT_RETRIES):
             try:
                 return self._call_once(what, query, params)
             except _MissingLayout as err:
-                if attempt == 2:
+                if created:
                     raise BackendRejected(
                         f"postgresql: the fencelock functions in schema {self.schema} are missing after "
                         f"creating them ({err}); is another fencelock version using this schema?"
                     ) from err
+                created = True
                 self.create_schema()
+            except _Conflict as err:
+                # Rolled back whole (its own transaction): safe to ask again. The lock functions
+                # expect READ COMMITTED, where this does not happen; under repeatable read or
+                # serializable, concurrent calls on one name conflict on its row.
+                left = end - time.monotonic()
+                if left <= 0 or attempt == CONFLICT_RETRIES - 1:
+                    raise BackendUnavailable(
+                        f"postgresql rolled {what} back for conflicts with concurrent lock calls until "
+                        f"request_timeout={self.request_timeout:g} s ({err}); is default_transaction_isolation "
+                        "serializable for this database or role? fencelock's calls work best at read committed"
+                    ) from err
+                Pause.sleep(min(left, backoff(attempt, 0.001, 0.02)))
         raise AssertionError("unreachable")
 
     def _call_once(self, what: str, query: str, params: tuple[Any, ...]) -> list[Any]:
@@ -199,7 +260,7 @@ class PostgresBackend:
         conn = self._checkout()
         try:
             rows = self._run(conn, what, query, params)
-        except _MissingLayout:
+        except (_MissingLayout, _Conflict):
             self._checkin(conn)
             raise
         except BaseException:
@@ -235,6 +296,10 @@ class PostgresBackend:
         ticket = WATCHDOG.arm(conn.pgconn.socket, max(self.request_timeout, 30.0))
         try:
             with conn.transaction():
+                # Many first users queue here for the one that creates: bounded by our watchdog (30 s),
+                # not by a lock_timeout or statement_timeout of the user's meant for their own work.
+                conn.execute("SET LOCAL lock_timeout = 0")
+                conn.execute("SET LOCAL statement_timeout = 0")
                 conn.execute(lock)
                 conn.execute(statements)
         finally:
@@ -337,6 +402,24 @@ def _release(idle: list[Any], listener: Listener | None, pid: int) -> None:
     if pid == os.getpid():
         while idle:
             _drop(idle.pop())
+
+
+def _refuse_user_transaction(conn: Any, what: str, *, before: bool) -> None:
+    """A connection of the user's, shared with fencelock, must not be inside a transaction of theirs
+    when a lock statement runs on it: the statement would commit or roll back with their work (an
+    extend rolled back while the client believes it: two holders). ``before``: nothing was sent.
+    After: our statement ran inside one, so its effect is undecided until they end it."""
+    from psycopg.pq import TransactionStatus
+
+    status = conn.pgconn.transaction_status
+    if conn.autocommit and status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        return
+    where = "was not sent" if before else "ran inside it, so whether it takes effect is decided by your commit"
+    raise BackendRejected(
+        f"postgresql: {what} on the connection you gave fencelock, while a transaction of yours is open "
+        f"on it (or autocommit was turned off): the lock statement {where}. fencelock's statements must "
+        "commit on their own: run your transactions on another connection (or pass a pool)"
+    )
 
 
 def _stale(conn: Any) -> bool:

@@ -398,11 +398,15 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f
 $f$;
 
 -- Operator's override: drop every lease of the name; returns the live holders' labels or null.
+-- It first waits for the fencing.holds() transactions in flight on the name (their pin, taken
+-- exclusively; before the row lock, so nothing else queues behind it meanwhile): their writes
+-- commit before anyone else can be granted the name, as holds() promised them.
 CREATE OR REPLACE FUNCTION {s}.force_release(p_name text) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     v_labels text;
 BEGIN
+    PERFORM pg_advisory_xact_lock({pin}, hashtext('{s}:' || p_name));
     PERFORM {s}.lock_name(p_name);
     SELECT string_agg(label, ', ' ORDER BY fence) INTO v_labels FROM {s}.inspect(p_name);
     UPDATE {s}.fence SET token = NULL, hfence = NULL, label = NULL, expires = NULL WHERE name = p_name;
