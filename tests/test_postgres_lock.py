@@ -265,6 +265,42 @@ def test_first_use_by_a_role_that_cannot_create_the_schema_names_what_is_missing
     assert "CREATE on the database" in str(info.value)
 
 
+def test_functions_an_older_version_wrote_are_brought_up_to_date_on_first_use(
+    pg: PostgresLockServer, name: str
+) -> None:
+    """A library upgrade must reach a schema that already exists: its functions were created only
+    when one was missing, so an older version's bodies stayed for ever (force_release, for one,
+    changed). Here an "older version" left a body of its own and no stamp of this version's."""
+    schema = f"old_{uuid.uuid4().hex[:8]}"
+    url = _role_url(pg, "postgres", schema)
+    first = fencelock.Lock(name, url, ttl=5, renew=False)
+    lease = first.acquire(timeout=5)
+    lease.release()
+    first.close()
+    stamps = [
+        r[0]
+        for r in pg.query(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %s AND p.proname LIKE 'layout\\_%%'",
+            (schema,),
+        )
+    ]
+    for stamp in stamps:  # the older version had none of this version's
+        pg.query(f"DROP FUNCTION {schema}.{stamp}()")
+    pg.query(
+        f"CREATE OR REPLACE FUNCTION {schema}.last_fence(p_name text) RETURNS bigint "
+        "LANGUAGE sql AS $f$ SELECT -42::bigint $f$"
+    )
+    try:
+        fresh = PostgresBackend.from_url(url)
+        try:
+            assert fresh.last_fence(name) == lease.fence, "the older body answered"
+        finally:
+            fresh.close()
+    finally:
+        pg.query(f"DROP SCHEMA {schema} CASCADE")
+
+
 # -- the server restarted, a backend terminated ----------------------------------------------------
 
 
@@ -416,7 +452,9 @@ async def test_an_async_psycopg_pool(pg: PostgresLockServer, name: str) -> None:
         lease = await aio.Lock(name, pool, ttl=30, renew=False).acquire(timeout=5)
         waiter = asyncio.ensure_future(aio.Lock(name, pool, ttl=30).acquire(timeout=WAIT))
         assert await asyncio.to_thread(
-            wait_until, lambda: (fencelock.Lock(name, pg.url).inspect() or lease).waiters == 1, WAIT  # type: ignore[union-attr]
+            wait_until,
+            lambda: (fencelock.Lock(name, pg.url).inspect() or lease).waiters == 1,
+            WAIT,  # type: ignore[union-attr]
         )
         await lease.release()
         second = await asyncio.wait_for(waiter, WAIT)
@@ -521,9 +559,7 @@ def test_a_read_only_database_is_rejected_clearly(pg: PostgresLockServer, name: 
         with pytest.raises(fencelock.BackendRejected, match="read-only"):
             fencelock.Lock(name, pg.url.replace("/fencelock_test?", f"/{db}?"), ttl=5).try_acquire()
     finally:
-        pg.query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,)
-        )
+        pg.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
         pg.query(f"DROP DATABASE {db} WITH (FORCE)")
 
 

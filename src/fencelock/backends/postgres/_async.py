@@ -22,7 +22,7 @@ from ..._errors import BackendRejected, BackendUnavailable, ConfigurationError, 
 from ..base import Attempt, HolderInfo, LockInfo, check_counted
 from .errors import map_errors
 from .listen import AsyncPause, AsyncWaiter, Listener, token_hash
-from .schema import DEFAULT_SCHEMA, MISMATCH_BASE, REFRESH_MS, channel, check_schema, ddl
+from .schema import DEFAULT_SCHEMA, MISMATCH_BASE, REFRESH_MS, channel, check_schema, ddl, stamp
 from .urls import DEFAULT_REQUEST_TIMEOUT, check_timeout, parse_postgres_url
 from .watchdog import WATCHDOG
 
@@ -105,17 +105,20 @@ class AsyncPostgresBackend:
         # Lock changes commit asynchronously unless durable (see the package docstring): set for this
         # statement's own transaction, by the statement itself (one round trip, no session state).
         fast = "" if self.durable else ", set_config('synchronous_commit', 'off', true)"
+        # Every call names this version's stamp (schema.stamp): functions another version wrote are
+        # brought up to date before the first call runs, as missing ones are.
+        up = f" WHERE {stamp(s)}"
         self._q_acquire = (
             f"SELECT {s}.acquire(%s::text, %s::text, %s::bigint, %s::text, %s::boolean, %s::integer, "
-            f"%s::integer){fast}"
+            f"%s::integer){fast}{up}"
         )
-        self._q_extend = f"SELECT {s}.extend(%s::text, %s::text, %s::bigint){fast}"
-        self._q_release = f"SELECT {s}.release(%s::text, %s::text){fast}"
-        self._q_abandon = f"SELECT {s}.abandon(%s::text, %s::text){fast}"
-        self._q_granted = f"SELECT {s}.granted(%s::text, %s::text)"
-        self._q_inspect = f"SELECT * FROM {s}.inspect(%s::text)"
-        self._q_last = f"SELECT {s}.last_fence(%s::text)"
-        self._q_force = f"SELECT {s}.force_release(%s::text)"
+        self._q_extend = f"SELECT {s}.extend(%s::text, %s::text, %s::bigint){fast}{up}"
+        self._q_release = f"SELECT {s}.release(%s::text, %s::text){fast}{up}"
+        self._q_abandon = f"SELECT {s}.abandon(%s::text, %s::text){fast}{up}"
+        self._q_granted = f"SELECT {s}.granted(%s::text, %s::text){up}"
+        self._q_inspect = f"SELECT * FROM {s}.inspect(%s::text){up}"
+        self._q_last = f"SELECT {s}.last_fence(%s::text){up}"
+        self._q_force = f"SELECT {s}.force_release(%s::text){up}"
         self._idle: list[Any] = []
         self._cursors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._pid = os.getpid()
@@ -205,7 +208,9 @@ class AsyncPostgresBackend:
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as err:
             raise _MissingLayout(str(err)) from err
         except (
-            psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable
+            psycopg.errors.SerializationFailure,
+            psycopg.errors.DeadlockDetected,
+            psycopg.errors.LockNotAvailable,
         ) as err:
             if fired:
                 raise BackendUnavailable(

@@ -99,7 +99,7 @@ class Listener:
                 self._set_health(me, False)
                 failures += 1
                 self._ready.set()  # a start() waiting for us learns that we are not listening
-                stop.wait(min(2.0, 0.05 * 2**min(failures, 6)) * random.uniform(0.5, 1.0))
+                stop.wait(min(2.0, 0.05 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0))
             finally:
                 self._set_health(me, False)
                 if conn is not None:

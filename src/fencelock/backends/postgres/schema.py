@@ -22,6 +22,7 @@ corrupts anything, and the fence stays increasing through the clock term. See th
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from ..._errors import ConfigurationError
@@ -36,6 +37,7 @@ __all__ = [
     "channel",
     "check_schema",
     "ddl",
+    "stamp",
 ]
 
 DEFAULT_SCHEMA = "fencelock"
@@ -435,6 +437,11 @@ $f$;
 CREATE OR REPLACE FUNCTION {s}.layout() RETURNS integer
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$ SELECT {version} $f$;
 
+-- The stamp of these exact function bodies (see stamp() in schema.py): every call names it, so a
+-- client of another fencelock version finds it missing and brings the functions up to date first.
+CREATE OR REPLACE FUNCTION {s}.{stamp}() RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$ SELECT true $f$;
+
 -- Internal helpers: only the SECURITY DEFINER functions (running as the owner) call them. The
 -- operator's override is the owner's to grant (GRANT EXECUTE ON FUNCTION {s}.force_release(text)).
 REVOKE ALL ON FUNCTION {s}.lock_name(text), {s}.clear_expired(text, timestamptz),
@@ -446,10 +453,32 @@ PIN_CLASS = 0x666C6B70
 is ``hashtext('<schema>:<name>')``. Two names that share a hash only delay each other's takeovers."""
 
 
+def _format(s: str, stamp: str) -> str:
+    return _DDL.format(
+        s=s,
+        ch=channel(s),
+        registration=REGISTRATION_MS,
+        refresh=REFRESH_MS,
+        version=LAYOUT_VERSION,
+        pin=PIN_CLASS,
+        stamp=stamp,
+    )
+
+
+_STAMP = "layout_" + hashlib.sha1(_format("{s}", "{stamp}").encode()).hexdigest()[:16]
+"""The name of a function that exists in a schema exactly when its function bodies are this
+version's: a digest of the DDL, so any change to a body changes it."""
+
+
+def stamp(schema: str) -> str:
+    """A condition every call adds (``... WHERE <stamp>``): PostgreSQL resolves the function when it
+    parses the statement, so in a schema whose functions another fencelock version wrote (or none
+    yet) the call fails before anything runs, and the backend recreates the functions (``CREATE OR
+    REPLACE``) and asks again. No extra round trip; without it a library upgrade kept the old bodies
+    for ever, since the functions were created only when one was missing."""
+    return f"{check_schema(schema)}.{_STAMP}()"
+
+
 def ddl(schema: str) -> str:
     """The statements that create (or bring up to date) the layout in ``schema``."""
-    s = check_schema(schema)
-    return _DDL.format(
-        s=s, ch=channel(s), registration=REGISTRATION_MS, refresh=REFRESH_MS, version=LAYOUT_VERSION,
-        pin=PIN_CLASS,
-    )
+    return _format(check_schema(schema), _STAMP)
