@@ -1,0 +1,288 @@
+"""The lock against a model: seeded random sequences of operations on one name, on every backend.
+
+Three clients (each its own ``Lock`` and backend) drive one name with acquire, try_acquire,
+extend (a random TTL), release, natural expiry, an operator's delete and a second client's
+takeover; after every step the clients' beliefs and the server's answers are checked against a
+model of who may hold the name:
+
+- at most one lease believes it is held, except one whose lock an operator deleted (a fault the
+  fence exists for, outside what a client can know);
+- fences strictly increase across grants;
+- a lease that believes it is held is the server's holder, and never believes it has more time
+  left than the server says it granted;
+- release or extend of a lease the server no longer holds raises ``LeaseLost`` and leaves the
+  name as it was (the successor keeps its fence and its lease).
+
+Outcomes the model cannot decide (a lease within ``MARGIN`` of its deadline: the request may reach
+the server just before or just after it) are accepted either way, but the state that follows is
+checked all the same. Every wait is bounded; the whole run takes a few seconds per backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+import fencelock
+from fencelock import LeaseLost, LockTimeout
+from servers import wait_until
+
+SEEDS = tuple(int(x) for x in os.environ.get("FENCELOCK_MODEL_SEEDS", "11,23").split(","))
+"""Replay or explore: FENCELOCK_MODEL_SEEDS=1,2,3 pytest tests/test_model.py"""
+STEPS = 40
+MARGIN = 0.5
+"""A lease with more than this left is certainly still the server's when a request reaches it (a
+loaded machine takes well under this for one round trip); one with less may or may not be."""
+EPS = 0.005
+"""Rounding of a server's remaining time (Redis answers whole milliseconds)."""
+
+
+@dataclass
+class Client:
+    lock: fencelock.Lock
+    lease: fencelock.Lease | None = None
+    revoked: bool = False
+    """The operator deleted this lease's lock: the client cannot know until it asks the server."""
+
+
+@dataclass
+class Model:
+    fences: list[int] = field(default_factory=list)
+
+    def granted(self, fence: int) -> None:
+        assert not self.fences or fence > self.fences[-1], f"fence {fence} after {self.fences}"
+        self.fences.append(fence)
+
+
+def _sure(lease: fencelock.Lease | None) -> bool:
+    """Certainly still held on the server when a request made now arrives."""
+    return lease is not None and lease.held and lease.remaining() > MARGIN
+
+
+def _check(clients: list[Client], model: Model, name: str) -> None:
+    info = clients[0].lock.inspect()
+    believers = [c for c in clients if c.lease is not None and c.lease.held]
+    honest = [c for c in believers if not c.revoked]
+    assert len(honest) <= 1, f"{len(honest)} leases believe they hold {name}: {[c.lease for c in honest]}"
+    for c in honest:
+        lease = c.lease
+        assert lease is not None
+        left = lease.remaining()  # after the server's answer: it can only be less than at its reading
+        if info is None or info.fence != lease.fence:
+            # The server says someone else (or nobody) holds: the lease must be at its deadline.
+            assert left <= EPS or not lease.held, f"{lease} believed held; server says {info}"
+        elif info.ttl_remaining is not None:
+            assert left <= info.ttl_remaining + EPS, f"{lease} claims {left:.3f} s, server granted {info.ttl_remaining}"
+
+
+def _grant(c: Client, lease: fencelock.Lease | None, model: Model) -> None:
+    if lease is not None:
+        model.granted(lease.fence)
+        c.lease, c.revoked = lease, False
+
+
+def _step(rng: random.Random, clients: list[Client], model: Model, server: Any, name: str) -> str:
+    i = rng.randrange(len(clients))
+    c = clients[i]
+    others = [o for o in clients if o is not c]
+    ttl = rng.choice((0.3, 0.6, 2.0, 4.0))
+    op = rng.choice(("acquire", "try", "extend", "extend", "release", "expire", "delete", "takeover"))
+    if op in ("acquire", "try", "takeover") and c.lease is not None and not c.lease.lost and not c.revoked:
+        op = "release"  # one lease per client at a time (a Lock refuses to wait for itself)
+    if op in ("extend", "release", "expire", "delete") and c.lease is None:
+        op = "try"
+    busy = any(_sure(o.lease) and not o.revoked for o in others)
+
+    if op == "try":
+        lease = c.lock.try_acquire()
+        if busy:
+            assert lease is None, f"granted {lease} while another lease is surely held"
+        _grant(c, lease, model)
+        if lease is not None:
+            lease.extend(ttl=ttl)
+    elif op in ("acquire", "takeover"):
+        if op == "takeover":
+            # the holders' leases run out (renew=False), then this client takes the name
+            for o in others:
+                if o.lease is not None and not o.revoked:
+                    assert wait_until(lambda o=o: o.lease.lost, timeout=10), o.lease
+            busy = False
+        if busy:
+            with pytest.raises(LockTimeout):
+                c.lock.acquire(timeout=0.05)
+        else:
+            # free, or held by a lease at (or past) its deadline: the server frees it at the latest
+            # then (ZooKeeper: its janitor, a moment later)
+            longest = max((o.lease.remaining() for o in others if o.lease is not None), default=0.0)
+            lease = c.lock.acquire(timeout=longest + 10)
+            _grant(c, lease, model)
+            # the previous holders (not revoked) are past their deadlines now: they must know it
+            for o in others:
+                if o.lease is not None and not o.revoked and o.lease is not lease:
+                    assert not o.lease.held, f"{o.lease} still believes it holds after {lease} was granted"
+    elif op == "extend":
+        lease = c.lease
+        assert lease is not None
+        sure = _sure(lease) and not c.revoked
+        try:
+            lease.extend(ttl=ttl)
+        except fencelock.NotHeld:
+            assert lease.remaining() == 0.0
+        except LeaseLost:
+            assert not sure, f"extend of {lease} refused while surely held"
+            assert lease.lost and not lease.held and lease.remaining() == 0.0
+        else:
+            assert not c.revoked, "extend of a lease whose lock was deleted succeeded"
+            assert lease.remaining() <= ttl, f"{lease} believes more than the {ttl} s just granted"
+    elif op == "release":
+        lease = c.lease
+        assert lease is not None
+        sure = _sure(lease) and not c.revoked
+        before = clients[0].lock.inspect()
+        try:
+            lease.release()
+        except fencelock.NotHeld:
+            pass
+        except LeaseLost:
+            assert not sure, f"release of {lease} refused while surely held"
+            after = clients[0].lock.inspect()
+            if before is not None and before.fence != lease.fence:
+                # a successor's lease: untouched by our failed release
+                assert after is not None and after.fence == before.fence, (before, after)
+        else:
+            assert not c.revoked, "release of a lease whose lock was deleted succeeded"
+        c.lease = None
+    elif op == "expire":
+        lease = c.lease
+        assert lease is not None
+        assert wait_until(lambda: lease.lost or lease.remaining() == 0.0, timeout=10), lease
+        assert not lease.held
+    elif op == "delete":
+        lease = c.lease
+        assert lease is not None
+        info = clients[0].lock.inspect()
+        if info is not None and info.fence == lease.fence and lease.remaining() > MARGIN:
+            server.delete_lock(name)
+            c.revoked = True
+        else:
+            op = "delete (skipped)"
+    _check(clients, model, name)
+    return f"{i}:{op}"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_sequences_keep_the_lock_contract(lock_server: Any, name: str, seed: int) -> None:
+    rng = random.Random(seed)
+    clients = [Client(fencelock.Lock(name, lock_server.url, ttl=2.0, renew=False)) for _ in range(3)]
+    model = Model()
+    steps: list[str] = []
+    started = time.monotonic()
+    try:
+        for _ in range(STEPS):
+            steps.append(_step(rng, clients, model, lock_server, name))
+            assert time.monotonic() - started < 120, f"bounded run: {steps}"
+    except AssertionError as err:
+        raise AssertionError(f"seed {seed}, steps {steps}: {err}") from err
+    finally:
+        for c in clients:
+            if c.lease is not None and not c.lease.lost:
+                try:
+                    c.lease.release()
+                except (LeaseLost, fencelock.NotHeld):
+                    pass
+            c.lock.close()
+    assert model.fences, "the run granted something"
+    print(f"seed {seed}: {len(model.fences)} grants, steps {steps}")
+
+
+# -- a user's own client ---------------------------------------------------------------------------
+
+
+def _users_clients(server: Any) -> list[tuple[Any, bool, Any, Any]]:
+    """(client, for asyncio, is it still usable (blocking call), how to close it) per client kind
+    the registry says the backend takes."""
+    if server.kind == "redis":
+        import redis
+        import redis.asyncio
+
+        sync = server.server.client()
+        aio_client = redis.asyncio.Redis(unix_socket_path=str(server.server.socket), password=server.PASSWORD)
+        return [
+            (sync, False, lambda: sync.ping(), sync.close),
+            (aio_client, True, None, None),  # checked and closed on the loop
+        ]
+    if server.kind == "zookeeper":
+        from kazoo.client import KazooClient
+
+        client = KazooClient(hosts=server.hosts, timeout=5)
+        client.start(timeout=10)
+
+        def stop() -> None:
+            client.stop()
+            client.close()
+
+        def usable() -> bool:
+            return bool(client.connected and client.exists("/") is not None)
+
+        return [(client, False, usable, lambda: None), (client, True, usable, stop)]  # one client, both APIs
+    if server.kind == "postgres":
+        import psycopg
+        from psycopg_pool import ConnectionPool
+
+        conn = psycopg.connect(server.url, autocommit=True)
+        pool = ConnectionPool(server.url, min_size=1, max_size=2, open=True)
+
+        def usable_pool() -> bool:
+            with pool.connection() as c:
+                return c.execute("SELECT 1").fetchone() == (1,)
+
+        return [
+            (conn, False, lambda: not conn.closed and conn.execute("SELECT 1").fetchone() == (1,), conn.close),
+            (pool, False, lambda: not pool.closed and usable_pool(), pool.close),
+        ]
+    return []
+
+
+@pytest.mark.backends("redis-embedded", "zookeeper", "postgres")
+async def test_a_users_own_client_is_recognised_used_as_is_and_never_closed(lock_server: Any, name: str) -> None:
+    import gc
+
+    from fencelock import aio
+    from fencelock.backends import REGISTRY
+
+    spec = next(s for s in REGISTRY if s.name == lock_server.kind)
+    for client, asyncio_api, usable, close in await asyncio.to_thread(_users_clients, lock_server):
+        try:
+            assert spec.recognizes(client, asyncio_api) is True, (spec.name, type(client))
+            if asyncio_api:
+                lock = aio.Lock(name, client, ttl=5, renew=False)
+                assert lock.backend.name == spec.name
+                async with lock as lease:
+                    assert lease.fence > 0
+                await lock.aclose()
+                del lock
+                gc.collect()
+                if usable is None:
+                    assert await client.ping(), "fencelock never closes an asyncio client of yours"
+                else:
+                    assert await asyncio.to_thread(usable), f"fencelock closed your {type(client).__name__}"
+            else:
+                lock2 = fencelock.Lock(name, client, ttl=5, renew=False)
+                assert lock2.backend.name == spec.name
+                with lock2 as lease2:
+                    assert lease2.fence > 0
+                await asyncio.to_thread(lock2.close)
+                del lock2
+                gc.collect()
+                assert await asyncio.to_thread(usable), f"fencelock closed your {type(client).__name__}"
+        finally:
+            if close is not None:
+                await asyncio.to_thread(close)
+            elif usable is None:
+                await client.aclose()
