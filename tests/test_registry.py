@@ -99,3 +99,20 @@ def test_every_registered_backend_is_in_the_message_the_exports_and_the_help(spe
     assert spec.url_example in str(err.value)  # type: ignore[attr-defined]
     for command, text in _lock_option_helps():
         assert spec.schemes[0] + "://" in text, f"--lock of {command} does not name {spec.name}: {text}"  # type: ignore[attr-defined]
+
+
+def test_a_test_server_is_put_in_the_suites_with_one_call() -> None:
+    # docs/architecture.md, "Adding a backend": one register() call, not two dicts kept in step
+    import servers
+
+    assert set(servers.BACKENDS) == set(servers.CAPABILITIES)
+
+    class Toy(servers.LockServer):
+        capabilities = frozenset({"counted"})
+
+    servers.register("toy", "toy_server", Toy)
+    try:
+        assert servers.BACKENDS["toy"] == "toy_server"
+        assert servers.capabilities_of("toy") == {"counted"}
+    finally:
+        del servers.BACKENDS["toy"], servers.CAPABILITIES["toy"]

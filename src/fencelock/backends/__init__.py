@@ -7,7 +7,8 @@ that needs to know the backends reads it: ``open_backend`` / ``open_async_backen
 exports of ``fencelock`` and ``fencelock.aio``, the "unsupported URL" message, the CLI's help.
 
 A new backend: a package under ``fencelock/backends/``, one ``BackendSpec`` below, and a test
-server fixture registered in ``tests/servers.py``'s ``BACKENDS`` (the contract suite then runs on it).
+server fixture put in the suites with ``tests/servers.py``'s ``register`` (see docs/architecture.md,
+"Adding a backend").
 """
 
 from __future__ import annotations
