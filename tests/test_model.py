@@ -286,3 +286,88 @@ async def test_a_users_own_client_is_recognised_used_as_is_and_never_closed(lock
                 await asyncio.to_thread(close)
             elif usable is None:
                 await client.aclose()
+
+
+# -- the same, one level down: the backend's primitives, with natural expiry ----------------------
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_primitive_sequences_keep_their_promises(lock_server: Any, name: str, seed: int) -> None:
+    """Primitives straight on the backend (no handle), two tokens, short and long leases, expiry by
+    the server's own clock: a grant only of a free name, fences rising, a token asking again after
+    its lease ran out gets a new fence, extend and release after expiry answer False and change
+    nothing, inspect never reports more time than was granted."""
+    from fencelock._core.params import new_token
+    from fencelock.backends import open_backend
+
+    backend, _ = open_backend(lock_server.url)
+    rng = random.Random(seed)
+    tokens = [new_token(), new_token()]
+    held: dict[str, tuple[int, float, float]] = {}  # token -> (fence, sent, ttl): granted and not released
+    fences: list[int] = []
+    steps: list[str] = []
+    try:
+        for _ in range(30):
+            tok = rng.choice(tokens)
+            other = tokens[1 - tokens.index(tok)]
+            ttl = rng.choice((0.25, 0.5, 3.0))
+            op = rng.choice(("try", "try", "extend", "release", "expire", "wait"))
+            steps.append(f"{tokens.index(tok)}:{op}:{ttl}")
+            now = time.monotonic()
+            if op == "try":
+                sent = time.monotonic()
+                got = backend.try_acquire(name, tok, int(ttl * 1000), "model", False)
+                if other in held and held[other][1] + held[other][2] - MARGIN > time.monotonic():
+                    assert got.fence is None, f"granted beside a live lease: {steps}"
+                if got.fence is not None:
+                    if tok in held and held[tok][1] + held[tok][2] - MARGIN > sent:
+                        assert got.fence == held[tok][0], f"a repeated request minted a new fence: {steps}"
+                    elif got.fence != held.get(tok, (None,))[0]:
+                        assert not fences or got.fence > fences[-1], f"fence {got.fence} after {fences}: {steps}"
+                        fences.append(got.fence)
+                    held.pop(other, None)  # ours now: the other's lease ended on the server
+                    held[tok] = (got.fence, sent, ttl)
+            elif op == "extend" and tok in held:
+                fence, sent0, ttl0 = held[tok]
+                sure_live = sent0 + ttl0 - MARGIN > now
+                sent = time.monotonic()
+                ok = backend.extend(name, tok, int(ttl * 1000))
+                if sure_live:
+                    assert ok, f"extend of a live lease refused: {steps}"
+                if ok:
+                    held[tok] = (fence, sent, ttl)
+                else:
+                    held.pop(tok)
+                    info = backend.inspect(name)
+                    assert info is None or info.fence != fence, f"a refused extend left the lease: {steps}"
+            elif op == "release" and tok in held:
+                fence, sent0, ttl0 = held.pop(tok)
+                ok = backend.release(name, tok)
+                if sent0 + ttl0 - MARGIN > now:
+                    assert ok, f"release of a live lease refused: {steps}"
+                info = backend.inspect(name)
+                assert info is None or info.fence != fence, f"released, still reported held: {steps}"
+            elif op == "expire" and tok in held:
+                fence, sent0, ttl0 = held.pop(tok)
+                # the server ends it on its own (ZooKeeper: the holder's janitor, a moment later)
+                assert wait_until(lambda: (backend.inspect(name) or None) is None, timeout=ttl0 + 10), steps
+                assert backend.extend(name, tok, 60_000) is False, f"extend after expiry: {steps}"
+                assert backend.inspect(name) is None, f"an extend after expiry brought the lease back: {steps}"
+                assert backend.release(name, tok) is False, f"release after expiry: {steps}"
+            elif op == "wait":
+                started = time.monotonic()
+                got_fence = backend.wait(name, tok, 0.1)
+                # never queued: nothing can be handed over (a backend may answer the fence the
+                # token holds already: its lease runs from the try_acquire that granted it)
+                assert got_fence is None or got_fence == held.get(tok, (None,))[0], f"handed over unasked: {steps}"
+                assert time.monotonic() - started <= 0.1 + lock_server.request_timeout + 1.5, steps
+            info = backend.inspect(name)
+            if info is not None and info.ttl_remaining is not None:
+                live = [v for v in held.values() if v[0] == info.fence]
+                if live:
+                    assert info.ttl_remaining <= live[0][2] + EPS, f"{info} reports more than {live[0][2]} s: {steps}"
+        assert fences, steps
+    finally:
+        for tok in tokens:
+            backend.abandon(name, tok)
+        backend.close()

@@ -93,7 +93,11 @@ def _lock_option_helps() -> list[tuple[str, str]]:
 @pytest.mark.parametrize("spec", REGISTRY, ids=lambda s: s.name)
 def test_every_registered_backend_is_in_the_message_the_exports_and_the_help(spec: object) -> None:
     assert spec.title in url_help() and spec.url_example in url_help()  # type: ignore[attr-defined]
-    assert spec.export in fencelock.__all__ and spec.export in aio.__all__  # type: ignore[attr-defined]
+    # exported by name always; by `import *` when that needs no optional library
+    assert getattr(fencelock, spec.export) is spec.load(asyncio=False)  # type: ignore[attr-defined]
+    assert getattr(aio, spec.export) is spec.load(asyncio=True)  # type: ignore[attr-defined]
+    starred = spec.extra is None  # type: ignore[attr-defined]
+    assert (spec.export in fencelock.__all__) is starred and (spec.export in aio.__all__) is starred  # type: ignore[attr-defined]
     with pytest.raises(fencelock.ConfigurationError) as err:
         fencelock.Lock("x", "nosuch://host")
     assert spec.url_example in str(err.value)  # type: ignore[attr-defined]
@@ -116,3 +120,32 @@ def test_a_test_server_is_put_in_the_suites_with_one_call() -> None:
         assert servers.capabilities_of("toy") == {"counted"}
     finally:
         del servers.BACKENDS["toy"], servers.CAPABILITIES["toy"]
+
+
+@pytest.mark.parametrize("module", ["fencelock", "fencelock.aio"])
+def test_a_star_import_works_without_the_optional_client_libraries(module: str) -> None:
+    # The base install has no kazoo or psycopg: `from fencelock import *` must not need them
+    # (the backends that do stay reachable by name, with the message naming their extra).
+    import subprocess
+    import sys
+
+    optional = sorted({r for spec in REGISTRY for r in spec.requires})
+    assert optional, "some backend needs an optional library"
+    code = (
+        f"import sys\nfor m in {optional!r}: sys.modules[m] = None\n"
+        f"from {module} import *\nimport {module} as m\n"
+        "print(m.Lock.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for spec in REGISTRY:
+        if spec.extra is None:
+            continue
+        # by name: the class (a backend that imports its library lazily), or the extra to install
+        code = (
+            f"import sys\nfor m in {optional!r}: sys.modules[m] = None\nimport {module} as m\n"
+            f"try:\n    m.{spec.export}\nexcept m.ConfigurationError as err:\n"
+            f"    assert 'fencelock[{spec.extra}]' in str(err), err\n"
+        ).replace("m.ConfigurationError", "__import__('fencelock').ConfigurationError")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
