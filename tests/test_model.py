@@ -371,3 +371,62 @@ def test_random_primitive_sequences_keep_their_promises(lock_server: Any, name: 
         for tok in tokens:
             backend.abandon(name, tok)
         backend.close()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_random_asyncio_sequences_keep_the_lock_contract(lock_server: Any, name: str, seed: int) -> None:
+    """The asyncio face (its own clients, and for blocking-only libraries the offloading adapter
+    with its waits on the loop): one believer, fences rising, LeaseLost after expiry."""
+    from fencelock import aio
+
+    rng = random.Random(seed)
+    locks = [aio.Lock(name, lock_server.url, ttl=2.0, renew=False) for _ in range(3)]
+    leases: list[Any] = [None, None, None]
+    fences: list[int] = []
+    steps: list[str] = []
+    try:
+        for _ in range(STEPS):
+            i = rng.randrange(3)
+            lease = leases[i]
+            op = rng.choice(("acquire", "extend", "release", "expire")) if lease is not None else "acquire"
+            steps.append(f"{i}:{op}")
+            if op == "acquire":
+                if lease is not None and not lease.lost:
+                    continue
+                others = [x for j, x in enumerate(leases) if j != i and x is not None and x.held]
+                left = max((x.remaining() for x in others), default=0.0)
+                if left > MARGIN:
+                    with pytest.raises(LockTimeout):
+                        await locks[i].acquire(timeout=0.05)
+                    continue
+                got = await locks[i].acquire(timeout=left + 10)
+                assert not fences or got.fence > fences[-1], f"fence {got.fence} after {fences}: {steps}"
+                fences.append(got.fence)
+                leases[i] = got
+                await got.extend(ttl=rng.choice((0.3, 0.6, 3.0)))
+            elif op == "extend":
+                sure = lease.held and lease.remaining() > MARGIN
+                try:
+                    await lease.extend(ttl=rng.choice((0.3, 0.6, 3.0)))
+                except LeaseLost:
+                    assert not sure, f"extend of a live lease refused: {steps}"
+                    assert not lease.held
+            elif op == "release":
+                sure = lease.held and lease.remaining() > MARGIN
+                try:
+                    await lease.release()
+                except LeaseLost:
+                    assert not sure, f"release of a live lease refused: {steps}"
+                leases[i] = None
+            else:
+                await asyncio.to_thread(wait_until, lambda lease=lease: lease.lost, 10)
+                assert lease.lost and not lease.held
+            believers = [x for x in leases if x is not None and x.held]
+            assert len(believers) <= 1, f"{believers}: {steps}"
+        assert fences, steps
+    finally:
+        for x in leases:
+            if x is not None and x.held:
+                await x.release()
+        for lock in locks:
+            await lock.aclose()
