@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-# Each backend's test server registers itself in BACKENDS when imported. Plain imports: a backend
+# Each backend's test server registers itself (servers.register) when imported. Plain imports: a backend
 # whose server cannot be set up must fail the run, never drop out of the contract suite unseen.
 from servers import BACKENDS, redis_debian_server, redis_embedded_server, valkey  # noqa: F401
 from srv_postgres import postgres_server  # noqa: F401

@@ -33,11 +33,10 @@ from fencelock.backends.redis import RedisKeys
 from fencelock.embedded import EmbeddedRedis, find_server_binary
 from fencelock_chaos.servers import free_port as free_port  # one for the tests, the bench and the harness
 
-# backend name -> fixture name. Other backends register themselves here (see srv_*.py).
-BACKENDS: dict[str, str] = {
-    "redis-embedded": "redis_embedded_server",
-    "redis-debian": "redis_debian_server",
-}
+# backend name -> fixture name, and its capabilities: filled by register() only (the Redis servers
+# below, the others in their srv_*.py).
+BACKENDS: dict[str, str] = {}
+CAPABILITIES: dict[str, frozenset[str]] = {}
 
 DEBIAN_REDIS = "/usr/bin/redis-server"
 
@@ -256,12 +255,17 @@ def redis_client_for(server: RedisLockServer) -> redis.Redis:
     return server.server.client()
 
 
-# capabilities per backend name, without starting anything (used at collection time)
-CAPABILITIES: dict[str, frozenset[str]] = {
-    "redis-embedded": RedisLockServer.capabilities,
-    "redis-debian": RedisLockServer.capabilities,
-}
+def register(name: str, fixture: str, server: type[LockServer]) -> None:
+    """Put a backend's test server in the suites: ``fixture`` (a session fixture's name, imported
+    by conftest.py) yields a ``server``; its class's ``capabilities`` are read without starting
+    anything (at collection time)."""
+    BACKENDS[name] = fixture
+    CAPABILITIES[name] = server.capabilities
 
 
 def capabilities_of(backend: str) -> frozenset[str]:
     return CAPABILITIES[backend]
+
+
+register("redis-embedded", "redis_embedded_server", RedisLockServer)
+register("redis-debian", "redis_debian_server", RedisLockServer)

@@ -217,5 +217,4 @@ def postgres_server() -> Iterator[PostgresLockServer]:
         server.stop()
 
 
-servers.BACKENDS["postgres"] = "postgres_server"
-servers.CAPABILITIES["postgres"] = PostgresLockServer.capabilities
+servers.register("postgres", "postgres_server", PostgresLockServer)

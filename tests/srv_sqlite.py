@@ -1,6 +1,6 @@
 """The SQLite "server" for the contract suite: a lock file in a temp dir (there is no process).
 
-Registers itself in ``servers.BACKENDS`` at import (conftest imports it). Capabilities: only what a
+Registers itself (``servers.register``) at import (conftest imports it). Capabilities: only what a
 file honestly has: an operator can delete a lock row (``delete_key``) or make it expire now
 (``expire_key``); waiters are served in arrival order (``fifo``); names hold counted leases
 (semaphores, read-write locks: ``counted``). There is no server to pause,
@@ -65,5 +65,4 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteLo
     yield SqliteLockServer(tmp_path_factory.mktemp("sqlite") / "locks.db")
 
 
-servers.BACKENDS["sqlite"] = "sqlite_server"
-servers.CAPABILITIES["sqlite"] = SqliteLockServer.capabilities
+servers.register("sqlite", "sqlite_server", SqliteLockServer)

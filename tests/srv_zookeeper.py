@@ -1,6 +1,6 @@
 """A real ZooKeeper for the test run: Debian's jar, a private zoo.cfg, a free loopback port.
 
-Registers itself in ``servers.BACKENDS`` / ``servers.CAPABILITIES`` at import, so the contract
+Registers itself (``servers.register``) at import, so the contract
 suite runs against it. The server is started once per session and stopped by its pid.
 
 Capabilities, honestly:
@@ -106,8 +106,7 @@ class ZooKeeperLockServer(servers.LockServer):
             self.server.stop()
 
 
-servers.BACKENDS["zookeeper"] = "zookeeper_server"
-servers.CAPABILITIES["zookeeper"] = ZooKeeperLockServer.capabilities
+servers.register("zookeeper", "zookeeper_server", ZooKeeperLockServer)
 
 
 @pytest.fixture(scope="session")

@@ -70,5 +70,7 @@ __all__ = [
     "Semaphore",
     "StaleFence",
     "__version__",
-    *(spec.export for spec in REGISTRY),
+    # `from fencelock import *` imports what is in __all__: only the backends without an optional
+    # client library (the others are imported by name, with a message naming their extra)
+    *(spec.export for spec in REGISTRY if spec.extra is None),
 ]

@@ -15,7 +15,15 @@ from ._async.primitives import AsyncSemaphore as Semaphore
 from ._async.primitives import Leader
 from .backends import REGISTRY
 
-__all__ = ["Election", "Leader", "Lease", "Lock", "ReadWriteLock", "Semaphore", *(spec.export for spec in REGISTRY)]
+__all__ = [
+    "Election",
+    "Leader",
+    "Lease",
+    "Lock",
+    "ReadWriteLock",
+    "Semaphore",
+    *(spec.export for spec in REGISTRY if spec.extra is None),  # import * needs no optional library
+]
 
 
 def __getattr__(name: str) -> object:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from fencelock.backends import url_help
+
 __all__ = ["COMMANDS", "consume", "demo", "produce"]
 
 
@@ -68,7 +70,7 @@ Exit status:
   64  bad usage (options, arguments, --lock or --db URL, a missing driver such as psycopg)
 """)
 @click.option("--share", required=True, type=click.Path(file_okay=False), help="The shared folder.")
-@click.option("--lock", "lock_url", required=True, help="Lock server URL (redis://, unix://, zk://, sqlite:///).")
+@click.option("--lock", "lock_url", required=True, help=f"Lock server URL ({url_help()}).")
 @click.option("--db", required=True, help="Database: sqlite:///path/demo.db (or a path) or postgresql://...")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Consumer processes.")
 @click.option("--id", "ident", default="", help="Consumer id in logs and the history (default host:pid).")
@@ -141,8 +143,8 @@ Exit status:
 @click.option("--lines", default=10_000, show_default=True, type=click.IntRange(1))
 @click.option("--bad", default=1, show_default=True, type=click.IntRange(0), help="Files made bad on purpose.")
 @click.option("--seed", type=int, help="Producer seed (repeatable data).")
-@click.option("--lock", "lock_url", help="Use this lock server instead of the embedded one (redis://..., zk://..., "
-              "sqlite:///..., postgresql://...); checked before any consumer starts.")
+@click.option("--lock", "lock_url", help=f"Use this lock server instead of the embedded one ({url_help()}); "
+              "checked before any consumer starts.")
 @click.option("--db", help="Use this database instead of SQLite in the work folder (postgresql://...). "
               "Its demo tables are emptied at start.")
 @click.option("--fencing/--no-fencing", default=True, show_default=True,

@@ -60,8 +60,8 @@ R = TypeVar("R")
 class Lock:
     """A named distributed lock. Acquiring it yields a lease (``Lease``) carrying a fencing token.
 
-    ``backend`` is a URL (``redis://``, ``rediss://``, ``unix://``, ``zk://``, ``sqlite:///``), a
-    client object of your own (used as is, never closed by us), or a backend instance.
+    ``backend`` is a URL of any registered backend (``fencelock.backends.url_help()`` lists them),
+    a client object of your own (used as is, never closed by us), or a backend instance.
 
     - ``ttl``: lease length in seconds (at most 30 days). A crashed holder blocks others for at most
       this long.

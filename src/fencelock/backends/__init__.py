@@ -4,10 +4,12 @@
 (imported only when used, so an optional client library is needed only by those who use it), which
 client objects of the user's it accepts as is, and which extra installs its library. Everything
 that needs to know the backends reads it: ``open_backend`` / ``open_async_backend``, the lazy
-exports of ``fencelock`` and ``fencelock.aio``, the "unsupported URL" message, the CLI's help.
+exports of ``fencelock`` and ``fencelock.aio`` (in their ``__all__`` only when no extra is needed,
+so that ``import *`` works on the base install), the "unsupported URL" message, the CLI's help.
 
 A new backend: a package under ``fencelock/backends/``, one ``BackendSpec`` below, and a test
-server fixture registered in ``tests/servers.py``'s ``BACKENDS`` (the contract suite then runs on it).
+server fixture put in the suites with ``tests/servers.py``'s ``register`` (see docs/architecture.md,
+"Adding a backend").
 """
 
 from __future__ import annotations

@@ -53,6 +53,19 @@ Optional abilities are small protocols, checked with ``isinstance`` once per bac
   its session timeout); a lock with a longer ``ttl`` is shortened to it, renewal in proportion.
 - ``ForceReleases`` and ``KnowsLastFence``: what the operator CLI can use when it is there
   (``fencelock release --force``, the last fence in ``fencelock status``).
+- ``WaitsOnLoop``: a blocking backend's ``async_wait`` coroutine, which ``offload.Offloaded`` uses
+  for its asyncio ``wait`` (see below).
+
+``OPTIONAL`` lists them with the attribute each names; wrappers (``Passthrough``, ``Offloaded``)
+take exactly the abilities of what they wrap from it, so a new ability is one protocol added there.
+
+Construction (what the registry in ``backends/__init__.py`` calls; not part of the protocols,
+which describe instances): each class has a ``from_url(url)`` classmethod, which parses the URL
+without I/O and raises ``ConfigurationError`` for a bad one; a backend that takes users' own
+clients (``BackendSpec.clients``) is made with ``cls(client)``, or ``cls.for_client(client)`` when
+it has one (to share one instance among the locks given the same client), and never closes that
+client. A ``request_timeout`` attribute (seconds) is the bound on one call to a server that does
+not answer (below).
 
 How a backend serves both APIs (pick by what its client library offers):
 
@@ -84,9 +97,12 @@ __all__ = [
     "LockInfo",
     "LossCallback",
     "Passthrough",
+    "OPTIONAL",
     "Unsubscribe",
+    "WaitsOnLoop",
     "WatchesLoss",
     "check_counted",
+    "optional_abilities",
 ]
 
 RW_LIMIT = 1 << 30
@@ -225,6 +241,29 @@ class KnowsLastFence(Protocol):
         ...
 
 
+@runtime_checkable
+class WaitsOnLoop(Protocol):
+    """A blocking backend that can also wait on the event loop, on its library's own wake-up
+    source (``offload.Offloaded`` uses it instead of holding a worker thread for the wait)."""
+
+    async def async_wait(self, key: str, token: str, timeout: float) -> int | None: ...
+
+
+OPTIONAL: tuple[tuple[type, str], ...] = (
+    (WatchesLoss, "watch_loss"),
+    (CapsLease, "max_lease"),
+    (ForceReleases, "force_release"),
+    (KnowsLastFence, "last_fence"),
+    (WaitsOnLoop, "async_wait"),
+)
+"""Every optional ability: its protocol and the attribute it names (one each)."""
+
+
+def optional_abilities(backend: object) -> list[str]:
+    """The attributes of the optional abilities ``backend`` has, each asked with ``isinstance``."""
+    return [attr for protocol, attr in OPTIONAL if isinstance(backend, protocol)]
+
+
 class Passthrough:
     """A blocking backend that forwards every primitive to ``inner``: subclass it to observe or
     hook some of them (the CLI notes the grant, the demo records renewals, tests delay replies).
@@ -238,8 +277,8 @@ class Passthrough:
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.name = inner.name
-        for attr in ("watch_loss", "max_lease", "force_release", "last_fence"):
-            if hasattr(inner, attr):
+        for attr in optional_abilities(inner):
+            if attr != "async_wait":  # a blocking wrapper has no event loop to wait on
                 setattr(self, attr, getattr(inner, attr))
 
     def try_acquire(

@@ -4,8 +4,8 @@ For backends whose client library is blocking only (sqlite3, kazoo): see "How a 
 APIs" in ``base``. ``Offloaded`` wraps the blocking backend; a backend whose ``wait`` would hold a
 thread for long gives its blocking class an ``async_wait`` coroutine that waits on the library's own
 wake-up source instead (a socket read on the loop, a watch callback turned into a future), and the
-adapter uses it. Optional abilities (``watch_loss``, ``max_lease``, ``force_release``,
-``last_fence``) are passed through only when the blocking backend has them.
+adapter uses it. Optional abilities (``base.OPTIONAL``) are passed through only when the blocking
+backend has them.
 """
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .base import Attempt, Backend, LockInfo
+from .base import Attempt, Backend, LockInfo, optional_abilities
 
 __all__ = ["Offloaded", "off_loop"]
 
 T = TypeVar("T")
+
+_BLOCKING_CALLS = frozenset({"force_release", "last_fence"})
+"""Optional abilities that are server calls: awaited here, in a worker thread (``watch_loss``
+registers a callback and ``max_lease`` is a number: both are used as they are)."""
 
 
 async def off_loop(fn: Callable[..., T], *args: Any) -> T:
@@ -59,17 +63,16 @@ class Offloaded:
     def __init__(self, sync: Backend) -> None:
         self.sync = sync
         self.name = sync.name
-        self._native_wait = getattr(sync, "async_wait", None)
-        # Optional abilities, present here exactly when the blocking backend has them. Instance
-        # attributes, not __getattr__: Python 3.12+ checks runtime protocols with getattr_static.
-        if hasattr(sync, "watch_loss"):
-            self.watch_loss = sync.watch_loss
-        if hasattr(sync, "max_lease"):
-            self.max_lease = sync.max_lease
-        for attr in ("force_release", "last_fence"):
-            fn = getattr(sync, attr, None)
-            if fn is not None:
-                setattr(self, attr, functools.partial(off_loop, fn))
+        found = optional_abilities(sync)
+        self._native_wait = sync.async_wait if "async_wait" in found else None  # type: ignore[attr-defined]
+        # Optional abilities, present here exactly when the blocking backend has them (asked with
+        # isinstance, base.OPTIONAL). Instance attributes, not __getattr__: Python 3.12+ checks
+        # runtime protocols with getattr_static. The blocking calls among them go to a thread.
+        for attr in found:
+            if attr in _BLOCKING_CALLS:
+                setattr(self, attr, functools.partial(off_loop, getattr(sync, attr)))
+            elif attr != "async_wait":  # used by wait() below, not an ability of the asyncio face
+                setattr(self, attr, getattr(sync, attr))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {self.sync!r}>"
