@@ -301,6 +301,31 @@ def test_functions_an_older_version_wrote_are_brought_up_to_date_on_first_use(
         pg.query(f"DROP SCHEMA {schema} CASCADE")
 
 
+def test_a_role_that_cannot_replace_another_versions_functions_is_told_to_ask_the_owner(
+    pg: PostgresLockServer, roles: tuple[str, str, str], name: str
+) -> None:
+    """After an upgrade, a role with only USAGE meets functions it may not replace: the message says
+    so (before, it asked for CREATE on the database to create a schema that exists)."""
+    schema, user, _ = roles
+    for (stamp,) in pg.query(
+        "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = %s AND p.proname LIKE 'layout\\_%%'",
+        (schema,),
+    ):
+        pg.query(f"DROP FUNCTION {schema}.{stamp}()")  # as if an older version had made the schema
+    lock = fencelock.Lock(name, _role_url(pg, user, schema), ttl=5)
+    with pytest.raises(fencelock.BackendRejected) as info:
+        lock.try_acquire()
+    message = str(info.value)
+    assert "another fencelock version" in message and "owner" in message, message
+    assert "CREATE on the database" not in message, message
+    owner = fencelock.Lock(name, _role_url(pg, "postgres", schema), ttl=5)  # the owner's first call
+    owner.try_acquire().release()
+    lease = lock.try_acquire()  # and the role locks again, on the new bodies
+    assert lease is not None
+    lease.release()
+
+
 # -- the server restarted, a backend terminated ----------------------------------------------------
 
 

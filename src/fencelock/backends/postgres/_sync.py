@@ -38,7 +38,13 @@ WAIT_CAP = REFRESH_MS / 1000
 
 
 class _MissingLayout(Exception):
-    """The schema or its functions are not there yet (first use): create them, then ask again."""
+    """The schema or its functions are not there yet (first use), or are another fencelock
+    version's (``schema.stamp``): create them, then ask again. ``schema_exists``: only functions
+    are missing (an upgrade, when the schema was made before)."""
+
+    def __init__(self, message: str, schema_exists: bool) -> None:
+        super().__init__(message)
+        self.schema_exists = schema_exists
 
 
 class _Conflict(Exception):
@@ -207,7 +213,7 @@ class PostgresBackend:
                 if abandoned:  # after disarm: a closed fd may be reused, the watchdog must not touch it
                     _drop(conn)
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as err:
-            raise _MissingLayout(str(err)) from err
+            raise _MissingLayout(str(err), isinstance(err, psycopg.errors.UndefinedFunction)) from err
         except (
             psycopg.errors.SerializationFailure,
             psycopg.errors.DeadlockDetected,
@@ -242,7 +248,19 @@ class PostgresBackend:
                         f"creating them ({err}); is another fencelock version using this schema?"
                     ) from err
                 created = True
-                self.create_schema()
+                try:
+                    self.create_schema()
+                except BackendRejected as refused:
+                    if not err.schema_exists:
+                        raise
+                    # The schema is there, its functions are another version's (or some are gone):
+                    # this role may lock in it but not replace them; say what to do, not "create".
+                    raise BackendRejected(
+                        f"postgresql: the fencelock functions in schema {self.schema} are from another "
+                        "fencelock version (or missing), and this role cannot replace them: have the "
+                        "schema's owner bring them up to date once (any fencelock call as that role, or "
+                        "PostgresBackend(...).create_schema())"
+                    ) from refused
             except _Conflict as err:
                 # Rolled back whole (its own transaction): safe to ask again. The lock functions
                 # expect READ COMMITTED, where this does not happen; under repeatable read or
