@@ -326,6 +326,39 @@ def test_a_role_that_cannot_replace_another_versions_functions_is_told_to_ask_th
     lease.release()
 
 
+def test_bringing_functions_up_to_date_drops_other_versions_stamps(pg: PostgresLockServer, name: str) -> None:
+    """The last version to install the bodies owns them: another version's stamp is dropped, so a
+    client of that version reinstalls its own instead of running bodies it was not written for."""
+    schema = f"mix_{uuid.uuid4().hex[:8]}"
+    url = _role_url(pg, "postgres", schema)
+
+    def stamps() -> list[str]:
+        rows = pg.query(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %s AND p.proname LIKE 'layout\\_%%' ORDER BY 1",
+            (schema,),
+        )
+        return [r[0] for r in rows]
+
+    try:
+        fencelock.Lock(name, url, ttl=5).try_acquire().release()
+        ours = stamps()
+        assert len(ours) == 1
+        # another version installed its bodies after ours: its stamp, ours gone
+        pg.query(f"DROP FUNCTION {schema}.{ours[0]}()")
+        pg.query(
+            f"CREATE FUNCTION {schema}.layout_0123456789abcdef() RETURNS boolean LANGUAGE sql AS $f$ SELECT true $f$"
+        )
+        fresh = PostgresBackend.from_url(url)
+        try:
+            assert fresh.last_fence(name) > 0
+        finally:
+            fresh.close()
+        assert stamps() == ours, "ours back, the other version's gone (its clients will reinstall theirs)"
+    finally:
+        pg.query(f"DROP SCHEMA {schema} CASCADE")
+
+
 # -- the server restarted, a backend terminated ----------------------------------------------------
 
 

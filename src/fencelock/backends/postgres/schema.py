@@ -439,6 +439,17 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$ SELECT {vers
 
 -- The stamp of these exact function bodies (see stamp() in schema.py): every call names it, so a
 -- client of another fencelock version finds it missing and brings the functions up to date first.
+-- Other versions' stamps go: the bodies are ours now, and their clients will reinstall theirs.
+DO $d$
+DECLARE f record;
+BEGIN
+    FOR f IN SELECT p.proname FROM pg_catalog.pg_proc p
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = '{s}' AND p.proname LIKE 'layout\_%' AND p.proname <> '{stamp}' LOOP
+        EXECUTE pg_catalog.format('DROP FUNCTION %I.%I()', '{s}', f.proname);
+    END LOOP;
+END
+$d$;
 CREATE OR REPLACE FUNCTION {s}.{stamp}() RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$ SELECT true $f$;
 
