@@ -39,6 +39,27 @@ def name() -> str:
     return f"pgadv:{uuid.uuid4().hex[:12]}"
 
 
+async def _async_lock(stack: contextlib.AsyncExitStack, pg: PostgresLockServer, kind: str, name: str) -> Any:
+    """An asyncio lock on a URL, the user's own AsyncConnection or their AsyncConnectionPool
+    (``kind``), closed with ``stack``."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from fencelock import aio
+
+    if kind == "url":
+        client: Any = pg.url
+    elif kind == "connection":
+        client = await psycopg.AsyncConnection.connect(pg.url, autocommit=True)
+        stack.push_async_callback(client.close)
+    else:
+        client = AsyncConnectionPool(pg.url, min_size=1, max_size=2, open=False)
+        await client.open()
+        stack.push_async_callback(client.close)
+    lock = aio.Lock(name, client, ttl=30, renew=False)
+    stack.push_async_callback(lock.aclose)
+    return lock
+
+
 # -- your own connection, with a transaction of yours open on it ------------------------------------
 
 
@@ -239,24 +260,11 @@ async def test_a_cancel_while_the_acquire_waits_in_the_server_leaves_nothing(
     it ran on serves the next call."""
     import asyncio
 
-    from psycopg_pool import AsyncConnectionPool
-
-    from fencelock import aio
 
     fencelock.Lock(name, pg.url, ttl=1, renew=False).try_acquire().release()  # the row exists
     blocker = psycopg.connect(pg.url)
     async with contextlib.AsyncExitStack() as stack:
-        if kind == "url":
-            client: Any = pg.url
-        elif kind == "connection":
-            client = await psycopg.AsyncConnection.connect(pg.url, autocommit=True)
-            stack.push_async_callback(client.close)
-        else:
-            client = AsyncConnectionPool(pg.url, min_size=1, max_size=2, open=False)
-            await client.open()
-            stack.push_async_callback(client.close)
-        lock = aio.Lock(name, client, ttl=30, renew=False)
-        stack.push_async_callback(lock.aclose)
+        lock = await _async_lock(stack, pg, kind, name)
         try:
             blocker.execute("SELECT 1 FROM fencelock.fence WHERE name = %s FOR UPDATE", (name,))
             task = asyncio.ensure_future(lock.acquire(timeout=WAIT))
@@ -573,22 +581,9 @@ async def test_a_cancel_while_release_or_extend_waits_in_the_server(
     serves the next call."""
     import asyncio
 
-    from psycopg_pool import AsyncConnectionPool
-
-    from fencelock import aio
 
     async with contextlib.AsyncExitStack() as stack:
-        if kind == "url":
-            client: Any = pg.url
-        elif kind == "connection":
-            client = await psycopg.AsyncConnection.connect(pg.url, autocommit=True)
-            stack.push_async_callback(client.close)
-        else:
-            client = AsyncConnectionPool(pg.url, min_size=1, max_size=2, open=False)
-            await client.open()
-            stack.push_async_callback(client.close)
-        lock = aio.Lock(name, client, ttl=30, renew=False)
-        stack.push_async_callback(lock.aclose)
+        lock = await _async_lock(stack, pg, kind, name)
         lease = await lock.acquire(timeout=5)
         before = lease.remaining()
         blocker = psycopg.connect(pg.url)
