@@ -159,19 +159,19 @@ class AsyncRedisBackend:
         if limit != 1 or weight != 1:
             return await self._try_counted(key, token, ttl_ms, label, queue, limit, weight)
         k = self._keys.get(key) or self.keys(key)
+        # one key: the script derives the others from the lock key (see ACQUIRE in scripts.py)
         if self.wait_replicas:
-            args = [token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS]
-            granted, value = await self._replicated(key, "acquire", _ACQUIRE, k.all4(), args)
+            args = [token, ttl_ms, label, "1" if queue else "0"]
+            granted, value = await self._replicated(key, "acquire", _ACQUIRE, [k.lock], args)
         else:
             try:
                 granted, value = await self.client.execute_command(
-                    "EVALSHA", _ACQUIRE.sha, 4, k.lock, k.fence, k.queue, k.alive,
-                    token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS,
-                )  # fmt: skip
+                    "EVALSHA", _ACQUIRE.sha, 1, k.lock, token, ttl_ms, label, "1" if queue else "0"
+                )
             except Exception as err:
-                granted, value = await self._retry(err, "acquire", _ACQUIRE, k.all4(), [
-                    token, ttl_ms, label, "1" if queue else "0", REGISTRATION_MS
-                ])  # fmt: skip
+                granted, value = await self._retry(
+                    err, "acquire", _ACQUIRE, [k.lock], [token, ttl_ms, label, "1" if queue else "0"]
+                )
         if int(granted) == 1:  # the common case first: one comparison, no call
             return Attempt(fence=int(value))
         return _attempt(key, 1, int(granted), int(value))
@@ -269,11 +269,9 @@ class AsyncRedisBackend:
     async def release(self, key: str, token: str) -> bool:
         k = self._keys.get(key) or self.keys(key)
         try:
-            done = await self.client.execute_command(
-                "EVALSHA", _RELEASE.sha, 4, k.lock, k.fence, k.queue, k.alive, token
-            )
+            done = await self.client.execute_command("EVALSHA", _RELEASE.sha, 1, k.lock, token)
         except Exception as err:
-            done = await self._retry(err, "release", _RELEASE, k.all4(), [token])
+            done = await self._retry(err, "release", _RELEASE, [k.lock], [token])
         return int(done) != 0
 
     async def inspect(self, key: str) -> LockInfo | None:

@@ -16,9 +16,10 @@ def _tag(name: str) -> str:
 class RedisKeys:
     """Key names of one lock (see the package docstring for what each holds).
 
-    The scripts of the mutex path receive only ``all4()`` and derive the counted keys from the
-    lock key by the same suffixes (``counted_keys`` in scripts.py): a shorter EVALSHA keeps
-    the mutex's client time down, and a derived key has the same hash tag, so the same slot."""
+    The mutex's hot scripts (ACQUIRE, RELEASE, EXTEND) receive only ``lock`` and ABANDON ``all4()``;
+    they derive the other keys from the lock key by the same suffixes (``counted_keys`` in
+    scripts.py): a shorter EVALSHA keeps the mutex's client time down, and a derived key has the
+    same hash tag, so the same slot."""
 
     __slots__ = ("alive", "calive", "cqueue", "fence", "holders", "leases", "lock", "permits", "queue")
 

@@ -353,17 +353,20 @@ end
 # need none of them. Lua only makes a closure when the line that defines it runs.
 _ACQUIRE_FAST = """
 -- ACQUIRE: the mutex (limit 1, weight 1). One round trip: SET NX PX and mint the fence.
--- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive (the counted keys are derived)
--- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] holder label, ARGV[4] '1' to queue when busy,
--- ARGV[5] waiter registration ms
+-- KEYS[1] lock (the fence counter, the queue and the counted keys are derived from it, by the
+-- suffixes of keys.py: every key or argument an EVALSHA carries costs the client about 1.5 us to
+-- encode, on every call); ARGV[1] token, ARGV[2] ttl ms, ARGV[3] holder label, ARGV[4] '1' to
+-- queue when busy
 -- returns {1, fence} when granted (also when the lock was handed to us meanwhile),
 --         {0, pttl}  when busy (pttl of the holder's key in ms; -2 when free but others wait first;
 --                    -3 when free but the queue's head is not known yet: poll again at once),
 --         {-1, limit} when the name is in counted use with that limit: nothing changed
 local token = ARGV[1]
+local base = string.sub(KEYS[1], 1, -5)
+local fence_key, queue_key = base .. 'fence', base .. 'queue'
 local cur = redis.call('GET', KEYS[1])
 -- free, nobody queued, no counted use (one EXISTS for both): mint the fence (as mint() below) and take it
-if not cur and redis.call('EXISTS', KEYS[3], string.sub(KEYS[1], 1, -5) .. 'permits') == 0 then
+if not cur and redis.call('EXISTS', queue_key, base .. 'permits') == 0 then
   if redis.replicate_commands then redis.replicate_commands() end
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -371,15 +374,15 @@ if not cur and redis.call('EXISTS', KEYS[3], string.sub(KEYS[1], 1, -5) .. 'perm
   local s = string.format('%.0f', now)
   -- store the clock and read the last fence in one call; a counter ahead of the clock (a burst, or
   -- a clock that stepped back) is stored again: the fence is max(last + 1, now)
-  local last = redis.pcall('SET', KEYS[2], s, 'PX', keep, 'GET')
+  local last = redis.pcall('SET', fence_key, s, 'PX', keep, 'GET')
   local stored = type(last) ~= 'table'  -- an error table: before Redis 6.2 (no SET ... GET)
-  if not stored then last = redis.call('GET', KEYS[2]) end
+  if not stored then last = redis.call('GET', fence_key) end
   last = tonumber(last or '0') or 0
   if last + 1 > now then
     s = string.format('%.0f', last + 1)
     stored = false
   end
-  if not stored then redis.call('SET', KEYS[2], s, 'PX', keep) end
+  if not stored then redis.call('SET', fence_key, s, 'PX', keep) end
   redis.call('SET', KEYS[1], token .. ':' .. s .. ':' .. ARGV[3], 'PX', ARGV[2])
   return {1, s}
 end
@@ -401,11 +404,11 @@ if cur then
 else
   local now = now_us()
   -- one EXISTS for the queue and the counted state (permits): both absent is the common case
-  local permits = string.sub(KEYS[1], 1, -5) .. 'permits'
-  local present = redis.call('EXISTS', KEYS[3], permits)
+  local permits = base .. 'permits'
+  local present = redis.call('EXISTS', queue_key, permits)
   local queued = false
   if present > 0 then
-    queued = redis.call('EXISTS', KEYS[3]) == 1
+    queued = redis.call('EXISTS', queue_key) == 1
     if present > (queued and 1 or 0) then
       -- the limit binds while the counted use has a live holder or waiter
       local limit = nil
@@ -420,16 +423,16 @@ else
     end
   end
   local h = nil
-  if queued then h = head(KEYS[3], KEYS[1]) end
+  if queued then h = head(queue_key, KEYS[1]) end
   if h == false then
     busy = -3
   elseif (not h) or h == token then
-    local f = mint(KEYS[2], now, tonumber(ARGV[2]))
+    local f = mint(fence_key, now, tonumber(ARGV[2]))
     redis.call('SET', KEYS[1], token .. ':' .. f .. ':' .. ARGV[3], 'PX', ARGV[2])
     if queued then
       -- our own entry always goes, wherever it stands: a grantee left in the queue would later be
       -- handed the lock again after it finished
-      redis.call('ZREM', KEYS[3], token)
+      redis.call('ZREM', queue_key, token)
       redis.call('DEL', KEYS[1] .. ':reg:' .. token)
     end
     return {1, f}
@@ -437,13 +440,13 @@ else
 end
 if ARGV[4] == '1' then
   -- queue (a place kept by ZADD NX: a poll does not move us back) and register as alive: the
-  -- registration key expires ARGV[5] ms after our last poll, so no stamp (and no TIME) is needed for it
-  redis.call('ZADD', KEYS[3], 'NX', now_us(), token)
-  redis.call('SET', KEYS[1] .. ':reg:' .. token, ARGV[2] .. '|' .. ARGV[3], 'PX', ARGV[5])
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  -- registration key expires REGISTRATION_MS after our last poll, so no stamp (and no TIME) is needed for it
+  redis.call('ZADD', queue_key, 'NX', now_us(), token)
+  redis.call('SET', KEYS[1] .. ':reg:' .. token, ARGV[2] .. '|' .. ARGV[3], 'PX', REGISTRATION_MS_VALUE)
+  redis.call('PEXPIRE', queue_key, REGISTRATION_MS_VALUE)
 end
 return {0, busy or redis.call('PTTL', KEYS[1])}
-"""
+""".replace("REGISTRATION_MS_VALUE", str(REGISTRATION_MS))
 )
 
 ACQUIRE_COUNTED = (
@@ -587,18 +590,20 @@ return 1
 RELEASE = (
     """
 -- RELEASE: delete-if-token-matches, or hand the freed lock or permits to the first live waiters.
--- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue, KEYS[4] alive (the counted keys are derived)
+-- KEYS[1] lock (the fence counter, the queue and the counted keys are derived from it, as in ACQUIRE)
 -- ARGV[1] token
 -- returns 0 when the lease was not ours (expired; maybe taken): nothing is changed;
 --         1 when released; 2 when released and handed over to waiters
 -- ours and nobody waits (the common case, as release() below does it): delete
+local base = string.sub(KEYS[1], 1, -5)
+local queue_key = base .. 'queue'
 local cur = redis.call('GET', KEYS[1])
 local mine = cur and string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. ':'
 -- the queue's head batch, read at once (as cheap as an EXISTS when nobody waits, and a handoff
 -- needs it anyway): HEAD_BATCH of head() below
 local batch = nil
 if mine then
-  batch = redis.call('ZRANGE', KEYS[3], 0, 63)
+  batch = redis.call('ZRANGE', queue_key, 0, 63)
   if #batch == 0 then
     redis.call('DEL', KEYS[1])
     return 1
@@ -608,7 +613,7 @@ end
     + _PREAMBLE
     + _RELEASE_FN
     + """
-return release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], false, cur or false, batch)
+return release(KEYS[1], base .. 'fence', queue_key, ARGV[1], false, cur or false, batch)
 """
 )
 
