@@ -558,7 +558,7 @@ def test_a_release_that_finds_the_lease_gone_fires_on_lost_too(lock_server: Any,
 
 
 @pytest.mark.needs("counted")
-@pytest.mark.parametrize("call", ["leader", "rw_inspect"])
+@pytest.mark.parametrize("call", ["leader", "rw_inspect", "lock_inspect"])
 async def test_a_cancel_that_a_library_swallows_still_stops_leader_and_inspect(
     lock_server: Any, name: str, call: str
 ) -> None:
@@ -581,8 +581,10 @@ async def test_a_cancel_that_a_library_swallows_still_stops_leader_and_inspect(
     swallowing.inspect = swallow  # type: ignore[attr-defined]
     if call == "leader":
         coro = aio.Election(name, swallowing, value="observer", ttl=30).leader()
-    else:
+    elif call == "rw_inspect":
         coro = aio.ReadWriteLock(name + ":rw", swallowing, ttl=30).inspect()
+    else:
+        coro = aio.Lock(name, swallowing, ttl=30).inspect()
     task = asyncio.create_task(coro)
     await asyncio.wait_for(inside.wait(), 10)
     task.cancel()
@@ -591,7 +593,9 @@ async def test_a_cancel_that_a_library_swallows_still_stops_leader_and_inspect(
     if sys.version_info >= (3, 11):
         assert task.cancelled(), f"the swallowed cancel did not stop {call}: it returned {outcome!r}"
     else:  # 3.10 counts no cancel requests: a swallowed one cannot be seen (documented)
-        assert outcome[0] is None or isinstance(outcome[0], (asyncio.CancelledError, fencelock.Leader))
+        assert outcome[0] is None or isinstance(
+            outcome[0], (asyncio.CancelledError, fencelock.Leader, fencelock.LockInfo)
+        )
 
 
 async def test_a_cancel_that_a_library_swallows_still_stops_the_acquire(lock_server: Any, name: str) -> None:
@@ -621,6 +625,50 @@ async def test_a_cancel_that_a_library_swallows_still_stops_the_acquire(lock_ser
     else:  # 3.10 counts no cancel requests: a swallowed one cannot be seen (documented)
         assert isinstance(outcome[0], (fencelock.LockTimeout, asyncio.CancelledError))
     probe = await aio.Lock(name, lock_server.url, ttl=5).acquire(timeout=5)  # nothing left behind
+    await probe.release()
+
+
+@pytest.mark.parametrize("how", ["release", "async-with"])
+async def test_a_cancel_that_a_library_swallows_still_stops_the_release(
+    lock_server: Any, name: str, how: str
+) -> None:
+    """Found by the stress test (redis-debian, seed 1, in CI): a task cancelled while its release
+    was completing returned normally (redis.asyncio's wait_for on <= 3.11 swallowed the cancel).
+    The hooked release swallows a cancel the same way: the release is applied, then the task must
+    still end cancelled."""
+    swallowing = AsyncHooked(lock_server.url)
+    inside = asyncio.Event()
+    real_release = swallowing.inner.release
+
+    async def swallow(key: str, token: str) -> Any:
+        inside.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return await real_release(key, token)  # swallowed: the result is returned instead
+        return await real_release(key, token)
+
+    swallowing.release = swallow  # type: ignore[method-assign]
+    lock = aio.Lock(name, swallowing, ttl=30, renew=False)
+
+    async def section() -> str:
+        if how == "release":
+            lease = await lock.acquire(timeout=5)
+            await lease.release()
+        else:
+            async with lock:
+                pass
+        return "returned"
+
+    task = asyncio.create_task(section())
+    await asyncio.wait_for(inside.wait(), 10)
+    task.cancel()
+    outcome = await asyncio.gather(task, return_exceptions=True)
+    if sys.version_info >= (3, 11):
+        assert task.cancelled(), f"the swallowed cancel did not stop the release: {outcome!r}"
+    else:  # 3.10 counts no cancel requests: a swallowed one cannot be seen (documented)
+        assert outcome[0] == "returned" or isinstance(outcome[0], asyncio.CancelledError)
+    probe = await aio.Lock(name, lock_server.url, ttl=5).acquire(timeout=1)  # the release was applied
     await probe.release()
 
 

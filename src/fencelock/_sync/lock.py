@@ -264,8 +264,15 @@ class Lock:
         return lease
 
     def inspect(self) -> LockInfo | None:
-        """Who holds the lock now (fence, holder label, time left), or None when free."""
-        return self._backend.inspect(self.name)
+        """Who holds the lock now (fence, holder label, time left), or None when free.
+
+        A cancellation that arrives as the read completes is passed on even if the client library
+        swallowed it (``asyncio.wait_for`` on Python <= 3.11, around every redis command):
+        a task that asks who holds, then is told to stop, must stop."""
+        cancels = _compat.cancel_requests()
+        info = self._backend.inspect(self.name)
+        _compat.check_cancel(cancels)
+        return info
 
     def __enter__(self) -> Lease:
         lease = self.acquire()
@@ -487,6 +494,9 @@ class Lease:
         self._stop_background()
         was_lost = self._lost_reason
         backend = self._lock._ops()
+        # As in _acquire: a cancellation that a library swallowed as the release completed is still
+        # counted on the task, and the task must stop (found by the stress test, in CI).
+        cancels = _compat.cancel_requests()
         # Shielded: a cancellation while the release is in flight must not leave the key behind.
         ok = _compat.shielded(lambda: backend.release(self.name, self.token))
         log.debug("released %r fence=%d holder=%s ok=%s", self.name, self.fence, self._lock._params.label, ok)
@@ -497,7 +507,9 @@ class Lease:
                 with self._mutex:
                     self._lost_reason = reason
                 self._signal_loss(reason, interrupt=False)
+            _compat.check_cancel(cancels)  # the stop asked for goes first; on_lost has fired
             raise LeaseLost(self.name, self.fence, reason)
+        _compat.check_cancel(cancels)
 
     def __enter__(self) -> Lease:
         return self
