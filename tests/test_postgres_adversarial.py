@@ -653,6 +653,47 @@ def test_a_pool_against_a_frozen_server_is_bounded_and_recovers(
         lease.release()
 
 
+@pytest.mark.parametrize("via", ["pool", "url"])
+def test_a_watchdog_that_fires_as_the_answer_arrives_does_not_leave_a_dead_connection(
+    pg: PostgresLockServer, name: str, via: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by CI (the frozen-pool test, under load): a call's answer arrived just as its
+    request_timeout ran out, so the watchdog shut the socket down after the answer was read. The
+    call returned its (valid) answer and the cut connection went back to the pool, or stayed the
+    backend's own: the next call on a healthy server failed with "server closed the connection
+    unexpectedly". Here disarm is made late on purpose, past the deadline, for one call."""
+    from fencelock.backends.postgres import watchdog as wd
+
+    real_disarm = wd.WATCHDOG.disarm
+    late = {"left": 1}
+
+    def disarm_late(ticket: int) -> bool:
+        if late["left"] > 0:
+            late["left"] -= 1
+            time.sleep(0.3 + 3 * wd.TICK)  # past the 0.3 s deadline: the watchdog cuts the socket now
+        return real_disarm(ticket)
+
+    def run(backend: PostgresBackend) -> None:
+        lock = fencelock.Lock(name, backend, ttl=5, renew=False)
+        lock.try_acquire().release()  # the connection is made (and our schema is there)
+        monkeypatch.setattr(wd.WATCHDOG, "disarm", disarm_late)
+        lease = lock.try_acquire()  # answered in time, cut under it before disarm
+        assert lease is not None and late["left"] == 0
+        for _ in range(3):  # a healthy server: every later call succeeds
+            lease.release()
+            lease = lock.try_acquire()
+            assert lease is not None
+        lease.release()
+
+    if via == "pool":
+        from psycopg_pool import ConnectionPool
+
+        with ConnectionPool(pg.url, min_size=1, max_size=1, open=True) as pool:
+            run(PostgresBackend(pool, request_timeout=0.3, listen=False))
+    else:  # the backend's own connections
+        run(PostgresBackend.from_url(pg.url + "&request_timeout=0.3&listen=false"))
+
+
 def _attempt(lock: fencelock.Lock) -> object:
     try:
         return lock.try_acquire()

@@ -210,7 +210,10 @@ class PostgresBackend:
                 raise
             finally:
                 fired = WATCHDOG.disarm(ticket)
-                if abandoned:  # after disarm: a closed fd may be reused, the watchdog must not touch it
+                # After disarm: a closed fd may be reused, the watchdog must not touch it. A socket
+                # the watchdog shut down as the answer arrived (the call still succeeds) is dead
+                # too: closed here, so a pool discards it rather than hand it to the next call.
+                if abandoned or fired:
                     _drop(conn)
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as err:
             raise _MissingLayout(str(err), isinstance(err, psycopg.errors.UndefinedFunction)) from err
@@ -326,7 +329,8 @@ class PostgresBackend:
                 conn.execute(lock)
                 conn.execute(statements)
         finally:
-            WATCHDOG.disarm(ticket)
+            if WATCHDOG.disarm(ticket):  # cut as it finished: dead, closed so no pool reuses it
+                _drop(conn)
 
     # -- the primitives -------------------------------------------------------------------------
 
