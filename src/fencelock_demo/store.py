@@ -32,6 +32,7 @@ from typing import Any
 
 from fencelock import ConfigurationError, fencing
 from fencelock.backends import safe_url
+from fencelock.backends.sqlite.pool import switch_to_wal
 
 from .parsing import Row
 
@@ -201,7 +202,9 @@ class SqliteStore(Store):
         self.path = path
         # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
         self.conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        # Many consumers open a new file at once: switching it to WAL must back off, not fail
+        # ("database is locked", found by CI in the many-consumers test)
+        switch_to_wal(self.conn, busy_timeout)
         self.conn.execute("PRAGMA synchronous=FULL")
         self._inserted = 0
         self._pending_fence: tuple[str, int] | None = None

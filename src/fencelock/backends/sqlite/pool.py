@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from ..._errors import BackendError, BackendRejected, BackendUnavailable
 from .schema import ensure_layout
 
-__all__ = ["Connections"]
+__all__ = ["Connections", "switch_to_wal"]
 
 T = TypeVar("T")
 
@@ -37,6 +37,26 @@ def _file_id(path: str) -> tuple[int, int] | None:
         return None
     return st.st_dev, st.st_ino
 
+
+
+def switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Put the file in WAL mode (persistent: a no-op once set), then set ``busy_timeout`` (s).
+
+    Switching a new file to WAL takes an exclusive lock. Two connections switching at once can each
+    hold the shared lock the other waits on, and SQLite then fails one at once ("database is
+    locked") or lets both wait out the whole busy timeout: so try without waiting, and back off
+    between tries, for at most ``busy_timeout``. Also used by the demo's SQLite store."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    end = time.monotonic() + busy_timeout
+    for attempt in range(10_000):  # bounded by the busy timeout; the count is a backstop
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            break
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= end:
+                raise
+            time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 8))))
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
 
 class Connections:
     """The connections of one process to the lock file at ``path``."""
@@ -132,20 +152,7 @@ class Connections:
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """WAL mode, durability level, tables: safe when many processes open a new (or 0.1.0) file at once."""
-        # Switching a new file to WAL takes an exclusive lock. Two connections switching at once can
-        # each hold the shared lock the other waits on, and SQLite's busy handler would let both
-        # wait out the whole busy timeout: so try without waiting, and back off between tries.
-        conn.execute("PRAGMA busy_timeout = 0")
-        end = time.monotonic() + self.busy_timeout
-        for attempt in range(10_000):  # bounded by the busy timeout; the count is a backstop
-            try:
-                conn.execute("PRAGMA journal_mode=WAL").fetchone()  # persistent: a no-op once set
-                break
-            except sqlite3.OperationalError as err:
-                if "locked" not in str(err) or time.monotonic() >= end:
-                    raise
-                time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 8))))
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        switch_to_wal(conn, self.busy_timeout)
         conn.execute("PRAGMA synchronous=NORMAL")  # per connection; see "Durability" in the package docstring
         if self._schema_ready:
             return
